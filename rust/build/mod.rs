@@ -1,0 +1,1 @@
+//! The mix build pipeline.

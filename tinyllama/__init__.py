@@ -1,0 +1,23 @@
+"""tinyllama: pretrain TinyLlama-class language models from raw corpora."""
+
+from tinyllama._core import __version__
+from tinyllama.errors import (
+    InputError,
+    ShardError,
+    SpecError,
+    StorageError,
+    TinyllamaError,
+    TokenizerError,
+)
+from tinyllama.tokenizer import Tokenizer
+
+__all__ = [
+    "__version__",
+    "Tokenizer",
+    "TinyllamaError",
+    "InputError",
+    "SpecError",
+    "TokenizerError",
+    "ShardError",
+    "StorageError",
+]
