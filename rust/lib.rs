@@ -153,6 +153,82 @@ impl PyTokenizer {
     }
 }
 
+/// Run `mix build` from a resolved JSON config. `progress`, if given, is called about every
+/// `interval` seconds with a dict of counters; Ctrl-C cancels the build cleanly (committed
+/// parts stay, so a rerun resumes).
+#[pyfunction]
+#[pyo3(signature = (config_json, progress = None, interval = 0.25))]
+fn build_mix(
+    py: Python<'_>,
+    config_json: &str,
+    progress: Option<PyObject>,
+    interval: f64,
+) -> PyResult<PyObject> {
+    let cfg: build::BuildConfig = serde_json::from_str(config_json)
+        .map_err(|e| SpecError::new_err(format!("spec: invalid build config: {e}")))?;
+    let counters = build::Progress::default();
+    let mut interrupt: Option<PyErr> = None;
+    let result = py.allow_threads(|| {
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    build::build(&cfg, &counters)
+                }))
+            });
+            let tick = std::time::Duration::from_secs_f64(interval.max(0.01));
+            while !worker.is_finished() {
+                std::thread::sleep(tick);
+                Python::with_gil(|py| {
+                    if let Err(e) = py.check_signals() {
+                        counters.cancel();
+                        interrupt.get_or_insert(e);
+                    }
+                    if let Some(cb) = &progress {
+                        let snap = counters.snapshot();
+                        let args = (
+                            snap.stage,
+                            snap.files_done,
+                            snap.files_total,
+                            snap.docs,
+                            snap.tokens,
+                            snap.bytes,
+                        );
+                        if let Err(e) = cb.call1(py, args) {
+                            counters.cancel();
+                            interrupt.get_or_insert(e);
+                        }
+                    }
+                });
+            }
+            worker.join().unwrap_or_else(|p| Err(p))
+        })
+    });
+    if let Some(e) = interrupt {
+        return Err(e);
+    }
+    let summary = match result {
+        Ok(r) => r.map_err(to_py_err)?,
+        Err(_) => {
+            return Err(TinyllamaError::new_err(
+                "internal error in mix build (please report)",
+            ))
+        }
+    };
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("up_to_date", summary.up_to_date)?;
+    d.set_item("files_resumed", summary.files_resumed)?;
+    d.set_item("files_processed", summary.files_processed)?;
+    d.set_item("docs_kept", summary.docs_kept)?;
+    d.set_item("tokens", summary.tokens)?;
+    Ok(d.into_any().unbind())
+}
+
+/// Check a shard's structure and checksum; raises `ShardError` naming it when corrupt.
+#[pyfunction]
+fn verify_shard(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    release_gil(py, || shard::Shard::open(&path)?.verify())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -163,6 +239,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShardError", py.get_type::<ShardError>())?;
     m.add("StorageError", py.get_type::<StorageError>())?;
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(build_mix, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_shard, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,1 +1,494 @@
-//! The mix build pipeline.
+//! The `mix build` pipeline: corpora in, token shards + manifests + the locked `mix.json` out.
+//!
+//! ```text
+//! for each corpus:  discover files (sorted)
+//!   [dedup]         fingerprint each file -> find duplicates (keep the earliest)    (dedup/)
+//!   tokenize        each input file -> one staged part (a shard of its kept docs)  (parallel)
+//!   pack            parts in file order -> fixed-size shards + holdout + manifest   (sequential)
+//! write mix.json last; drop the staging dir
+//! ```
+//!
+//! Determinism: every per-file output is a pure function of that file, the spec and the
+//! tokenizer, and packing walks files in sorted order, so the bytes never depend on the
+//! number of workers. Resume: parts are committed atomically and carry their stats; a rerun
+//! skips files whose part exists (made under the same config identity) and redoes the cheap
+//! pack. A kill at any instant leaves either the previous complete mix or resumable staging.
+
+pub mod config;
+pub mod manifest;
+pub mod progress;
+
+use crate::error::{Error, IoContext, Result};
+use crate::shard::{write_atomic, Dtype, Shard, ShardWriter, Source};
+use crate::source::{self, Record};
+use crate::tokenize::Tokenizer;
+pub use config::{BuildConfig, CorpusConfig, DedupMode};
+use manifest::{
+    CorpusManifest, FileStats, ShardEntry, SkippedRow, Totals, MIX_FORMAT, MIX_FORMAT_VERSION,
+};
+pub use progress::{Progress, Snapshot};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Documents are tokenized in batches of about this many bytes of text: large enough to keep
+/// every worker busy, small enough to bound memory per file in flight.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// What a build did, for the CLI's last line.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSummary {
+    pub up_to_date: bool,
+    pub files_resumed: u64,
+    pub files_processed: u64,
+    pub docs_kept: u64,
+    pub tokens: u64,
+}
+
+/// A staged part's sidecar: the file's stats and its skipped rows. Written after the part, so
+/// its presence means the part is complete.
+#[derive(Serialize, Deserialize)]
+struct PartStats {
+    stats: FileStats,
+    skipped: Vec<SkippedRow>,
+}
+
+/// Why a document was removed before tokenization (filled by the dedup stage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    Exact,
+    Near,
+}
+
+struct Ctx<'a> {
+    cfg: &'a BuildConfig,
+    tokenizer: &'a Tokenizer,
+    fingerprint: [u8; 32],
+    dtype: Dtype,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    progress: &'a Progress,
+}
+
+pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
+    validate(cfg)?;
+    let tokenizer = Tokenizer::from_file(&cfg.tokenizer)?;
+    let vocab = tokenizer.vocab_size();
+    let dtype = match cfg.dtype {
+        Some(d) if (vocab as u64) > d.max_id() + 1 => {
+            return Err(Error::tokenizer(
+                &cfg.tokenizer,
+                format!("vocabulary of {vocab} tokens does not fit dtype {d:?}: use u32 or leave `dtype` unset"),
+            ))
+        }
+        Some(d) => d,
+        None => Dtype::for_vocab(vocab),
+    };
+    let token_id = |name: &str, want: bool| -> Result<Option<u32>> {
+        if !want {
+            return Ok(None);
+        }
+        tokenizer.token_to_id(name).map(Some).ok_or_else(|| {
+            Error::tokenizer(
+                &cfg.tokenizer,
+                format!("has no {name} token; set add_bos/add_eos = false"),
+            )
+        })
+    };
+    let bos = token_id("<s>", cfg.add_bos)?;
+    let eos = token_id("</s>", cfg.add_eos)?;
+    let mut fingerprint = [0u8; 32];
+    hex::decode_to_slice(tokenizer.sha256(), &mut fingerprint)
+        .map_err(|e| Error::tokenizer(&cfg.tokenizer, e.to_string()))?;
+
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).ctx(out)?;
+    let identity = cfg.identity();
+    if let Some(done) = completed_identity(out) {
+        if done == identity {
+            return Ok(BuildSummary {
+                up_to_date: true,
+                ..Default::default()
+            });
+        }
+        // A different spec is being built here: the old lock goes first so that a half-built
+        // new mix can never be mistaken for a complete one.
+        std::fs::remove_file(out.join("mix.json")).ctx(out.join("mix.json"))?;
+    }
+    let staging = out.join(".staging");
+    prepare_staging(&staging, &identity)?;
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.workers.max(1))
+        .build()
+        .map_err(|e| Error::Spec(format!("workers: {e}")))?;
+    let ctx = Ctx {
+        cfg,
+        tokenizer: &tokenizer,
+        fingerprint,
+        dtype,
+        bos,
+        eos,
+        progress,
+    };
+    let mut summary = BuildSummary::default();
+    let mut corpus_summaries = Vec::new();
+    for corpus in &cfg.corpora {
+        let files = source::discover(&corpus.base, &corpus.paths)?;
+        let dir = staging.join(&corpus.name);
+        std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
+        let removed: HashMap<u64, HashMap<u64, Removed>> = match corpus.dedup {
+            DedupMode::None => HashMap::new(),
+            DedupMode::Exact | DedupMode::Near => {
+                return Err(Error::Spec(format!(
+                    "corpora.{}.dedup: deduplication is not available in this build yet; use dedup = \"none\"",
+                    corpus.name
+                )))
+            }
+        };
+        progress.start_stage(&format!("tokenize {}", corpus.name), files.len() as u64);
+        let results: Vec<Result<(PartStats, bool)>> = pool.install(|| {
+            files
+                .par_iter()
+                .enumerate()
+                .map(|(i, f)| tokenize_file(&ctx, corpus, &dir, i, f, removed.get(&(i as u64))))
+                .collect()
+        });
+        let mut parts = Vec::with_capacity(results.len());
+        for r in results {
+            let (stats, resumed) = r?;
+            if resumed {
+                summary.files_resumed += 1;
+            } else {
+                summary.files_processed += 1;
+            }
+            parts.push(stats);
+        }
+        progress.start_stage(&format!("pack {}", corpus.name), files.len() as u64);
+        let manifest = pack(&ctx, corpus, &dir, parts)?;
+        summary.docs_kept += manifest.totals.docs_kept;
+        summary.tokens += manifest.totals.tokens;
+        corpus_summaries.push(serde_json::json!({
+            "name": corpus.name,
+            "docs": manifest.totals.docs_kept - manifest.totals.docs_holdout,
+            "tokens": manifest.totals.tokens,
+            "shards": manifest.shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        }));
+    }
+    write_atomic(
+        &out.join("tokenizer.json"),
+        &tokenizer_json_bytes(&cfg.tokenizer)?,
+    )?;
+    let lock = serde_json::json!({
+        "format": MIX_FORMAT,
+        "format_version": MIX_FORMAT_VERSION,
+        "identity": identity,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "seq_len": cfg.seq_len,
+        "tokenizer": "tokenizer.json",
+        "tokenizer_sha256": tokenizer.sha256(),
+        "vocab_size": vocab,
+        "dtype": dtype,
+        "bos_id": bos,
+        "eos_id": eos,
+        "corpora": corpus_summaries,
+        "dedup": cfg.dedup,
+        "stages": cfg.stages,
+    });
+    let text = serde_json::to_string_pretty(&lock).expect("lock serialises") + "\n";
+    write_atomic(&out.join("mix.json"), text.as_bytes())?;
+    std::fs::remove_dir_all(&staging).ctx(&staging)?;
+    Ok(summary)
+}
+
+fn validate(cfg: &BuildConfig) -> Result<()> {
+    if cfg.corpora.is_empty() {
+        return Err(Error::Spec(
+            "corpora: at least one corpus is required".into(),
+        ));
+    }
+    if cfg.shard_tokens == 0 {
+        return Err(Error::Spec("shard_tokens: must be > 0".into()));
+    }
+    Ok(())
+}
+
+/// The identity recorded in a complete mix's lock, if there is one.
+fn completed_identity(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join("mix.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("identity")?.as_str().map(str::to_string)
+}
+
+/// Keep staging made under the same identity (that is the resume); otherwise start afresh.
+fn prepare_staging(staging: &Path, identity: &str) -> Result<()> {
+    let id_file = staging.join("identity");
+    let same = std::fs::read_to_string(&id_file)
+        .map(|s| s == identity)
+        .unwrap_or(false);
+    if !same {
+        if staging.exists() {
+            std::fs::remove_dir_all(staging).ctx(staging)?;
+        }
+        std::fs::create_dir_all(staging).ctx(staging)?;
+        write_atomic(&id_file, identity.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn tokenizer_json_bytes(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::tokenizer(path, e.to_string()))?;
+    if path.extension().is_some_and(|e| e == "zst") {
+        return zstd::decode_all(&raw[..]).map_err(|e| Error::tokenizer(path, e.to_string()));
+    }
+    Ok(raw)
+}
+
+fn display_path(corpus: &CorpusConfig, file: &Path) -> String {
+    file.strip_prefix(&corpus.base)
+        .unwrap_or(file)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+fn part_paths(dir: &Path, index: usize) -> (PathBuf, PathBuf) {
+    let parts = dir.join("parts");
+    (
+        parts.join(format!("{index:06}.bin")),
+        parts.join(format!("{index:06}.json")),
+    )
+}
+
+/// Tokenize one input file into a staged part. Returns its stats and whether it was resumed.
+fn tokenize_file(
+    ctx: &Ctx,
+    corpus: &CorpusConfig,
+    dir: &Path,
+    index: usize,
+    file: &Path,
+    removed: Option<&HashMap<u64, Removed>>,
+) -> Result<(PartStats, bool)> {
+    let (part, sidecar) = part_paths(dir, index);
+    let bytes = std::fs::metadata(file).ctx(file)?.len();
+    if let Ok(text) = std::fs::read_to_string(&sidecar) {
+        if let Ok(done) = serde_json::from_str::<PartStats>(&text) {
+            // Same size is our cheap guard against an input file edited between runs.
+            if done.stats.bytes == bytes && part.exists() {
+                ctx.progress.files_done.fetch_add(1, Relaxed);
+                return Ok((done, true));
+            }
+        }
+    }
+    if ctx.progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
+    let shown = display_path(corpus, file);
+    let mut stats = FileStats {
+        path: shown.clone(),
+        bytes,
+        ..Default::default()
+    };
+    let mut skipped = Vec::new();
+    let mut writer = ShardWriter::create(&part, ctx.dtype, ctx.fingerprint)?;
+    let mut batch: Vec<(u64, String)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    for record in source::open(file, &corpus.source_options())? {
+        match record? {
+            Record::Doc { row, text } => {
+                stats.docs_read += 1;
+                match removed.and_then(|r| r.get(&row)) {
+                    Some(Removed::Exact) => stats.exact_duplicates += 1,
+                    Some(Removed::Near) => stats.near_duplicates += 1,
+                    None => {
+                        batch_bytes += text.len();
+                        batch.push((row, text));
+                    }
+                }
+            }
+            Record::Filtered { .. } => {
+                stats.docs_read += 1;
+                stats.docs_filtered += 1;
+            }
+            Record::Skipped { row, reason } => {
+                stats.docs_read += 1;
+                stats.docs_skipped += 1;
+                skipped.push(SkippedRow {
+                    file: shown.clone(),
+                    row,
+                    reason,
+                });
+            }
+        }
+        if batch_bytes >= BATCH_BYTES {
+            flush(ctx, index, &mut batch, &mut writer, &mut stats)?;
+            batch_bytes = 0;
+        }
+    }
+    flush(ctx, index, &mut batch, &mut writer, &mut stats)?;
+    writer.finish()?;
+    let done = PartStats { stats, skipped };
+    write_atomic(
+        &sidecar,
+        &serde_json::to_vec(&done).expect("stats serialise"),
+    )?;
+    ctx.progress.files_done.fetch_add(1, Relaxed);
+    ctx.progress.bytes.fetch_add(bytes, Relaxed);
+    Ok((done, false))
+}
+
+fn flush(
+    ctx: &Ctx,
+    file_index: usize,
+    batch: &mut Vec<(u64, String)>,
+    writer: &mut ShardWriter,
+    stats: &mut FileStats,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if ctx.progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
+    let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
+    let encoded = ctx.tokenizer.encode_batch(&texts, false)?;
+    let mut ids = Vec::new();
+    let tokens_before = stats.tokens;
+    for ((row, _), doc) in batch.iter().zip(encoded) {
+        ids.clear();
+        ids.extend(ctx.bos);
+        ids.extend_from_slice(&doc);
+        ids.extend(ctx.eos);
+        writer.push(
+            &ids,
+            Source {
+                file: file_index as u64,
+                row: *row,
+            },
+        )?;
+        stats.docs_kept += 1;
+        stats.tokens += ids.len() as u64;
+    }
+    ctx.progress.docs.fetch_add(batch.len() as u64, Relaxed);
+    ctx.progress
+        .tokens
+        .fetch_add(stats.tokens - tokens_before, Relaxed);
+    batch.clear();
+    Ok(())
+}
+
+/// Cut a corpus's parts, in file order, into shards of about `shard_tokens` tokens; the last
+/// `holdout_docs` kept documents go to holdout shards for `tinyllama eval`.
+fn pack(
+    ctx: &Ctx,
+    corpus: &CorpusConfig,
+    dir: &Path,
+    parts: Vec<PartStats>,
+) -> Result<CorpusManifest> {
+    let out_dir = ctx.cfg.out.join("corpora").join(&corpus.name);
+    if out_dir.exists() {
+        std::fs::remove_dir_all(&out_dir).ctx(&out_dir)?;
+    }
+    std::fs::create_dir_all(&out_dir).ctx(&out_dir)?;
+    let mut totals = Totals::default();
+    for p in &parts {
+        totals.add_file(&p.stats);
+    }
+    let holdout_from = totals.docs_kept.saturating_sub(corpus.holdout_docs);
+    let mut train = Packer::new(&out_dir, "shard", ctx);
+    let mut holdout = Packer::new(&out_dir, "holdout", ctx);
+    let mut k = 0u64;
+    for index in 0..parts.len() {
+        let (part_path, _) = part_paths(dir, index);
+        let part = Shard::open(&part_path)?;
+        for d in 0..part.n_docs() {
+            let ids = part.doc(d);
+            let packer = if k >= holdout_from {
+                &mut holdout
+            } else {
+                &mut train
+            };
+            packer.push(&ids, part.doc_source(d))?;
+            k += 1;
+        }
+        ctx.progress.files_done.fetch_add(1, Relaxed);
+    }
+    let shards = train.finish()?;
+    let holdout_shards = holdout.finish()?;
+    totals.docs_holdout = holdout_shards.iter().map(|s| s.docs).sum();
+    totals.tokens = shards.iter().map(|s| s.tokens).sum();
+    totals.holdout_tokens = holdout_shards.iter().map(|s| s.tokens).sum();
+    totals.shards = shards.len() as u64;
+    let (files, skipped): (Vec<_>, Vec<_>) =
+        parts.into_iter().map(|p| (p.stats, p.skipped)).unzip();
+    let manifest = CorpusManifest {
+        name: corpus.name.clone(),
+        totals,
+        files,
+        shards,
+        holdout_shards,
+        skipped: skipped.into_iter().flatten().collect(),
+    };
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n";
+    write_atomic(&out_dir.join("manifest.json"), text.as_bytes())?;
+    Ok(manifest)
+}
+
+/// Writes numbered shards, starting a new one when the next document would overflow.
+struct Packer<'a> {
+    dir: &'a Path,
+    prefix: &'static str,
+    ctx: &'a Ctx<'a>,
+    current: Option<(String, ShardWriter)>,
+    done: Vec<ShardEntry>,
+}
+
+impl<'a> Packer<'a> {
+    fn new(dir: &'a Path, prefix: &'static str, ctx: &'a Ctx<'a>) -> Self {
+        Packer {
+            dir,
+            prefix,
+            ctx,
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, ids: &[u32], source: Source) -> Result<()> {
+        let full = self.current.as_ref().is_some_and(|(_, w)| {
+            w.n_tokens() > 0 && w.n_tokens() + ids.len() as u64 > self.ctx.cfg.shard_tokens
+        });
+        if full {
+            self.close()?;
+        }
+        if self.current.is_none() {
+            let name = format!("{}-{:05}.bin", self.prefix, self.done.len());
+            let w =
+                ShardWriter::create(&self.dir.join(&name), self.ctx.dtype, self.ctx.fingerprint)?;
+            self.current = Some((name, w));
+        }
+        let (_, w) = self.current.as_mut().expect("just opened");
+        w.push(ids, source)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some((name, w)) = self.current.take() {
+            let (docs, tokens) = (w.n_docs() as u64, w.n_tokens());
+            let checksum = w.finish()?;
+            self.done.push(ShardEntry {
+                name,
+                docs,
+                tokens,
+                checksum,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<ShardEntry>> {
+        self.close()?;
+        Ok(self.done)
+    }
+}

@@ -1,0 +1,78 @@
+"""Shared fixtures: the committed real-data slice and spec files written against it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import zstandard
+
+DATA = Path(__file__).parent / "data"
+CORPORA = DATA / "corpora"
+TOKENIZER_ZST = DATA / "tokenizers/llama2/tokenizer.json.zst"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(tmp_path_factory) -> Path:
+    """The Llama 2 tokenizer.json, decompressed (the HF oracle cannot read .zst)."""
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    path.write_bytes(zstandard.ZstdDecompressor().decompress(TOKENIZER_ZST.read_bytes()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(tokenizer_json):
+    tokenizers = pytest.importorskip("tokenizers")
+    return tokenizers.Tokenizer.from_file(str(tokenizer_json))
+
+
+STAGES = """
+[[stages]]
+name = "basic"
+tokens = "200K"
+batch_tokens = "4K"
+weights = { slimpajama = 1.0 }
+
+[[stages]]
+name = "continual"
+tokens = "100K"
+batch_tokens = "4K"
+weights = { slimpajama = 0.5, skypile = 0.3, starcoder = 0.2 }
+ramp_tokens = "40K"
+"""
+
+
+def write_spec(dir: Path, body: str = "", *, corpora: str | None = None, stages: str = STAGES,
+               header: str | None = None) -> Path:
+    """A spec over the slice with three corpora (jsonl.zst + filter, jsonl, parquet)."""
+    if header is None:
+        header = f"""
+        name = "test"
+        seed = 7
+        seq_len = 128
+        tokenizer = "{TOKENIZER_ZST}"
+        shard_tokens = "50K"
+        """
+    if corpora is None:
+        corpora = f"""
+        [corpora.slimpajama]
+        paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
+        exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
+        holdout_docs = 10
+
+        [corpora.skypile]
+        paths = ["{CORPORA}/skypile/*.jsonl"]
+
+        [corpora.starcoder]
+        paths = ["{CORPORA}/starcoderdata/**/*.parquet"]
+        text = "content"
+        """
+    spec = dir / "spec.toml"
+    spec.write_text(textwrap.dedent(header) + textwrap.dedent(corpora) + textwrap.dedent(body) + stages)
+    return spec
+
+
+@pytest.fixture
+def spec_file(tmp_path) -> Path:
+    return write_spec(tmp_path)

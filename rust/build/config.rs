@@ -1,0 +1,81 @@
+//! The resolved build configuration. Python (`tinyllama/spec.py`) parses and validates the
+//! user's TOML spec, resolves paths, and hands this over as JSON: the Rust side trusts the
+//! shape but still checks what only it can (files exist, tokenizer fits the dtype).
+
+use crate::shard::Dtype;
+use crate::source::{OnError, SourceOptions};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupMode {
+    None,
+    Exact,
+    Near,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CorpusConfig {
+    pub name: String,
+    /// Directory the `paths` globs are relative to (the spec file's directory). Not recorded
+    /// in the mix: manifests name input files relative to it, so a mix is relocatable.
+    pub base: PathBuf,
+    pub paths: Vec<String>,
+    pub text: String,
+    #[serde(default)]
+    pub exclude: Vec<(String, Vec<String>)>,
+    pub on_error: OnError,
+    pub dedup: DedupMode,
+    pub holdout_docs: u64,
+    pub max_doc_bytes: u64,
+}
+
+impl CorpusConfig {
+    pub fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            text: self.text.clone(),
+            exclude: self.exclude.clone(),
+            on_error: self.on_error,
+            max_doc_bytes: self.max_doc_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuildConfig {
+    pub name: String,
+    pub seed: u64,
+    pub seq_len: u32,
+    pub tokenizer: PathBuf,
+    pub out: PathBuf,
+    pub workers: usize,
+    /// Wrap every document as `<s> doc </s>` (see the spec docs for why both default on).
+    pub add_bos: bool,
+    pub add_eos: bool,
+    /// Target tokens per shard; shards hold whole documents.
+    pub shard_tokens: u64,
+    /// Force a token dtype; default: the narrowest that fits the vocabulary.
+    #[serde(default)]
+    pub dtype: Option<Dtype>,
+    pub corpora: Vec<CorpusConfig>,
+    /// Dedup parameters and the training stages, recorded verbatim in the locked `mix.json`.
+    #[serde(default)]
+    pub dedup: serde_json::Value,
+    #[serde(default)]
+    pub stages: serde_json::Value,
+}
+
+impl BuildConfig {
+    /// Identity of the build's *result*: everything but where it goes and how many threads
+    /// make it. A resumed build continues only from staging made under the same identity.
+    pub fn identity(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("out");
+            obj.remove("workers");
+        }
+        let bytes = serde_json::to_vec(&v).expect("value serialises");
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+    }
+}

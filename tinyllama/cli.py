@@ -1,0 +1,101 @@
+"""The `tinyllama` command. Thin: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tinyllama.errors import TinyllamaError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pretrain TinyLlama-class models.")
+mix_app = typer.Typer(no_args_is_help=True, help="Build and inspect token mixes.")
+app.add_typer(mix_app, name="mix")
+
+
+@mix_app.command("build")
+def mix_build(
+    spec: Path = typer.Option(..., "--spec", help="The mix spec (TOML)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default: the spec's `out`)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads (default: all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Build, or resume, a mix: raw corpora -> token shards + manifests + the locked schedule."""
+    from tinyllama.build import build_mix
+
+    s = build_mix(spec, out, workers, progress=not quiet)
+    if s["up_to_date"]:
+        typer.echo("mix is up to date (nothing to do)")
+    else:
+        typer.echo(f"built: {s['docs_kept']} docs, {s['tokens']} tokens; files processed {s['files_processed']},"
+                   f" resumed {s['files_resumed']} in {s['seconds']:.1f}s")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+@mix_app.command("inspect")
+def mix_inspect(
+    path: Path = typer.Argument(..., help="A built mix dir."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Per-corpus counts, the tokenizer fingerprint and the schedule of a built mix."""
+    from tinyllama.mix import Mix
+
+    info = Mix(path).inspect()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"mix {info['name']}  seq_len {info['seq_len']}  seed {info['seed']}  dtype {info['dtype']}")
+    typer.echo(f"tokenizer sha256 {info['tokenizer_sha256']}  vocab {info['vocab_size']}\n")
+    cols = ["files", "docs_read", "docs_filtered", "docs_skipped", "exact_duplicates", "near_duplicates",
+            "docs_kept", "docs_holdout", "tokens", "shards"]
+    rows = [[name] + [f"{c[k]:,}" for k in cols] for name, c in info["corpora"].items()]
+    typer.echo(_table(rows, ["corpus", "files", "read", "filtered", "skipped", "exact dup", "near dup",
+                             "kept", "holdout", "tokens", "shards"]))
+    typer.echo("\nstages:")
+    rows = [[s["name"], f"{s['tokens']:,}", f"{s['batch_tokens']:,}", f"{s['ramp_tokens']:,}",
+             ", ".join(f"{k}={v:g}" for k, v in s["weights"].items())] for s in info["stages"]]
+    typer.echo(_table(rows, ["stage", "tokens", "batch tokens", "ramp tokens", "weights"]))
+
+
+@mix_app.command("verify")
+def mix_verify(path: Path = typer.Argument(..., help="A built mix dir.")) -> None:
+    """Recompute every shard's checksum; names the first corrupt shard."""
+    from tinyllama.mix import Mix
+
+    Mix(path).verify()
+    typer.echo("all shards ok")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: library errors become one clear line on stderr and exit status 1."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TinyllamaError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted (rerun the same command to resume)", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()
