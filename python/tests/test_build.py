@@ -1,0 +1,279 @@
+"""`mix build` end to end on the real slice: exact tokens, filters, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from conftest import CORPORA, write_spec
+
+import tinyllama
+from tinyllama.build import build_mix
+from tinyllama.errors import InputError, ShardError, TokenizerError
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    raw = path.read_bytes()
+    if path.suffix == ".zst":
+        raw = zstandard.ZstdDecompressor().stream_reader(raw).read()
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file of a mix dir except the human log, by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".log")
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("built")
+    spec = write_spec(tmp)
+    build_mix(spec, tmp / "mix", workers=2, progress=False)
+    return tmp / "mix"
+
+
+def test_documents_match_the_hf_tokenizer(built, hf_tokenizer):
+    mix = tinyllama.Mix(built)
+    for name, files, field in [
+        ("skypile", sorted((CORPORA / "skypile").glob("*.jsonl")), "text"),
+        ("slimpajama", sorted((CORPORA / "slimpajama").rglob("*.jsonl.zst")), "text"),
+    ]:
+        rows = [r for f in files for r in read_jsonl(f)]
+        rows = [r for r in rows if r.get("meta", {}).get("redpajama_set_name") != "RedPajamaGithub"]
+        expected = [[1] + e.ids + [2] for e in hf_tokenizer.encode_batch([r[field] for r in rows],
+                                                                         add_special_tokens=False)]
+        got = [d.tolist() for d in mix.documents(name)] + [d.tolist() for d in mix.documents(name, holdout=True)]
+        assert len(got) == len(expected), name
+        assert got == expected, name
+
+
+def test_parquet_content_column(built, hf_tokenizer):
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts = []
+    for f in sorted((CORPORA / "starcoderdata").rglob("*.parquet")):
+        texts += pq.read_table(f, columns=["content"]).column("content").to_pylist()
+    expected = [[1] + e.ids + [2] for e in hf_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert [d.tolist() for d in tinyllama.Mix(built).documents("starcoder")] == expected
+
+
+def test_manifest_counts_and_filter(built):
+    info = tinyllama.Mix(built).inspect()
+    sp = info["corpora"]["slimpajama"]
+    rows = [r for f in sorted((CORPORA / "slimpajama").rglob("*.jsonl.zst")) for r in read_jsonl(f)]
+    github = sum(r["meta"]["redpajama_set_name"] == "RedPajamaGithub" for r in rows)
+    assert github > 0
+    assert sp["docs_read"] == len(rows)
+    assert sp["docs_filtered"] == github
+    assert sp["docs_kept"] == len(rows) - github
+    assert sp["docs_holdout"] == 10
+    assert sp["shards"] >= 2  # shard_tokens = 50K forces several
+    mix = tinyllama.Mix(built)
+    assert sp["tokens"] == sum(len(d) for d in mix.documents("slimpajama"))
+    assert info["tokenizer_sha256"] == tinyllama.Tokenizer(mix.tokenizer_path).sha256
+    assert info["seq_len"] == 128 and info["dtype"] == "u16"
+    # provenance: every document names its input file and row
+    sources = list(mix.document_sources("slimpajama"))
+    first = str(CORPORA / "slimpajama/train/chunk1/example_train_0000.jsonl.zst")
+    assert sources[0] == (first, 0)
+    assert sources[-1][0].endswith("example_train_0001.jsonl.zst")
+    assert [r for f, r in sources if f == first] == list(range(len([1 for f, _ in sources if f == first])))
+
+
+def test_same_bytes_whatever_the_workers_and_the_directory(tmp_path, built):
+    spec = write_spec(tmp_path)
+    build_mix(spec, tmp_path / "w1", workers=1, progress=False)
+    one, two = tree_bytes(tmp_path / "w1"), tree_bytes(built)
+    assert one.keys() == two.keys()
+    assert one == two
+    # nothing in the data names where it was built
+    assert not any(str(tmp_path).encode() in b for b in one.values())
+
+
+def test_rebuild_is_a_no_op_and_verify_passes(built):
+    summary = build_mix(Path(built).parent / "spec.toml", built, workers=2, progress=False)
+    assert summary["up_to_date"]
+    tinyllama.Mix(built).verify()
+
+
+def test_flipped_byte_is_reported_with_the_shard_name(tmp_path, built):
+    import shutil
+
+    copy = tmp_path / "mix"
+    shutil.copytree(built, copy)
+    shard = copy / "corpora/skypile/shard-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="shard-00000.bin.*checksum"):
+        tinyllama.Mix(copy).verify()
+
+
+def test_interrupted_staging_is_resumed_to_the_same_bytes(tmp_path, built):
+    """A crash leaves committed parts and stray .tmp files; a rerun finishes identically."""
+    spec = write_spec(tmp_path)
+    out = tmp_path / "mix"
+    build_mix(spec, out, workers=2, progress=False)
+    # Recreate the state of a build killed during packing: staging with parts, no lock.
+    (out / "mix.json").unlink()
+    assert not (out / ".staging").exists()
+    summary = build_mix(spec, out, workers=1, progress=False)
+    assert summary["files_processed"] > 0
+    assert tree_bytes(out) == tree_bytes(built)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_instant_then_resume_gives_identical_bytes(tmp_path, built):
+    """Kill the build process with SIGKILL at increasing delays, rerun until done, compare."""
+    spec = write_spec(tmp_path)
+    out = tmp_path / "mix"
+    cmd = [sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
+           "--workers", "2", "--quiet"]
+    kills = 0
+    for delay in [0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if (out / "mix.json").exists():
+            break
+    subprocess.run(cmd, check=True)
+    assert kills >= 1
+    assert tree_bytes(out) == tree_bytes(built)
+    assert not list(out.rglob("*.tmp"))
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def one_corpus_spec(tmp_path: Path, pattern: str, extra: str = "") -> Path:
+    corpora = f'[corpora.c]\npaths = ["{pattern}"]\n{extra}\n'
+    stages = '[[stages]]\ntokens = "100K"\nbatch_tokens = "4K"\nweights = { c = 1.0 }\n'
+    return write_spec(tmp_path, corpora=corpora, stages=stages)
+
+
+def real_lines(n: int = 20) -> list[bytes]:
+    path = CORPORA / "skypile/2023-01.jsonl"
+    return path.read_bytes().splitlines(keepends=True)[:n]
+
+
+@pytest.mark.parametrize(
+    "name, corrupt, message",
+    [
+        ("trunc.jsonl", lambda ls: b"".join(ls[:5]) + ls[5][:40], r"trunc\.jsonl: line 6: .*truncated"),
+        ("notjson.jsonl", lambda ls: b"".join(ls[:3]) + b"this is not json\n" + b"".join(ls[3:]),
+         r"notjson\.jsonl: line 4: .*JSON"),
+        ("utf8.jsonl", lambda ls: b"".join(ls[:2]) + ls[2][:30] + b"\xff\xfe" + ls[2][30:],
+         r"utf8\.jsonl: line 3: .*UTF-8"),
+        ("nofield.jsonl", lambda ls: b"".join(ls[:7]) + b'{"body": "x"}\n', r"nofield\.jsonl: line 8: .*text"),
+        ("empty.jsonl", lambda ls: b"", r"empty\.jsonl.*empty"),
+    ],
+)
+def test_bad_jsonl_names_file_and_line_or_is_counted(tmp_path, name, corrupt, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / name).write_bytes(corrupt(real_lines()))
+    spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl")
+    with pytest.raises(InputError, match=message):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out/mix.json").exists()
+    spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl", 'on_error = "skip"')
+    build_mix(spec, tmp_path / "out2", workers=1, progress=False)
+    manifest = tinyllama.Mix(tmp_path / "out2").manifest("c")
+    assert manifest["totals"]["docs_skipped"] == 1
+    assert manifest["skipped"][0]["file"].endswith(name)
+    assert manifest["skipped"][0]["reason"]
+
+
+def test_corrupt_zstd_is_reported(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = (CORPORA / "slimpajama/train/chunk1/example_train_0000.jsonl.zst").read_bytes()
+    bad = bytearray(raw)
+    for i in range(len(bad) // 2, len(bad) // 2 + 64):
+        bad[i] ^= 0xA5
+    (data / "bad.jsonl.zst").write_bytes(bytes(bad))
+    spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl.zst")
+    with pytest.raises(InputError, match=r"bad\.jsonl\.zst"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+
+
+def test_wrong_parquet_column_lists_the_schema(tmp_path):
+    spec = one_corpus_spec(tmp_path, f"{CORPORA}/starcoderdata/**/*.parquet")  # text = "text": wrong
+    with pytest.raises(InputError, match=r"train-00000-of-00004\.parquet.*text.*content"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+
+
+def test_huge_document_is_an_error_or_a_counted_skip(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = real_lines(4)
+    big = json.dumps({"text": (json.loads(lines[0])["text"] + "\n") * 40_000}).encode() + b"\n"
+    (data / "big.jsonl").write_bytes(lines[1] + big + lines[2])
+    spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl", 'max_doc_bytes = "1M"')
+    with pytest.raises(InputError, match=r"big\.jsonl: line 2: .*max_doc_bytes"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+    spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl", 'max_doc_bytes = "1M"\non_error = "skip"')
+    build_mix(spec, tmp_path / "out2", workers=1, progress=False)
+    totals = tinyllama.Mix(tmp_path / "out2").manifest("c")["totals"]
+    assert (totals["docs_read"], totals["docs_skipped"], totals["docs_kept"]) == (3, 1, 2)
+
+
+def test_missing_tokenizer_and_unmatched_glob(tmp_path):
+    spec = one_corpus_spec(tmp_path, f"{CORPORA}/skypile/*.jsonl")
+    spec.write_text(spec.read_text().replace("tokenizer.json.zst", "nope.json"))
+    with pytest.raises(TokenizerError, match="nope.json"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+    spec = one_corpus_spec(tmp_path, f"{CORPORA}/skypile/*.jsonl.nothing")
+    with pytest.raises(tinyllama.SpecError, match=r"\*\.jsonl\.nothing"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+
+
+def test_tokenizer_that_does_not_fit_the_dtype(tmp_path):
+    spec = one_corpus_spec(tmp_path, f"{CORPORA}/skypile/*.jsonl")
+    text = spec.read_text().replace('seq_len = 128', 'seq_len = 128\ndtype = "u16"')
+    # a vocabulary of 70k tokens: the real Llama vocab plus added tokens
+    import zstandard as zs
+
+    from conftest import TOKENIZER_ZST
+
+    tok = json.loads(zs.ZstdDecompressor().decompress(TOKENIZER_ZST.read_bytes()))
+    for i in range(70_000 - 32_000):
+        tok["model"]["vocab"][f"<extra_{i}>"] = 32_000 + i
+    big = tmp_path / "big-tokenizer.json"
+    big.write_text(json.dumps(tok))
+    spec.write_text(text.replace(str(TOKENIZER_ZST), str(big)))
+    with pytest.raises(TokenizerError, match=r"big-tokenizer\.json.*does not fit dtype"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+
+
+def test_cli_inspect_json_and_errors(built):
+    out = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "inspect", str(built), "--json"],
+                         capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout)
+    assert set(info["corpora"]) == {"slimpajama", "skypile", "starcoder"}
+    table = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "inspect", str(built)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "slimpajama" in table and "continual" in table
+    bad = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "inspect", str(built / "nope")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a built mix" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_documents_are_zero_copy_views(built):
+    doc = next(tinyllama.Mix(built).documents("skypile"))
+    assert isinstance(doc, np.ndarray) and doc.dtype == np.uint16
+    assert not doc.flags.owndata and not doc.flags.writeable
