@@ -17,9 +17,11 @@
 //! whole or not at all, whatever instant the process is killed.
 
 mod reader;
+mod stream;
 mod writer;
 
 pub use reader::Shard;
+pub use stream::CorpusStream;
 pub use writer::{write_atomic, ShardWriter};
 
 pub const MAGIC: &[u8; 8] = b"TLSHARD1";
