@@ -4,8 +4,20 @@
 //! parquet column) and row filters from the spec. Memory is bounded by one record (plus the
 //! decompressor's window / one parquet page), never by the file.
 
+mod discover;
+mod filter;
+mod jsonl;
+mod parquet;
+#[cfg(test)]
+mod tests;
+
+pub use discover::discover;
+pub use jsonl::LINE_SLACK;
+
 use crate::error::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What to do with a bad record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -47,20 +59,137 @@ pub enum Record {
     },
 }
 
-/// Files matched by the glob `patterns`, relative to `base`, sorted by their path relative to
-/// `base` and deduplicated. A pattern that matches nothing is an error naming the pattern.
-pub fn discover(base: &Path, patterns: &[String]) -> Result<Vec<PathBuf>> {
-    let _ = (base, patterns);
-    Err(Error::Spec("source::discover: not implemented yet".into()))
+/// Input file formats, told apart by the file name's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `.jsonl` / `.json`: one JSON object a line.
+    Jsonl,
+    /// `.jsonl.zst` / `.json.zst` / `.zst`: the same, zstd-compressed (any number of frames).
+    JsonlZst,
+    /// `.parquet`: one row a record, text in a string column.
+    Parquet,
 }
+
+impl Format {
+    /// The format of `path`, or a spec error naming the file and the supported extensions.
+    pub fn of(path: &Path) -> Result<Format> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".zst") {
+            Ok(Format::JsonlZst)
+        } else if name.ends_with(".jsonl") || name.ends_with(".json") {
+            Ok(Format::Jsonl)
+        } else if name.ends_with(".parquet") {
+            Ok(Format::Parquet)
+        } else {
+            Err(Error::Spec(format!(
+                "{}: unsupported file type (expected .jsonl, .json, .jsonl.zst, .json.zst, .zst \
+                 or .parquet)",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Byte counters for progress reporting, shared by every reader opened with the same handle
+/// (clone it freely; updates are relaxed atomics, one per line / read call).
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    compressed: AtomicU64,
+    uncompressed: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Bytes read from disk so far (for parquet: the column chunks opened).
+    pub fn compressed_bytes(&self) -> u64 {
+        self.0.compressed.load(Ordering::Relaxed)
+    }
+    /// Bytes of decoded input so far (JSONL: lines incl. newlines; parquet: text values).
+    pub fn uncompressed_bytes(&self) -> u64 {
+        self.0.uncompressed.load(Ordering::Relaxed)
+    }
+    fn add_compressed(&self, n: u64) {
+        self.0.compressed.fetch_add(n, Ordering::Relaxed);
+    }
+    fn add_uncompressed(&self, n: u64) {
+        self.0.uncompressed.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A record iterator, as returned by [`open`].
+pub type Records = Box<dyn Iterator<Item = Result<Record>> + Send>;
 
 /// Stream the records of one file (format from its extension). Bad records give
 /// `Err(Error::Input{..})` with `on_error = fail`, or `Ok(Record::Skipped)` with `skip`.
 /// After an unrecoverable error (corrupt zstd frame) the iterator ends.
-pub fn open(
+///
+/// `open` itself fails only when the file cannot be opened at all (`Error::Io`) or the spec
+/// asks for something impossible (`Error::Spec`: unknown extension, excluding on a
+/// non-string parquet column); bad *content* always comes through the iterator, so that
+/// `skip` can count it.
+pub fn open(path: &Path, opts: &SourceOptions) -> Result<Records> {
+    open_with_progress(path, opts, &Progress::new())
+}
+
+/// [`open`], adding the bytes read to `progress`.
+pub fn open_with_progress(
     path: &Path,
     opts: &SourceOptions,
-) -> Result<Box<dyn Iterator<Item = Result<Record>> + Send>> {
-    let _ = (path, opts);
-    Err(Error::Spec("source::open: not implemented yet".into()))
+    progress: &Progress,
+) -> Result<Records> {
+    match Format::of(path)? {
+        Format::Jsonl => Ok(Box::new(jsonl::JsonlReader::open(
+            path,
+            opts,
+            false,
+            progress.clone(),
+        )?)),
+        Format::JsonlZst => Ok(Box::new(jsonl::JsonlReader::open(
+            path,
+            opts,
+            true,
+            progress.clone(),
+        )?)),
+        Format::Parquet => match parquet::open(path, opts, progress.clone())? {
+            parquet::Opened::Reader(r) => Ok(r),
+            parquet::Opened::Bad(location, msg, rows) => {
+                Ok(Box::new(bad_file(path, opts.on_error, location, msg, rows)))
+            }
+        },
+    }
+}
+
+/// The records of a file that is bad as a whole: with `fail` one error; with `skip` one
+/// counted skip per row it claims to hold (at least one, so the loss is never silent).
+fn bad_file(
+    path: &Path,
+    on_error: OnError,
+    location: String,
+    msg: String,
+    rows: Option<u64>,
+) -> impl Iterator<Item = Result<Record>> + Send {
+    let path = path.display().to_string();
+    let n = match on_error {
+        OnError::Fail => 1,
+        OnError::Skip => rows.unwrap_or(1).max(1),
+    };
+    (0..n).map(move |row| match on_error {
+        OnError::Fail => Err(Error::Input {
+            path: path.clone(),
+            location: location.clone(),
+            msg: msg.clone(),
+        }),
+        OnError::Skip => Ok(Record::Skipped {
+            row,
+            reason: msg.clone(),
+        }),
+    })
 }

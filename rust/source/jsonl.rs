@@ -1,0 +1,260 @@
+//! JSON Lines reader (`.jsonl`, `.json`, and the same through a streaming zstd decoder).
+//!
+//! One line is one record. The line buffer is reused, and it never holds more than
+//! `max_doc_bytes + LINE_SLACK` bytes: a longer line is reported as bad input and the rest of
+//! it is discarded while streaming, so one 100 MB document cannot blow up memory.
+
+use super::filter::{text_problem, Exclude, FieldTree, Value, TEXT_SLOT};
+use super::{OnError, Progress, Record, SourceOptions};
+use crate::error::{Error, IoContext, Result};
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Room for the JSON syntax and metadata around a document's text on one line.
+pub const LINE_SLACK: u64 = 64 * 1024;
+/// Read buffer sizes: large enough that syscalls and zstd calls are rare.
+const READ_BUF: usize = 256 * 1024;
+/// After a huge line, give the memory back instead of keeping it for the rest of the file.
+const KEEP_LINE_CAPACITY: usize = 4 << 20;
+
+/// Counts the bytes read from the file on disk and marks OS errors, so a failing disk is not
+/// mistaken for a corrupt zstd stream (the decoder passes our errors through unchanged).
+struct DiskReader {
+    file: File,
+    progress: Progress,
+}
+
+#[derive(Debug)]
+struct DiskError(io::Error);
+
+impl std::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::error::Error for DiskError {}
+
+impl Read for DiskReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.file.read(buf) {
+            Ok(n) => {
+                self.progress.add_compressed(n as u64);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => Err(io::Error::new(e.kind(), DiskError(e))),
+        }
+    }
+}
+
+fn is_disk_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<DiskError>())
+}
+
+pub(crate) struct JsonlReader {
+    path: PathBuf,
+    reader: Box<dyn BufRead + Send>,
+    compressed: bool,
+    fields: FieldTree,
+    exclude: Exclude,
+    text_path: String,
+    on_error: OnError,
+    max_doc_bytes: u64,
+    line_cap: u64,
+    line: Vec<u8>,
+    /// 0-based index of the next line.
+    row: u64,
+    done: bool,
+    progress: Progress,
+}
+
+impl JsonlReader {
+    pub(crate) fn open(
+        path: &Path,
+        opts: &SourceOptions,
+        compressed: bool,
+        progress: Progress,
+    ) -> Result<Self> {
+        let file = File::open(path).ctx(path)?;
+        let disk = DiskReader {
+            file,
+            progress: progress.clone(),
+        };
+        let reader: Box<dyn BufRead + Send> = if compressed {
+            let decoder = zstd::Decoder::with_buffer(BufReader::with_capacity(READ_BUF, disk))
+                .map_err(|e| Error::input(path, "line 1", format!("cannot start zstd: {e}")))?;
+            Box::new(BufReader::with_capacity(READ_BUF, decoder))
+        } else {
+            Box::new(BufReader::with_capacity(READ_BUF, disk))
+        };
+        let exclude = Exclude::new(&opts.exclude);
+        Ok(JsonlReader {
+            path: path.to_path_buf(),
+            reader,
+            compressed,
+            fields: FieldTree::new(&opts.text, exclude.fields()),
+            exclude,
+            text_path: opts.text.clone(),
+            on_error: opts.on_error,
+            max_doc_bytes: opts.max_doc_bytes,
+            line_cap: opts.max_doc_bytes.saturating_add(LINE_SLACK),
+            line: Vec::with_capacity(64 * 1024),
+            row: 0,
+            done: false,
+            progress,
+        })
+    }
+
+    /// A bad record: a counted skip, or the error that ends the iteration.
+    fn bad(&mut self, row: u64, msg: String) -> Result<Record> {
+        match self.on_error {
+            OnError::Skip => Ok(Record::Skipped { row, reason: msg }),
+            OnError::Fail => {
+                self.done = true;
+                Err(Error::input(&self.path, format!("line {}", row + 1), msg))
+            }
+        }
+    }
+
+    /// A read error: the stream cannot go on whatever `on_error` says.
+    fn fatal(&mut self, e: io::Error) -> Result<Record> {
+        self.done = true;
+        if self.compressed && !is_disk_error(&e) {
+            let row = self.row;
+            let msg = format!("corrupt zstd stream after line {row}: {e}");
+            // With Skip the rest of the file counts as one skipped record.
+            return self.bad(row, msg);
+        }
+        Err(Error::io(&self.path, e))
+    }
+
+    /// Read one line into `self.line`; returns (bytes consumed, whether it was cut at the cap).
+    fn read_line(&mut self) -> io::Result<(u64, bool)> {
+        if self.line.capacity() > KEEP_LINE_CAPACITY {
+            self.line = Vec::with_capacity(64 * 1024);
+        }
+        self.line.clear();
+        let n = (&mut self.reader)
+            .take(self.line_cap + 1)
+            .read_until(b'\n', &mut self.line)? as u64;
+        if n > self.line_cap && self.line.last() != Some(&b'\n') {
+            // Too long to be a document we accept: drop the rest without buffering it.
+            let rest = self.reader.skip_until(b'\n')? as u64;
+            return Ok((n + rest, true));
+        }
+        Ok((n, false))
+    }
+}
+
+/// Decode one non-blank line (without its newline) into a record, or say why it is bad.
+fn decode(
+    fields: &FieldTree,
+    exclude: &Exclude,
+    text_path: &str,
+    max_doc_bytes: u64,
+    row: u64,
+    content: &[u8],
+    truncated: bool,
+) -> std::result::Result<Record, String> {
+    let why_truncated = |detail: String| {
+        if truncated {
+            format!("truncated last line (no trailing newline): {detail}")
+        } else {
+            detail
+        }
+    };
+    let text =
+        std::str::from_utf8(content).map_err(|e| why_truncated(format!("invalid UTF-8: {e}")))?;
+    let parsed = fields
+        .parse(text)
+        .map_err(|e| why_truncated(format!("invalid JSON: {e}")))?;
+    if parsed.kind != "an object" {
+        return Err(format!("expected a JSON object, found {}", parsed.kind));
+    }
+    let mut values = parsed.values;
+    for (i, v) in values.iter().enumerate().skip(1) {
+        let s = match v {
+            Value::Str(s) => Some(&**s),
+            _ => None,
+        };
+        if exclude.matches(i - 1, s) {
+            return Ok(Record::Filtered { row });
+        }
+    }
+    let value = std::mem::replace(&mut values[TEXT_SLOT], Value::Missing);
+    if let Some(msg) = text_problem(text_path, &value) {
+        return Err(msg);
+    }
+    let Value::Str(doc) = value else {
+        return Err(format!("missing text field '{text_path}'"));
+    };
+    if doc.len() as u64 > max_doc_bytes {
+        return Err(format!(
+            "document of {} bytes exceeds max_doc_bytes={max_doc_bytes}",
+            doc.len()
+        ));
+    }
+    let text = match doc {
+        Cow::Borrowed(s) => s.to_owned(),
+        Cow::Owned(s) => s,
+    };
+    Ok(Record::Doc { row, text })
+}
+
+impl Iterator for JsonlReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let (n, too_long) = match self.read_line() {
+                Ok(x) => x,
+                Err(e) => return Some(self.fatal(e)),
+            };
+            if n == 0 {
+                self.done = true;
+                if self.row == 0 {
+                    // Nothing at all (a 0-byte file or a zstd stream of nothing) is far more
+                    // likely a failed download than an intentionally empty shard.
+                    return Some(self.bad(0, "empty file".into()));
+                }
+                return None;
+            }
+            self.progress.add_uncompressed(n);
+            let row = self.row;
+            self.row += 1;
+            if too_long {
+                let msg = format!(
+                    "document of {n} bytes exceeds max_doc_bytes={} (the line was not read)",
+                    self.max_doc_bytes
+                );
+                return Some(self.bad(row, msg));
+            }
+            let has_newline = self.line.last() == Some(&b'\n');
+            let mut content = &self.line[..];
+            if has_newline {
+                content = &content[..content.len() - 1];
+            }
+            if content.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let out = decode(
+                &self.fields,
+                &self.exclude,
+                &self.text_path,
+                self.max_doc_bytes,
+                row,
+                content,
+                !has_newline,
+            );
+            return Some(match out {
+                Ok(record) => Ok(record),
+                Err(msg) => self.bad(row, msg),
+            });
+        }
+    }
+}
