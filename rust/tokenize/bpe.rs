@@ -83,7 +83,9 @@ impl Merges {
         }
         // prev/next as indices; usize::MAX = none. `alive` marks symbols not merged away.
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-        let mut next: Vec<usize> = (1..=n).map(|i| if i < n { i } else { usize::MAX }).collect();
+        let mut next: Vec<usize> = (1..=n)
+            .map(|i| if i < n { i } else { usize::MAX })
+            .collect();
         let mut alive = vec![true; n];
         let mut heap: BinaryHeap<Reverse<(u32, usize, u32)>> = BinaryHeap::with_capacity(n);
         for i in 0..n - 1 {

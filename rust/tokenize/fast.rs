@@ -110,7 +110,9 @@ impl FastEncoder {
         {
             return Err("unsupported BPE options".into());
         }
-        let vocab = m["vocab"].as_object().ok_or("model.vocab is not an object")?;
+        let vocab = m["vocab"]
+            .as_object()
+            .ok_or("model.vocab is not an object")?;
         let id_of = |s: &str| vocab.get(s).and_then(Value::as_u64).map(|v| v as u32);
 
         // Byte fallback must cover every byte, so the unknown-token path never runs.
@@ -143,7 +145,9 @@ impl FastEncoder {
             let (a, b) = merge_pair(entry).ok_or("a merge is neither [a, b] nor \"a b\"")?;
             let (Some(ia), Some(ib), Some(inew)) = (id_of(&a), id_of(&b), id_of(&(a.clone() + &b)))
             else {
-                return Err(format!("merge {a:?} {b:?} names a token not in the vocabulary"));
+                return Err(format!(
+                    "merge {a:?} {b:?} names a token not in the vocabulary"
+                ));
             };
             if a.chars().last() != Some('▁') && b.starts_with('▁') {
                 return Err(format!("merge {a:?} {b:?} crosses a ▁ boundary"));

@@ -16,7 +16,13 @@ use std::path::Path;
 /// zstd frame magic number, little endian.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
-const BOS_NAMES: &[&str] = &["<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]"];
+const BOS_NAMES: &[&str] = &[
+    "<s>",
+    "<bos>",
+    "<|begin_of_text|>",
+    "<|startoftext|>",
+    "[CLS]",
+];
 const EOS_NAMES: &[&str] = &["</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>", "[SEP]"];
 
 pub struct Tokenizer {
@@ -35,7 +41,8 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Load `tokenizer.json` or `tokenizer.json.zst` (recognised by its zstd magic number).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw = std::fs::read(path).map_err(|e| Error::tokenizer(path, format!("cannot read: {e}")))?;
+        let raw =
+            std::fs::read(path).map_err(|e| Error::tokenizer(path, format!("cannot read: {e}")))?;
         let json = if raw.starts_with(&ZSTD_MAGIC) {
             zstd::decode_all(raw.as_slice())
                 .map_err(|e| Error::tokenizer(path, format!("not a valid zstd stream: {e}")))?
@@ -58,11 +65,11 @@ impl Tokenizer {
             .to_string(false)
             .map_err(|e| bad(&e))
             .and_then(|s| serde_json::from_str(&s).map_err(|e| bad(&e)))?;
-        let (fast, slow_reason) =
-            match fast::FastEncoder::new(&canonical, |t| inner.token_to_id(t)) {
-                Ok(f) => (Some(f), None),
-                Err(reason) => (None, Some(reason)),
-            };
+        let (fast, slow_reason) = match fast::FastEncoder::new(&canonical, |t| inner.token_to_id(t))
+        {
+            Ok(f) => (Some(f), None),
+            Err(reason) => (None, Some(reason)),
+        };
         let bos = find_special(&inner, BOS_NAMES);
         let eos = find_special(&inner, EOS_NAMES);
         Ok(Tokenizer {

@@ -212,8 +212,14 @@ fn zst_and_plain_have_the_same_fingerprint() {
 fn missing_and_garbage_files_name_the_path() {
     let dir = tempfile::tempdir().expect("tmp");
     let missing = dir.path().join("nope.json");
-    let err = Tokenizer::from_file(&missing).err().expect("must fail").to_string();
-    assert!(err.contains("nope.json") && err.contains("cannot read"), "{err}");
+    let err = Tokenizer::from_file(&missing)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("nope.json") && err.contains("cannot read"),
+        "{err}"
+    );
 
     let garbage = dir.path().join("garbage.json");
     std::fs::write(&garbage, b"{not json").expect("write");
@@ -225,8 +231,14 @@ fn missing_and_garbage_files_name_the_path() {
     let mut bytes = ZSTD_MAGIC.to_vec();
     bytes.extend_from_slice(b"truncated");
     std::fs::write(&bad_zst, bytes).expect("write");
-    let err = Tokenizer::from_file(&bad_zst).err().expect("must fail").to_string();
-    assert!(err.contains("bad.json.zst") && err.contains("zstd"), "{err}");
+    let err = Tokenizer::from_file(&bad_zst)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("bad.json.zst") && err.contains("zstd"),
+        "{err}"
+    );
 }
 
 /// Edit the test tokenizer's JSON and load the result.
