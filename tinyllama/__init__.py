@@ -9,11 +9,13 @@ from tinyllama.errors import (
     TinyllamaError,
     TokenizerError,
 )
+from tinyllama.mix import Mix
 from tinyllama.tokenizer import Tokenizer
 
 __all__ = [
     "__version__",
     "Tokenizer",
+    "Mix",
     "TinyllamaError",
     "InputError",
     "SpecError",

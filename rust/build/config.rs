@@ -67,13 +67,25 @@ pub struct BuildConfig {
 }
 
 impl BuildConfig {
-    /// Identity of the build's *result*: everything but where it goes and how many threads
-    /// make it. A resumed build continues only from staging made under the same identity.
-    pub fn identity(&self) -> String {
+    /// Identity of the build's *result*, from content only: the settings that shape the
+    /// output, the tokenizer's fingerprint and each input file's name and size — not where
+    /// the spec, the inputs or the output live, nor how many threads make it. A complete mix
+    /// with the same identity is up to date; resumed staging must carry the same identity.
+    pub fn identity(&self, tokenizer_sha256: &str, inputs: &[Vec<(String, u64)>]) -> String {
         let mut v = serde_json::to_value(self).expect("config serialises");
         if let Some(obj) = v.as_object_mut() {
-            obj.remove("out");
-            obj.remove("workers");
+            for key in ["out", "workers", "tokenizer"] {
+                obj.remove(key);
+            }
+            if let Some(corpora) = obj.get_mut("corpora").and_then(|c| c.as_array_mut()) {
+                for (c, files) in corpora.iter_mut().zip(inputs) {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("base");
+                        c.insert("inputs".into(), serde_json::json!(files));
+                    }
+                }
+            }
+            obj.insert("tokenizer_sha256".into(), tokenizer_sha256.into());
         }
         let bytes = serde_json::to_vec(&v).expect("value serialises");
         format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))

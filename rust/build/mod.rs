@@ -103,9 +103,21 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     hex::decode_to_slice(tokenizer.sha256(), &mut fingerprint)
         .map_err(|e| Error::tokenizer(&cfg.tokenizer, e.to_string()))?;
 
+    let mut inputs = Vec::with_capacity(cfg.corpora.len());
+    for corpus in &cfg.corpora {
+        inputs.push(source::discover(&corpus.base, &corpus.paths)?);
+    }
+    let mut input_ids = Vec::with_capacity(inputs.len());
+    for (corpus, files) in cfg.corpora.iter().zip(&inputs) {
+        let mut ids = Vec::with_capacity(files.len());
+        for f in files {
+            ids.push((display_path(corpus, f), std::fs::metadata(f).ctx(f)?.len()));
+        }
+        input_ids.push(ids);
+    }
     let out = &cfg.out;
     std::fs::create_dir_all(out).ctx(out)?;
-    let identity = cfg.identity();
+    let identity = cfg.identity(tokenizer.sha256(), &input_ids);
     if let Some(done) = completed_identity(out) {
         if done == identity {
             return Ok(BuildSummary {
@@ -135,8 +147,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     };
     let mut summary = BuildSummary::default();
     let mut corpus_summaries = Vec::new();
-    for corpus in &cfg.corpora {
-        let files = source::discover(&corpus.base, &corpus.paths)?;
+    for (corpus, files) in cfg.corpora.iter().zip(&inputs) {
         let dir = staging.join(&corpus.name);
         std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
         let removed: HashMap<u64, HashMap<u64, Removed>> = match corpus.dedup {

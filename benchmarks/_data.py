@@ -1,0 +1,62 @@
+"""Benchmark inputs: the shared corpora scaled up, with a per-copy perturbation so that copies
+are not byte-identical (dedup and caches still see realistic text, not replays)."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import zstandard
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_docs(path: Path) -> list[dict]:
+    raw = path.read_bytes()
+    if path.suffix == ".zst":
+        raw = zstandard.ZstdDecompressor().stream_reader(raw).read()
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
+def base_texts(shared: Path = SHARED) -> list[str]:
+    texts = []
+    for f in sorted((shared / "corpora/slimpajama").rglob("*.jsonl.zst")):
+        texts += [d["text"] for d in read_docs(f)]
+    for f in sorted((shared / "corpora/skypile").glob("*.jsonl")):
+        texts += [d["text"] for d in read_docs(f)]
+    return texts
+
+
+def scaled_corpus(out: Path, megabytes: int, files: int = 16, shared: Path = SHARED) -> tuple[list[Path], int]:
+    """Write about `megabytes` MB of text as `files` .jsonl.zst files; reuse if present."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / f".complete-{megabytes}-{files}"
+    paths = [out / f"part-{i:03d}.jsonl.zst" for i in range(files)]
+    if marker.exists():
+        return paths, int(marker.read_text())
+    texts = base_texts(shared)
+    target = megabytes * 10**6
+    lines: list[str] = []
+    size = copy = 0
+    while size < target:
+        for i, t in enumerate(texts):
+            doc = f"[{copy}] {t}"  # perturbed: not identical to any other copy
+            lines.append(json.dumps({"id": f"{copy}-{i}", "text": doc}, ensure_ascii=False))
+            size += len(doc.encode())
+            if size >= target:
+                break
+        copy += 1
+    per = (len(lines) + files - 1) // files
+    cctx = zstandard.ZstdCompressor(level=3)
+    for k, p in enumerate(paths):
+        p.write_bytes(cctx.compress(("\n".join(lines[k * per:(k + 1) * per]) + "\n").encode()))
+    marker.write_text(str(size))
+    return paths, size
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process and of its (waited-for) children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
