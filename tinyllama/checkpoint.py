@@ -16,15 +16,18 @@ leaves the previous `latest` pointing at a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -81,6 +84,15 @@ def clean_partial(ckpt_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """DCP warns when used without a process group; that is intended here (one process)."""
+    with warnings.catch_warnings():
+        if not (dist.is_available() and dist.is_initialized()):
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _rng_state() -> dict:
     st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -109,7 +121,8 @@ def save(ckpt_dir: str | os.PathLike[str], step: int, model, optimizer, trainer_
         (tmp / "rng").mkdir()
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save(_rng_state(), tmp / "rng" / f"rank-{rank}.pt")
     if rank == 0:
         _write_atomic(tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1))
@@ -136,7 +149,8 @@ def load(path: str | os.PathLike[str], model, optimizer, *, rank: int) -> dict:
     path = Path(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     rng = path / "rng" / f"rank-{rank}.pt"
@@ -169,7 +183,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     model.to_empty(device=device)
     model.init_weights()  # sets the RoPE buffers; weights are overwritten just below
     sd = {"model": model.state_dict()}
-    dcp.load(sd, checkpoint_id=str(ckpt))
+    with _quiet():
+        dcp.load(sd, checkpoint_id=str(ckpt))
     model.load_state_dict(sd["model"])
     return model.eval()
 

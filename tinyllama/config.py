@@ -86,7 +86,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     base = path.resolve().parent
     for key in ("mix", "out"):
         if isinstance(raw.get(key), str):
-            raw[key] = str(base / raw[key])
+            raw[key] = os.path.normpath(base / raw[key])
     return config_from_dict(raw, overrides, source=str(path))
 
 

@@ -249,6 +249,62 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_config_from_toml_and_overrides(tmp_path):
+    from tinyllama.config import load_config
+
+    p = write_config(tmp_path / "cfg", CONFIG.replace('mix = "unused-mix"', 'mix = "../mixes/demo"'))
+    cfg = load_config(p, ["run.max_steps=50", "optim.betas=[0.8, 0.9]", "run.precision=bf16",
+                          "run.compile=true", "model.n_layer=3", "optim.lr=1"])
+    assert cfg.mix == str((tmp_path / "mixes/demo").resolve())  # relative to the config file
+    assert cfg.out == str((tmp_path / "cfg/run").resolve())
+    assert (cfg.run.max_steps, cfg.optim.betas, cfg.run.precision, cfg.run.compile) == (50, (0.8, 0.9), "bf16", True)
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == 64 and cfg.optim.lr == 1.0
+    named = load_config(p, ["model=tinyllama-1.1b", "run.keep_last=1"])
+    assert named.model.n_layer == 22 and named.run.keep_last == 1
+    on_named = load_config(write_config(tmp_path / "n", 'mix = "m"\nout = "o"\nmodel = "tiny"\n'),
+                           ["model.n_layer=5"])
+    assert on_named.model.n_layer == 5 and on_named.model.n_embd == 64  # the rest of "tiny"
+    assert on_named.run == type(on_named.run)()  # SPEC defaults
+    assert on_named.optim.lr == 4e-4 and on_named.optim.warmup_steps == 2000
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    (CONFIG.replace("max_steps = 12", "max_step = 12"), [], "run.max_step"),
+    (CONFIG, ["run.max_stpes=5"], "run.max_stpes"),
+    (CONFIG, ["run.max_steps=many"], "run.max_steps"),
+    (CONFIG, ["run.precision=fp16"], "run.precision"),
+    (CONFIG, ["optim.betas=[0.9]"], "optim.betas"),
+    (CONFIG, ["model=llama-70b"], "model"),
+    (CONFIG, ["model.n_kv_head=3"], "model.n_kv_head"),
+    (CONFIG, ["model.n_heads=3"], "model.n_heads"),
+    (CONFIG, ["micro_batch=0"], "micro_batch"),
+    (CONFIG, ["optim.min_lr=1"], "optim.min_lr"),
+    (CONFIG + "\n[data]\nx = 1\n", [], "data"),
+    (CONFIG.replace('mix = "unused-mix"\n', ""), [], "mix"),
+])
+def test_config_errors_name_the_key(tmp_path, text, overrides, key):
+    from tinyllama.config import load_config
+    from tinyllama.errors import SpecError
+
+    p = write_config(tmp_path, text)
+    with pytest.raises(SpecError) as e:
+        load_config(p, overrides)
+    assert f"'{key}'" in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_config_bad_toml_and_bad_set(tmp_path):
+    from tinyllama.config import load_config
+    from tinyllama.errors import SpecError
+
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_config(write_config(tmp_path, "mix = \n"))
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        load_config(write_config(tmp_path), ["run.max_steps"])
+    with pytest.raises(SpecError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(baseline, streams, tmp_path):
     two = run_torchrun(2, write_config(tmp_path), streams)
