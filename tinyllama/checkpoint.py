@@ -171,21 +171,47 @@ def _resolve(path: Path) -> Path:
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
-    """The model of a training checkpoint, as a plain (unsharded) fp32 `Llama` in eval mode.
+    """The model in `path`, as a plain (unsharded) fp32 `Llama` in eval mode.
 
-    Single process, no process group needed: DCP reads the shards of any world size.
+    `path` is a training run dir, its `checkpoints/` dir, one `step-N/` dir (single process, no
+    process group needed: DCP reads the shards of any world size), or a Hugging Face Llama dir
+    (config.json + *.safetensors).
     """
-    ckpt = _resolve(Path(path))
+    path = Path(path)
+    if (path / "config.json").is_file() and not (path / "trainer.json").is_file():
+        return _load_hf(path, device)
+    ckpt = _resolve(path)
     trainer = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
-    cfg = ModelConfig(**trainer["config"]["model"])
-    with torch.device("meta"):
-        model = Llama(cfg)
-    model.to_empty(device=device)
-    model.init_weights()  # sets the RoPE buffers; weights are overwritten just below
+    model = _empty_model(ModelConfig(**trainer["config"]["model"]), device)
     sd = {"model": model.state_dict()}
     with _quiet():
         dcp.load(sd, checkpoint_id=str(ckpt))
     model.load_state_dict(sd["model"])
+    return model.eval()
+
+
+def _empty_model(cfg: ModelConfig, device) -> Llama:
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model.to_empty(device=device)
+    model.init_weights()  # sets the RoPE buffers; the weights are overwritten by the caller
+    return model
+
+
+def _load_hf(path: Path, device) -> Llama:
+    from safetensors.torch import load_file
+
+    from tinyllama.model import config_from_hf, from_hf_state_dict
+
+    cfg = config_from_hf(json.loads((path / "config.json").read_text(encoding="utf-8")))
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights next to config.json")
+    sd = {}
+    for f in files:
+        sd.update(load_file(f))
+    model = _empty_model(cfg, device)
+    model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(sd).items()}, strict=True)
     return model.eval()
 
 
