@@ -155,6 +155,9 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
             raise SpecError(f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
                             f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}")
         tokens, corpora = source.batch(step, d.rank, d.world)
+        if tokens.shape[1] - 1 > cfg.model.max_seq_len:
+            raise SpecError(f"{cfg.source}: key 'model.max_seq_len': the mix's sequences have "
+                            f"{tokens.shape[1] - 1} tokens, more than max_seq_len={cfg.model.max_seq_len}")
         if tokens.shape[0] != n_global // d.world:
             raise RuntimeError(f"data source gave {tokens.shape[0]} sequences at step {step}, "
                                f"expected {n_global // d.world}")
@@ -187,6 +190,8 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
                    "tokens_per_s": tps, "grad_norm": float(window_steps[-1][1]),
                    "mfu": tps * cfg.model.flops_per_token(seq_len) / (peak * d.world) if peak else None,
                    "batch_sequences": n_global, "accum_steps": n_global // (d.world * cfg.micro_batch)}
+            if d.device.type == "cuda":
+                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
             rec.update({f"loss/{c}": sum(v) / len(v) for c, v in sorted(per_corpus.items())})
             log.log(rec, end)
             window_losses, window_corpora, window_steps, window_tokens = [], [], [], 0
