@@ -62,7 +62,9 @@ def _write_atomic(path: Path, text: str) -> None:
 def committed_steps(ckpt_dir: Path) -> list[int]:
     if not ckpt_dir.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+    return sorted(
+        int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    )
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike[str]) -> Path | None:
@@ -108,8 +110,18 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(st["cuda"])
 
 
-def save(ckpt_dir: str | os.PathLike[str], step: int, model, optimizer, trainer_state: dict, *, rank: int,
-         world: int, keep_last: int, barrier) -> Path:
+def save(
+    ckpt_dir: str | os.PathLike[str],
+    step: int,
+    model,
+    optimizer,
+    trainer_state: dict,
+    *,
+    rank: int,
+    world: int,
+    keep_last: int,
+    barrier,
+) -> Path:
     """Collective: every rank calls it. Returns the committed directory."""
     ckpt_dir = Path(ckpt_dir)
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
@@ -125,7 +137,9 @@ def save(ckpt_dir: str | os.PathLike[str], step: int, model, optimizer, trainer_
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save(_rng_state(), tmp / "rng" / f"rank-{rank}.pt")
     if rank == 0:
-        _write_atomic(tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1))
+        _write_atomic(
+            tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1)
+        )
     barrier()  # every rank's shards are on disk
     if rank == 0:
         for p in tmp.rglob("*"):
@@ -194,7 +208,7 @@ def _empty_model(cfg: ModelConfig, device) -> Llama:
     with torch.device("meta"):
         model = Llama(cfg)
     model.to_empty(device=device)
-    model.init_weights()  # sets the RoPE buffers; the weights are overwritten by the caller
+    model.init_rope()  # the weights are loaded by the caller
     return model
 
 
@@ -215,4 +229,4 @@ def _load_hf(path: Path, device) -> Llama:
     return model.eval()
 
 
-__all__ = ["save", "load", "load_model", "latest_checkpoint", "clean_partial", "committed_steps"]
+__all__ = ["clean_partial", "committed_steps", "latest_checkpoint", "load", "load_model", "save"]

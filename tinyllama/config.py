@@ -19,9 +19,10 @@ import dataclasses
 import os
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tinyllama.errors import SpecError
 from tinyllama.model import NAMED_CONFIGS, ModelConfig
@@ -148,8 +149,9 @@ def _build(raw: dict, source: str) -> TrainConfig:
         if not isinstance(table, dict):
             raise SpecError(f"{source}: key '{name}' must be a table")
         sections[name] = _build_dataclass(cls, table, name, source)
-    cfg = TrainConfig(mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source,
-                      **sections)
+    cfg = TrainConfig(
+        mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **sections
+    )
     _validate(cfg, source)
     return cfg
 
@@ -157,8 +159,9 @@ def _build(raw: dict, source: str) -> TrainConfig:
 def _build_model(value: Any, source: str) -> ModelConfig:
     if isinstance(value, str):
         if value not in NAMED_CONFIGS:
-            raise SpecError(f"{source}: key 'model': unknown model {value!r} "
-                            f"(known: {', '.join(sorted(NAMED_CONFIGS))})")
+            raise SpecError(
+                f"{source}: key 'model': unknown model {value!r} (known: {', '.join(sorted(NAMED_CONFIGS))})"
+            )
         return ModelConfig.from_name(value)
     if not isinstance(value, dict):
         raise SpecError(f"{source}: key 'model' must be a model name or a table")
@@ -166,8 +169,10 @@ def _build_model(value: Any, source: str) -> ModelConfig:
     name = table.pop("name", None)
     if name is not None:
         if name not in NAMED_CONFIGS:
-            raise SpecError(f"{source}: key 'model.name': unknown model {name!r} "
-                            f"(known: {', '.join(sorted(NAMED_CONFIGS))})")
+            raise SpecError(
+                f"{source}: key 'model.name': unknown model {name!r} "
+                f"(known: {', '.join(sorted(NAMED_CONFIGS))})"
+            )
         base = dataclasses.asdict(NAMED_CONFIGS[name])
         base.update(table)
         table = base
@@ -187,8 +192,11 @@ def _build_dataclass(cls: type, table: dict, prefix: str, source: str):
         if k not in fields:
             raise SpecError(f"{source}: unknown key '{prefix}.{k}' (known: {', '.join(fields)})")
         kwargs[k] = _coerce(v, hints[k], f"{prefix}.{k}", source)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise SpecError(f"{source}: missing key '{prefix}.{missing[0]}'")
     return cls(**kwargs)

@@ -13,8 +13,17 @@ from pathlib import Path
 import torch
 
 # Dense bf16 peak FLOP/s per GPU, for MFU. Unknown devices (and CPUs) get no MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12,
-                   "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12}
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -40,8 +49,10 @@ class MetricsLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(out) / "tb"), purge_step=resume_step + 1 if resume_step else None)
-        except Exception:  # tensorboard not installed: JSONL only
+            self.tb = SummaryWriter(
+                str(Path(out) / "tb"), purge_step=resume_step + 1 if resume_step else None
+            )
+        except (ImportError, AttributeError, TypeError):  # no (usable) tensorboard: JSONL only
             self.tb = None
         self.start = time.time()
 
@@ -52,8 +63,11 @@ class MetricsLogger:
         if step == 0:
             keep = []
         else:
-            keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            keep = [
+                ln
+                for ln in self.path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step
+            ]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -61,8 +75,10 @@ class MetricsLogger:
     def log(self, record: dict, total_steps: int) -> None:
         if not self.enabled:
             return
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v)
-                  for k, v in record.items()}
+        record = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v)
+            for k, v in record.items()
+        }
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -70,8 +86,10 @@ class MetricsLogger:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["step"])
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
-        line = (f"step {record['step']}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                f"gnorm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s{mfu}")
+        line = (
+            f"step {record['step']}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+            f"gnorm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s{mfu}"
+        )
         if self.tty:
             sys.stderr.write("\r\x1b[2K" + line)
             if record["step"] >= total_steps:

@@ -50,7 +50,7 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
     @classmethod
-    def from_name(cls, name: str) -> "ModelConfig":
+    def from_name(cls, name: str) -> ModelConfig:
         if name not in NAMED_CONFIGS:
             raise KeyError(f"unknown model {name!r} (known: {', '.join(sorted(NAMED_CONFIGS))})")
         return dataclasses.replace(NAMED_CONFIGS[name])
@@ -58,7 +58,15 @@ class ModelConfig:
     def validate(self) -> list[str]:
         """Problems with this config, as (key, message) strings; empty when valid."""
         errs = []
-        for f in ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "vocab_size", "max_seq_len"):
+        for f in (
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "n_kv_head",
+            "intermediate_size",
+            "vocab_size",
+            "max_seq_len",
+        ):
             if getattr(self, f) <= 0:
                 errs.append(f"{f}: must be > 0")
         if not errs:
@@ -95,8 +103,8 @@ NAMED_CONFIGS: dict[str, ModelConfig] = {
     # TinyLlama v1.1: 1,100,048,384 parameters.
     "tinyllama-1.1b": ModelConfig(n_layer=22, n_embd=2048, n_head=32, n_kv_head=4, intermediate_size=5632),
     # Small shapes with the Llama 2 vocabulary, for the demo and for tests on a CPU.
-    "tiny": ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=176, max_seq_len=512),
-    "demo": ModelConfig(n_layer=4, n_embd=256, n_head=8, n_kv_head=4, intermediate_size=704, max_seq_len=1024),
+    "tiny": ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=176),
+    "demo": ModelConfig(n_layer=4, n_embd=256, n_head=8, n_kv_head=4, intermediate_size=704),
     "small": ModelConfig(n_layer=8, n_embd=512, n_head=8, n_kv_head=4, intermediate_size=1408),
 }
 
@@ -116,7 +124,9 @@ class RMSNorm(nn.Module):
 
 def rope_cache(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [max_seq_len, head_dim] (frequencies repeated twice: rotate-half)."""
-    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim))
+    inv_freq = 1.0 / (
+        cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    )
     t = torch.arange(cfg.max_seq_len, device=device).float()
     freqs = torch.outer(t, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -238,7 +248,12 @@ class Llama(nn.Module):
                 g = torch.Generator(device=device).manual_seed(_param_seed(seed, name))
                 full = torch.empty(shape, device=device).normal_(0.0, std, generator=g)
             _copy_full_into(p, full)
-        cos, sin = rope_cache(cfg, device=self.rope_cos.device)
+        self.init_rope()
+
+    @torch.no_grad()
+    def init_rope(self) -> None:
+        """Recompute the RoPE buffers (garbage after `to_empty`)."""
+        cos, sin = rope_cache(self.config, device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 

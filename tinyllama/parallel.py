@@ -26,6 +26,7 @@ class Dist:
     local_world: int
     device: torch.device
     mesh: object | None  # DeviceMesh when FSDP is used (world > 1)
+    owns_group: bool = False  # we initialised the process group (so we tear it down)
 
     @property
     def is_main(self) -> bool:
@@ -51,13 +52,14 @@ def init_distributed() -> Dist:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    mesh = None
+    mesh, owns = None, False
     if "RANK" in os.environ and "MASTER_ADDR" in os.environ and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        owns = True
     if world > 1:
         mesh = build_mesh(device.type, world, local_world)
-    return Dist(rank, world, local_rank, local_world, device, mesh)
+    return Dist(rank, world, local_rank, local_world, device, mesh, owns)
 
 
 def build_mesh(device_type: str, world: int, local_world: int):

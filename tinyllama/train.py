@@ -19,8 +19,9 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,7 +32,14 @@ from tinyllama.config import TrainConfig, load_config
 from tinyllama.errors import SpecError
 from tinyllama.metrics import MetricsLogger, peak_flops
 from tinyllama.model import Llama
-from tinyllama.parallel import Dist, all_gather_objects, all_reduce_sum, init_distributed, shard_model, shutdown
+from tinyllama.parallel import (
+    Dist,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    shard_model,
+    shutdown,
+)
 
 
 class BatchSource(Protocol):
@@ -60,7 +68,9 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o.lr - o.min_lr)
 
 
-def build(cfg: TrainConfig, d: Dist) -> tuple[Llama, torch.optim.Optimizer, contextlib.AbstractContextManager]:
+def build(
+    cfg: TrainConfig, d: Dist
+) -> tuple[Llama, torch.optim.Optimizer, contextlib.AbstractContextManager]:
     """Model built on the meta device, sharded, materialised on the device, initialised."""
     bf16 = cfg.run.precision == "bf16"
     with torch.device("meta"):
@@ -76,12 +86,18 @@ def build(cfg: TrainConfig, d: Dist) -> tuple[Llama, torch.optim.Optimizer, cont
     model.init_weights(cfg.run.seed)
     # Weight decay on matrices only (not on RMSNorm gains).
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8,
-                            fused=d.device.type == "cuda")
-    amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 and not fsdp_mp
-           else contextlib.nullcontext())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(
+        groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8, fused=d.device.type == "cuda"
+    )
+    amp = (
+        torch.autocast(d.device.type, dtype=torch.bfloat16)
+        if bf16 and not fsdp_mp
+        else contextlib.nullcontext()
+    )
     return model, opt, amp
 
 
@@ -98,7 +114,7 @@ def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp) -
     for i in range(accum):
         if hsdp:  # reduce-scatter within the node every micro-step, all-reduce across nodes once
             model.set_requires_all_reduce(i == accum - 1)
-        chunk = x[i * mb:(i + 1) * mb]
+        chunk = x[i * mb : (i + 1) * mb]
         with amp:
             logits = model(chunk[:, :-1])
         ce = F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="none")
@@ -121,7 +137,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
     try:
         return _train(cfg, resume, source if source is not None else open_data(cfg), d)
     finally:
-        shutdown()
+        if d.owns_group:
+            shutdown()
 
 
 def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path:
@@ -137,13 +154,22 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
     d.barrier()
 
     step, tokens_seen = 0, 0
-    last = ckpt.latest_checkpoint(ckpt_dir) if resume else None
+    last = ckpt.latest_checkpoint(ckpt_dir)
+    if last is not None and not resume:
+        # Starting over would interleave new checkpoints with the old ones (and keep_last
+        # would prune by step number): refuse rather than lose a run.
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints (latest: {last.name}): pass --resume "
+            f"to continue that run, or choose another out dir"
+        )
     if last is not None:
         state = ckpt.load(last, model, opt, rank=d.rank)
         step, tokens_seen = state["step"], state["tokens"]
     log = MetricsLogger(out, d.is_main, resume_step=step)
     if resume:
-        log.message(f"resumed from {last}" if last else f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
+        log.message(
+            f"resumed from {last}" if last else f"--resume: no checkpoint in {ckpt_dir}, starting fresh"
+        )
     peak = peak_flops(d.device)
 
     window_losses, window_corpora, window_steps, window_tokens = [], [], [], 0
@@ -152,15 +178,20 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
     while step < end:
         n_global = source.batch_sequences(step)
         if n_global % (d.world * cfg.micro_batch):
-            raise SpecError(f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
-                            f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}")
+            raise SpecError(
+                f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
+                f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}"
+            )
         tokens, corpora = source.batch(step, d.rank, d.world)
         if tokens.shape[1] - 1 > cfg.model.max_seq_len:
-            raise SpecError(f"{cfg.source}: key 'model.max_seq_len': the mix's sequences have "
-                            f"{tokens.shape[1] - 1} tokens, more than max_seq_len={cfg.model.max_seq_len}")
+            raise SpecError(
+                f"{cfg.source}: key 'model.max_seq_len': the mix's sequences have "
+                f"{tokens.shape[1] - 1} tokens, more than max_seq_len={cfg.model.max_seq_len}"
+            )
         if tokens.shape[0] != n_global // d.world:
-            raise RuntimeError(f"data source gave {tokens.shape[0]} sequences at step {step}, "
-                               f"expected {n_global // d.world}")
+            raise RuntimeError(
+                f"data source gave {tokens.shape[0]} sequences at step {step}, expected {n_global // d.world}"
+            )
         lr = lr_at(step, cfg, total)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -186,10 +217,17 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
                 for name, lv in zip(names, ls):
                     per_corpus.setdefault(name, []).append(lv)
             tps = window_tokens / dt
-            rec = {"step": step, "loss": float(step_sums.sum()) / n_seq, "lr": lr, "tokens": tokens_seen,
-                   "tokens_per_s": tps, "grad_norm": float(window_steps[-1][1]),
-                   "mfu": tps * cfg.model.flops_per_token(seq_len) / (peak * d.world) if peak else None,
-                   "batch_sequences": n_global, "accum_steps": n_global // (d.world * cfg.micro_batch)}
+            rec = {
+                "step": step,
+                "loss": float(step_sums.sum()) / n_seq,
+                "lr": lr,
+                "tokens": tokens_seen,
+                "tokens_per_s": tps,
+                "grad_norm": float(window_steps[-1][1]),
+                "mfu": tps * cfg.model.flops_per_token(seq_len) / (peak * d.world) if peak else None,
+                "batch_sequences": n_global,
+                "accum_steps": n_global // (d.world * cfg.micro_batch),
+            }
             if d.device.type == "cuda":
                 rec["max_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
             rec.update({f"loss/{c}": sum(v) / len(v) for c, v in sorted(per_corpus.items())})
@@ -200,8 +238,17 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
         if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == end:
             if step != saved:
                 state = {"tokens": tokens_seen, "total_steps": total, "lr": lr, "config": cfg.to_dict()}
-                path = ckpt.save(ckpt_dir, step, model, opt, state, rank=d.rank, world=d.world,
-                                 keep_last=cfg.run.keep_last, barrier=d.barrier)
+                path = ckpt.save(
+                    ckpt_dir,
+                    step,
+                    model,
+                    opt,
+                    state,
+                    rank=d.rank,
+                    world=d.world,
+                    keep_last=cfg.run.keep_last,
+                    barrier=d.barrier,
+                )
                 saved = step
                 log.message(f"saved {path}")
             t0 = time.perf_counter()  # do not count the save in tokens/s

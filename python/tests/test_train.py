@@ -60,7 +60,7 @@ class TokenStreamSource:
             s = self.streams[c]
             w = self.seq_len + 1
             start = ((g // len(self.names)) * self.seq_len) % (len(s) - w)
-            rows.append(s[start:start + w])
+            rows.append(s[start : start + w])
             corpora.append(self.names[c])
         return np.stack(rows).astype(np.int64), corpora
 
@@ -79,13 +79,18 @@ def encode_streams(out: Path) -> Path:
     def read_jsonl(path: Path) -> list[dict]:
         if path.suffix == ".zst":
             with open(path, "rb") as f:
-                text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8").read()
+                text = io.TextIOWrapper(
+                    zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8"
+                ).read()
         else:
             text = path.read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    slim = [r["text"] for r in read_jsonl(DATA / "corpora/slimpajama/train/chunk1/example_train_0000.jsonl.zst")
-            if r["meta"]["redpajama_set_name"] != "RedPajamaGithub"][:150]
+    slim = [
+        r["text"]
+        for r in read_jsonl(DATA / "corpora/slimpajama/train/chunk1/example_train_0000.jsonl.zst")
+        if r["meta"]["redpajama_set_name"] != "RedPajamaGithub"
+    ][:150]
     sky = [r["text"] for r in read_jsonl(DATA / "corpora/skypile/2023-01.jsonl")][:150]
     streams = {}
     for name, docs in (("slimpajama", slim), ("skypile", sky)):
@@ -146,13 +151,22 @@ def run_torchrun(nproc: int, config: Path, streams: Path, overrides=(), resume=F
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           "--master-addr=127.0.0.1", f"--master-port={port}", __file__, str(config), str(streams)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        __file__,
+        str(config),
+        str(streams),
+    ]
     cmd += ["--resume"] if resume else []
     for ov in overrides:
         cmd += ["--set", ov]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return read_metrics(config.parent / "run")
 
@@ -185,7 +199,16 @@ def test_loss_falls_and_metrics(baseline, tmp_path):
     assert ls[0] > 9.5  # ~ln(32000) at init
     assert np.mean(ls[-3:]) < ls[0] - 1.5, ls
     for m in baseline:
-        for key in ("step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm", "loss/slimpajama", "loss/skypile"):
+        for key in (
+            "step",
+            "loss",
+            "lr",
+            "tokens",
+            "tokens_per_s",
+            "grad_norm",
+            "loss/slimpajama",
+            "loss/skypile",
+        ):
             assert key in m, key
     # accumulation follows the batch schedule: 4 seqs / micro_batch 2, then 16 / 2
     assert [m["accum_steps"] for m in baseline] == [2] * GROW_AT + [8] * (12 - GROW_AT)
@@ -226,6 +249,9 @@ def test_keep_last_and_load_model(streams, tmp_path):
     assert loss.item() < 9.0  # trained, not a fresh init (~10.4)
     model6 = load_model(tmp_path / "run/checkpoints/step-6")
     assert not torch.equal(model6.lm_head.weight, model.lm_head.weight)
+    # a fresh start into a dir with checkpoints is refused (it would mix two runs)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_inproc(cfg, streams)
 
 
 def test_micro_batch_must_divide_the_batch(streams, tmp_path):
@@ -239,8 +265,9 @@ def test_lr_schedule():
     from tinyllama.config import config_from_dict
     from tinyllama.train import lr_at
 
-    cfg = config_from_dict({"mix": "m", "out": "o", "model": "tiny",
-                            "optim": {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10}})
+    cfg = config_from_dict(
+        {"mix": "m", "out": "o", "model": "tiny", "optim": {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10}}
+    )
     assert lr_at(0, cfg, 110) == pytest.approx(0.1)
     assert lr_at(9, cfg, 110) == pytest.approx(1.0)
     assert lr_at(60, cfg, 110) == pytest.approx(0.55)
@@ -253,35 +280,53 @@ def test_config_from_toml_and_overrides(tmp_path):
     from tinyllama.config import load_config
 
     p = write_config(tmp_path / "cfg", CONFIG.replace('mix = "unused-mix"', 'mix = "../mixes/demo"'))
-    cfg = load_config(p, ["run.max_steps=50", "optim.betas=[0.8, 0.9]", "run.precision=bf16",
-                          "run.compile=true", "model.n_layer=3", "optim.lr=1"])
+    cfg = load_config(
+        p,
+        [
+            "run.max_steps=50",
+            "optim.betas=[0.8, 0.9]",
+            "run.precision=bf16",
+            "run.compile=true",
+            "model.n_layer=3",
+            "optim.lr=1",
+        ],
+    )
     assert cfg.mix == str((tmp_path / "mixes/demo").resolve())  # relative to the config file
     assert cfg.out == str((tmp_path / "cfg/run").resolve())
-    assert (cfg.run.max_steps, cfg.optim.betas, cfg.run.precision, cfg.run.compile) == (50, (0.8, 0.9), "bf16", True)
+    assert (cfg.run.max_steps, cfg.optim.betas, cfg.run.precision, cfg.run.compile) == (
+        50,
+        (0.8, 0.9),
+        "bf16",
+        True,
+    )
     assert cfg.model.n_layer == 3 and cfg.model.n_embd == 64 and cfg.optim.lr == 1.0
     named = load_config(p, ["model=tinyllama-1.1b", "run.keep_last=1"])
     assert named.model.n_layer == 22 and named.run.keep_last == 1
-    on_named = load_config(write_config(tmp_path / "n", 'mix = "m"\nout = "o"\nmodel = "tiny"\n'),
-                           ["model.n_layer=5"])
+    on_named = load_config(
+        write_config(tmp_path / "n", 'mix = "m"\nout = "o"\nmodel = "tiny"\n'), ["model.n_layer=5"]
+    )
     assert on_named.model.n_layer == 5 and on_named.model.n_embd == 64  # the rest of "tiny"
     assert on_named.run == type(on_named.run)()  # SPEC defaults
     assert on_named.optim.lr == 4e-4 and on_named.optim.warmup_steps == 2000
 
 
-@pytest.mark.parametrize("text, overrides, key", [
-    (CONFIG.replace("max_steps = 12", "max_step = 12"), [], "run.max_step"),
-    (CONFIG, ["run.max_stpes=5"], "run.max_stpes"),
-    (CONFIG, ["run.max_steps=many"], "run.max_steps"),
-    (CONFIG, ["run.precision=fp16"], "run.precision"),
-    (CONFIG, ["optim.betas=[0.9]"], "optim.betas"),
-    (CONFIG, ["model=llama-70b"], "model"),
-    (CONFIG, ["model.n_kv_head=3"], "model.n_kv_head"),
-    (CONFIG, ["model.n_heads=3"], "model.n_heads"),
-    (CONFIG, ["micro_batch=0"], "micro_batch"),
-    (CONFIG, ["optim.min_lr=1"], "optim.min_lr"),
-    (CONFIG + "\n[data]\nx = 1\n", [], "data"),
-    (CONFIG.replace('mix = "unused-mix"\n', ""), [], "mix"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, key",
+    [
+        (CONFIG.replace("max_steps = 12", "max_step = 12"), [], "run.max_step"),
+        (CONFIG, ["run.max_stpes=5"], "run.max_stpes"),
+        (CONFIG, ["run.max_steps=many"], "run.max_steps"),
+        (CONFIG, ["run.precision=fp16"], "run.precision"),
+        (CONFIG, ["optim.betas=[0.9]"], "optim.betas"),
+        (CONFIG, ["model=llama-70b"], "model"),
+        (CONFIG, ["model.n_kv_head=3"], "model.n_kv_head"),
+        (CONFIG, ["model.n_heads=3"], "model.n_heads"),
+        (CONFIG, ["micro_batch=0"], "micro_batch"),
+        (CONFIG, ["optim.min_lr=1"], "optim.min_lr"),
+        (CONFIG + "\n[data]\nx = 1\n", [], "data"),
+        (CONFIG.replace('mix = "unused-mix"\n', ""), [], "mix"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, text, overrides, key):
     from tinyllama.config import load_config
     from tinyllama.errors import SpecError
