@@ -1,0 +1,391 @@
+"""Trainer checks on real data (the committed slice), real torch, CPU.
+
+The data comes from `TokenStreamSource`: the slice's SlimPajama and SkyPile documents, encoded
+with the Llama 2 tokenizer by `tinyllama.Tokenizer`, served as deterministic windows with a
+global batch that quadruples at `GROW_AT` (like the cooldown stage), so gradient accumulation
+has to follow the schedule. This file is also the torchrun entry point of the multi-process
+checks (`python test_train.py CONFIG STREAMS [--resume] [--set k=v]`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data"
+SEQ_LEN = 64
+GROW_AT = 6  # steps [0, 6): 4 sequences per step; from 6 on: 16
+EOS = 2
+
+
+class TokenStreamSource:
+    """A tiny stand-in for `tinyllama.Mix` over per-corpus token streams.
+
+    Global sequence g (counted from step 0) comes from corpus g % n_corpora, window number
+    g // n_corpora of that corpus' stream. Rank r of W takes the contiguous slice r of the
+    global batch, exactly the Mix contract.
+    """
+
+    def __init__(self, streams: dict[str, np.ndarray], steps: int = 1000, seq_len: int = SEQ_LEN):
+        self.names = sorted(streams)
+        self.streams = [streams[n] for n in self.names]
+        self.steps, self.seq_len = steps, seq_len
+
+    def num_steps(self) -> int:
+        return self.steps
+
+    def batch_sequences(self, step: int) -> int:
+        return 4 if step < GROW_AT else 16
+
+    def _first_seq(self, step: int) -> int:
+        small = min(step, GROW_AT)
+        return small * 4 + max(0, step - GROW_AT) * 16
+
+    def batch(self, step: int, rank: int = 0, world: int = 1):
+        n = self.batch_sequences(step)
+        per = n // world
+        first = self._first_seq(step) + rank * per
+        rows, corpora = [], []
+        for g in range(first, first + per):
+            c = g % len(self.names)
+            s = self.streams[c]
+            w = self.seq_len + 1
+            start = ((g // len(self.names)) * self.seq_len) % (len(s) - w)
+            rows.append(s[start : start + w])
+            corpora.append(self.names[c])
+        return np.stack(rows).astype(np.int64), corpora
+
+
+def encode_streams(out: Path) -> Path:
+    """Tokenize the slice's documents into one EOS-separated stream per corpus (.npz)."""
+    import zstandard
+
+    import tinyllama
+
+    tok_path = out / "tokenizer.json"
+    with open(DATA / "tokenizers/llama2/tokenizer.json.zst", "rb") as f:
+        tok_path.write_bytes(zstandard.ZstdDecompressor().stream_reader(f).read())
+    tok = tinyllama.Tokenizer(tok_path)
+
+    def read_jsonl(path: Path) -> list[dict]:
+        if path.suffix == ".zst":
+            with open(path, "rb") as f:
+                text = io.TextIOWrapper(
+                    zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8"
+                ).read()
+        else:
+            text = path.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    slim = [
+        r["text"]
+        for r in read_jsonl(DATA / "corpora/slimpajama/train/chunk1/example_train_0000.jsonl.zst")
+        if r["meta"]["redpajama_set_name"] != "RedPajamaGithub"
+    ][:150]
+    sky = [r["text"] for r in read_jsonl(DATA / "corpora/skypile/2023-01.jsonl")][:150]
+    streams = {}
+    for name, docs in (("slimpajama", slim), ("skypile", sky)):
+        ids = tok.encode_batch(docs)
+        streams[name] = np.concatenate([np.append(a.astype(np.int64), EOS) for a in ids])
+    path = out / "streams.npz"
+    np.savez(path, **streams)
+    return path
+
+
+def load_source(path: str | Path) -> TokenStreamSource:
+    with np.load(path) as z:
+        return TokenStreamSource({k: z[k] for k in z.files})
+
+
+CONFIG = """\
+mix = "unused-mix"
+out = "run"
+micro_batch = 2
+[model]
+n_layer = 2
+n_embd = 64
+n_head = 4
+n_kv_head = 2
+intermediate_size = 176
+vocab_size = 32000
+max_seq_len = 64
+[optim]
+lr = 1e-2
+min_lr = 1e-3
+warmup_steps = 3
+[run]
+max_steps = 12
+log_every = 1
+save_every = 0
+precision = "fp32"
+compile = false
+"""
+
+
+def write_config(dir: Path, text: str = CONFIG) -> Path:
+    dir.mkdir(parents=True, exist_ok=True)
+    p = dir / "train.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def run_inproc(config: Path, streams: Path, overrides=(), resume=False) -> list[dict]:
+    from tinyllama.config import load_config
+    from tinyllama.train import train
+
+    cfg = load_config(config, overrides)
+    train(cfg, resume=resume, source=load_source(streams))
+    return read_metrics(Path(cfg.out))
+
+
+def run_torchrun(nproc: int, config: Path, streams: Path, overrides=(), resume=False) -> list[dict]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        __file__,
+        str(config),
+        str(streams),
+    ]
+    cmd += ["--resume"] if resume else []
+    for ov in overrides:
+        cmd += ["--set", ov]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return read_metrics(config.parent / "run")
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    return encode_streams(tmp_path_factory.mktemp("streams"))
+
+
+@pytest.fixture(scope="module")
+def baseline(streams, tmp_path_factory) -> list[dict]:
+    """12 uninterrupted single-process steps (the reference for the other checks)."""
+    return run_inproc(write_config(tmp_path_factory.mktemp("base")), streams)
+
+
+def losses(metrics: list[dict]) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics}
+
+
+def test_loss_falls_and_metrics(baseline, tmp_path):
+    ls = [m["loss"] for m in baseline]
+    assert len(ls) == 12
+    assert ls[0] > 9.5  # ~ln(32000) at init
+    assert np.mean(ls[-3:]) < ls[0] - 1.5, ls
+    for m in baseline:
+        for key in (
+            "step",
+            "loss",
+            "lr",
+            "tokens",
+            "tokens_per_s",
+            "grad_norm",
+            "loss/slimpajama",
+            "loss/skypile",
+        ):
+            assert key in m, key
+    # accumulation follows the batch schedule: 4 seqs / micro_batch 2, then 16 / 2
+    assert [m["accum_steps"] for m in baseline] == [2] * GROW_AT + [8] * (12 - GROW_AT)
+    assert baseline[-1]["tokens"] == (GROW_AT * 4 + (12 - GROW_AT) * 16) * SEQ_LEN
+    # the loss is the mean of its corpora's (equal counts of each at every step)
+    m = baseline[-1]
+    assert m["loss"] == pytest.approx((m["loss/slimpajama"] + m["loss/skypile"]) / 2, rel=1e-5)
+
+
+def test_resume_is_exact(baseline, streams, tmp_path):
+    cfg = write_config(tmp_path)
+    first = run_inproc(cfg, streams, ["run.stop_after=5"])
+    assert [m["step"] for m in first] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "run/checkpoints/step-5/trainer.json").is_file()
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step-5"
+    resumed = run_inproc(cfg, streams, resume=True)
+    assert [m["step"] for m in resumed] == list(range(1, 13))  # metrics.jsonl continues
+    base = losses(baseline)
+    for step, loss in losses(resumed).items():
+        assert loss == base[step], (step, loss, base[step])  # bit-identical on one process
+
+
+def test_keep_last_and_load_model(streams, tmp_path):
+    import torch
+
+    from tinyllama.checkpoint import committed_steps, load_model
+
+    cfg = write_config(tmp_path)
+    run_inproc(cfg, streams, ["run.max_steps=8", "run.save_every=2", "run.keep_last=2"])
+    assert committed_steps(tmp_path / "run/checkpoints") == [6, 8]
+    assert not list((tmp_path / "run/checkpoints").glob("*.tmp"))
+    model = load_model(tmp_path / "run")
+    x, _ = load_source(streams).batch(7)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x[:, :-1]))
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.from_numpy(x[:, 1:]).flatten())
+    assert logits.shape == (16, SEQ_LEN, 32000)
+    assert loss.item() < 9.0  # trained, not a fresh init (~10.4)
+    model6 = load_model(tmp_path / "run/checkpoints/step-6")
+    assert not torch.equal(model6.lm_head.weight, model.lm_head.weight)
+    # a fresh start into a dir with checkpoints is refused (it would mix two runs)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_inproc(cfg, streams)
+
+
+def test_micro_batch_must_divide_the_batch(streams, tmp_path):
+    from tinyllama.errors import SpecError
+
+    with pytest.raises(SpecError, match="micro_batch.*step 0 is 4 sequences"):
+        run_inproc(write_config(tmp_path), streams, ["micro_batch=3"])
+
+
+def test_lr_schedule():
+    from tinyllama.config import config_from_dict
+    from tinyllama.train import lr_at
+
+    cfg = config_from_dict(
+        {"mix": "m", "out": "o", "model": "tiny", "optim": {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10}}
+    )
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.55)
+    assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+    lrs = [lr_at(s, cfg, 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_config_from_toml_and_overrides(tmp_path):
+    from tinyllama.config import load_config
+
+    p = write_config(tmp_path / "cfg", CONFIG.replace('mix = "unused-mix"', 'mix = "../mixes/demo"'))
+    cfg = load_config(
+        p,
+        [
+            "run.max_steps=50",
+            "optim.betas=[0.8, 0.9]",
+            "run.precision=bf16",
+            "run.compile=true",
+            "model.n_layer=3",
+            "optim.lr=1",
+        ],
+    )
+    assert cfg.mix == str((tmp_path / "mixes/demo").resolve())  # relative to the config file
+    assert cfg.out == str((tmp_path / "cfg/run").resolve())
+    assert (cfg.run.max_steps, cfg.optim.betas, cfg.run.precision, cfg.run.compile) == (
+        50,
+        (0.8, 0.9),
+        "bf16",
+        True,
+    )
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == 64 and cfg.optim.lr == 1.0
+    named = load_config(p, ["model=tinyllama-1.1b", "run.keep_last=1"])
+    assert named.model.n_layer == 22 and named.run.keep_last == 1
+    on_named = load_config(
+        write_config(tmp_path / "n", 'mix = "m"\nout = "o"\nmodel = "tiny"\n'), ["model.n_layer=5"]
+    )
+    assert on_named.model.n_layer == 5 and on_named.model.n_embd == 64  # the rest of "tiny"
+    assert on_named.run == type(on_named.run)()  # SPEC defaults
+    assert on_named.optim.lr == 4e-4 and on_named.optim.warmup_steps == 2000
+
+
+@pytest.mark.parametrize(
+    "text, overrides, key",
+    [
+        (CONFIG.replace("max_steps = 12", "max_step = 12"), [], "run.max_step"),
+        (CONFIG, ["run.max_stpes=5"], "run.max_stpes"),
+        (CONFIG, ["run.max_steps=many"], "run.max_steps"),
+        (CONFIG, ["run.precision=fp16"], "run.precision"),
+        (CONFIG, ["optim.betas=[0.9]"], "optim.betas"),
+        (CONFIG, ["model=llama-70b"], "model"),
+        (CONFIG, ["model.n_kv_head=3"], "model.n_kv_head"),
+        (CONFIG, ["model.n_heads=3"], "model.n_heads"),
+        (CONFIG, ["micro_batch=0"], "micro_batch"),
+        (CONFIG, ["optim.min_lr=1"], "optim.min_lr"),
+        (CONFIG + "\n[data]\nx = 1\n", [], "data"),
+        (CONFIG.replace('mix = "unused-mix"\n', ""), [], "mix"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, text, overrides, key):
+    from tinyllama.config import load_config
+    from tinyllama.errors import SpecError
+
+    p = write_config(tmp_path, text)
+    with pytest.raises(SpecError) as e:
+        load_config(p, overrides)
+    assert f"'{key}'" in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_config_bad_toml_and_bad_set(tmp_path):
+    from tinyllama.config import load_config
+    from tinyllama.errors import SpecError
+
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_config(write_config(tmp_path, "mix = \n"))
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        load_config(write_config(tmp_path), ["run.max_steps"])
+    with pytest.raises(SpecError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(baseline, streams, tmp_path):
+    two = run_torchrun(2, write_config(tmp_path), streams)
+    base = losses(baseline)
+    got = losses(two)
+    assert sorted(got) == sorted(base)
+    for step in base:
+        assert got[step] == pytest.approx(base[step], rel=1e-4, abs=1e-4), step
+    # per-corpus losses are gathered from both ranks
+    assert two[-1]["loss/skypile"] == pytest.approx(baseline[-1]["loss/skypile"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_resume_world_size_1_to_2(baseline, streams, tmp_path):
+    cfg = write_config(tmp_path)
+    run_inproc(cfg, streams, ["run.stop_after=7"])  # world 1, past the batch-size change
+    resumed = run_torchrun(2, cfg, streams, resume=True)
+    base = losses(baseline)
+    assert [m["step"] for m in resumed] == list(range(1, 13))
+    for step, loss in losses(resumed).items():
+        assert loss == pytest.approx(base[step], rel=1e-4, abs=1e-4), step
+
+
+if __name__ == "__main__":  # torchrun entry point
+    import argparse
+
+    import torch
+
+    torch.set_num_threads(1)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("streams")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    a = ap.parse_args()
+    from tinyllama.config import load_config
+    from tinyllama.train import train
+
+    train(load_config(a.config, a.overrides), resume=a.resume, source=load_source(a.streams))

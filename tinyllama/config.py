@@ -1,0 +1,258 @@
+"""The training config: typed dataclasses loaded from TOML, with `--set key=value` overrides.
+
+    mix = "mixes/chinese"         # a built mix dir (relative to the config file)
+    out = "runs/chinese"
+    model = "tinyllama-1.1b"      # a named config, or a [model] table (optionally with
+                                  # `name = "..."` as the base whose fields it overrides)
+    micro_batch = 8
+    [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip
+    [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
+            activation_checkpointing, seed
+
+Paths in the file are relative to the file; paths given with `--set` are relative to the
+current directory. Every error is a `SpecError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyllama.errors import SpecError
+from tinyllama.model import NAMED_CONFIGS, ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-4
+    min_lr: float = 4e-5
+    warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+
+
+@dataclass
+class RunConfig:
+    max_steps: int = 0  # 0 = the mix's whole schedule; also the length of the cosine schedule
+    stop_after: int = 0  # end this invocation after this step (schedule unchanged); 0 = never
+    log_every: int = 10
+    save_every: int = 1000  # 0 = only at the end
+    keep_last: int = 3
+    precision: str = "bf16"  # bf16 | fp32
+    compile: bool = True
+    activation_checkpointing: bool = False
+    seed: int = 3407  # model init (data order is fixed by the mix's own seed)
+
+
+@dataclass
+class TrainConfig:
+    mix: str
+    out: str
+    model: ModelConfig
+    micro_batch: int = 8
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    source: str = "<config>"  # where it came from, for error messages
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+
+_SECTIONS = {"optim": OptimConfig, "run": RunConfig}
+_TOP = {"mix", "out", "model", "micro_batch", "optim", "run"}
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: train config not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from None
+    base = path.resolve().parent
+    for key in ("mix", "out"):
+        if isinstance(raw.get(key), str):
+            raw[key] = os.path.normpath(base / raw[key])
+    return config_from_dict(raw, overrides, source=str(path))
+
+
+def config_from_dict(raw: dict, overrides: Sequence[str] = (), source: str = "<config>") -> TrainConfig:
+    raw = _deep_copy(raw)
+    for ov in overrides:
+        _apply_override(raw, ov, source)
+    return _build(raw, source)
+
+
+def _deep_copy(d: Any) -> Any:
+    return {k: _deep_copy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def _apply_override(raw: dict, ov: str, source: str) -> None:
+    key, sep, text = ov.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {ov!r}: expected KEY=VALUE, e.g. run.max_steps=50")
+    value = _parse_value(text.strip())
+    parts = key.split(".")
+    if parts[0] in ("mix", "out") and len(parts) == 1 and isinstance(value, str):
+        value = os.path.abspath(value)  # command-line paths are relative to the cwd
+    if parts[0] == "model" and len(parts) > 1 and isinstance(raw.get("model"), str):
+        raw["model"] = {"name": raw["model"]}  # a field override on a named model
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise SpecError(f"--set {ov!r}: key '{'.'.join(parts[: i + 1])}' is not a table")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (50, 3e-4, true, [0.9, 0.95], "x"); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(raw: dict, source: str) -> TrainConfig:
+    for k in raw:
+        if k not in _TOP:
+            raise SpecError(f"{source}: unknown key '{k}' (known: {', '.join(sorted(_TOP))})")
+    for k in ("mix", "out"):
+        if k not in raw:
+            raise SpecError(f"{source}: missing key '{k}'")
+        if not isinstance(raw[k], str):
+            raise SpecError(f"{source}: key '{k}' must be a string path, got {raw[k]!r}")
+    model = _build_model(raw.get("model", "tinyllama-1.1b"), source)
+    micro_batch = _coerce(raw.get("micro_batch", 8), int, "micro_batch", source)
+    if micro_batch <= 0:
+        raise SpecError(f"{source}: key 'micro_batch' must be > 0, got {micro_batch}")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise SpecError(f"{source}: key '{name}' must be a table")
+        sections[name] = _build_dataclass(cls, table, name, source)
+    cfg = TrainConfig(
+        mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **sections
+    )
+    _validate(cfg, source)
+    return cfg
+
+
+def _build_model(value: Any, source: str) -> ModelConfig:
+    if isinstance(value, str):
+        if value not in NAMED_CONFIGS:
+            raise SpecError(
+                f"{source}: key 'model': unknown model {value!r} (known: {', '.join(sorted(NAMED_CONFIGS))})"
+            )
+        return ModelConfig.from_name(value)
+    if not isinstance(value, dict):
+        raise SpecError(f"{source}: key 'model' must be a model name or a table")
+    table = dict(value)
+    name = table.pop("name", None)
+    if name is not None:
+        if name not in NAMED_CONFIGS:
+            raise SpecError(
+                f"{source}: key 'model.name': unknown model {name!r} "
+                f"(known: {', '.join(sorted(NAMED_CONFIGS))})"
+            )
+        base = dataclasses.asdict(NAMED_CONFIGS[name])
+        base.update(table)
+        table = base
+    cfg = _build_dataclass(ModelConfig, table, "model", source)
+    errs = cfg.validate()
+    if errs:
+        key, msg = errs[0].split(": ", 1)
+        raise SpecError(f"{source}: key 'model.{key}' {msg}")
+    return cfg
+
+
+def _build_dataclass(cls: type, table: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in table.items():
+        if k not in fields:
+            raise SpecError(f"{source}: unknown key '{prefix}.{k}' (known: {', '.join(fields)})")
+        kwargs[k] = _coerce(v, hints[k], f"{prefix}.{k}", source)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise SpecError(f"{source}: missing key '{prefix}.{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _coerce(v: Any, typ: Any, key: str, source: str) -> Any:
+    def bad(what: str):
+        return SpecError(f"{source}: key '{key}' must be {what}, got {v!r}")
+
+    if typ is bool:
+        if not isinstance(v, bool):
+            raise bad("true or false")
+        return v
+    if typ is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise bad("an integer")
+        return v
+    if typ is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad("a number")
+        return float(v)
+    if typ is str:
+        if not isinstance(v, str):
+            raise bad("a string")
+        return v
+    if typing.get_origin(typ) is tuple:
+        args = typing.get_args(typ)
+        if not isinstance(v, (list, tuple)) or len(v) != len(args):
+            raise bad(f"a list of {len(args)} numbers")
+        return tuple(_coerce(x, a, key, source) for x, a in zip(v, args))
+    raise TypeError(f"unsupported config type {typ} for {key}")  # a bug here, not user input
+
+
+def _validate(cfg: TrainConfig, source: str) -> None:
+    def fail(key: str, msg: str):
+        raise SpecError(f"{source}: key '{key}' {msg}")
+
+    o, r = cfg.optim, cfg.run
+    if o.lr <= 0:
+        fail("optim.lr", f"must be > 0, got {o.lr}")
+    if not 0 <= o.min_lr <= o.lr:
+        fail("optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
+    if o.warmup_steps < 0:
+        fail("optim.warmup_steps", "must be >= 0")
+    if o.weight_decay < 0:
+        fail("optim.weight_decay", "must be >= 0")
+    if not all(0 <= b < 1 for b in o.betas):
+        fail("optim.betas", f"must be in [0, 1), got {list(o.betas)}")
+    if o.grad_clip < 0:
+        fail("optim.grad_clip", "must be >= 0 (0 disables clipping)")
+    for k in ("max_steps", "stop_after", "save_every"):
+        if getattr(r, k) < 0:
+            fail(f"run.{k}", "must be >= 0")
+    if r.log_every <= 0:
+        fail("run.log_every", "must be > 0")
+    if r.keep_last <= 0:
+        fail("run.keep_last", "must be > 0")
+    if r.precision not in ("bf16", "fp32"):
+        fail("run.precision", f"must be 'bf16' or 'fp32', got {r.precision!r}")

@@ -1,0 +1,107 @@
+"""Process group, device mesh and FSDP2 sharding.
+
+Launch: plain `python` (one process, no FSDP), `torchrun --nproc-per-node N` (FSDP2 over N
+ranks), or multi-node `torchrun --nnodes M --rdzv-backend c10d ...`: when the world spans more
+than one node the mesh is 2D ("replicate", "shard") and FSDP2 does hybrid sharding (HSDP):
+parameters are sharded within a node (fast NVLink reduce-scatter) and replicated across nodes
+(one all-reduce of the already reduced shards), as TinyLlama v1.1 did.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    device: torch.device
+    mesh: object | None  # DeviceMesh when FSDP is used (world > 1)
+    owns_group: bool = False  # we initialised the process group (so we tear it down)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def initialized(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.initialized:
+            dist.barrier()
+
+
+def init_distributed() -> Dist:
+    """Set up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    mesh, owns = None, False
+    if "RANK" in os.environ and "MASTER_ADDR" in os.environ and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        owns = True
+    if world > 1:
+        mesh = build_mesh(device.type, world, local_world)
+    return Dist(rank, world, local_rank, local_world, device, mesh, owns)
+
+
+def build_mesh(device_type: str, world: int, local_world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    nodes = world // local_world if local_world and world % local_world == 0 else 1
+    if nodes > 1 and local_world > 1:
+        return init_device_mesh(device_type, (nodes, local_world), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
+
+
+def shard_model(model: nn.Module, mesh, bf16: bool) -> nn.Module:
+    """FSDP2: one `fully_shard` unit per transformer block, then the root (embeddings, final
+    norm, lm_head). On a 2D mesh this is HSDP. bf16 params for compute, fp32 gradient reduce."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kw = {"mesh": mesh}
+    if mp is not None:
+        kw["mp_policy"] = mp
+    n = len(model.layers)
+    for i, block in enumerate(model.layers):
+        # The last block's params are needed again right away by backward: keep them gathered.
+        fully_shard(block, reshard_after_forward=i < n - 1, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj):
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
