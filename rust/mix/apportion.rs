@@ -122,7 +122,7 @@ mod tests {
             for (c, &w) in counts.iter().zip(&num) {
                 let q = n as u128 * w;
                 let floor = (q / den) as u64;
-                let ceil = floor + u64::from(q % den != 0);
+                let ceil = floor + u64::from(!q.is_multiple_of(den));
                 prop_assert!(*c == floor || *c == ceil, "count {} quota {}/{}", c, q, den);
             }
         }
