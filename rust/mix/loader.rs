@@ -136,13 +136,11 @@ impl Shared {
             if st.shutdown {
                 return;
             }
-            if st.next_fill < st.end && !st.free.is_empty() {
+            let claimable = st.next_fill < st.end;
+            if let Some(mut buf) = claimable.then(|| st.free.pop()).flatten() {
                 let step = st.next_fill;
                 st.next_fill += 1;
                 let generation = st.generation;
-                let Some(mut buf) = st.free.pop() else {
-                    continue;
-                };
                 st.in_flight += 1;
                 drop(st);
                 let result = self.fill(step, &mut buf);

@@ -35,6 +35,8 @@ const SUM_TOLERANCE: f64 = 1e-6;
 /// Ramp prefix counts are stored every RAMP_BLOCK steps: locating a ramp step costs at most
 /// this many apportionments.
 const RAMP_BLOCK: u64 = 64;
+/// A batch is materialised as a list of samples: bound it (7.2M tokens of 2048 is 3516).
+const MAX_BATCH_SEQUENCES: u64 = 1 << 24;
 /// Ramps are enumerated once when the schedule is built; bound that work.
 const MAX_RAMP_STEPS: u64 = 1 << 22;
 const FORMAT: &str = "tinyllama-schedule-v1";
@@ -254,6 +256,12 @@ impl Schedule {
                 )));
             }
             let batch = st.batch_tokens / seq + u64::from(2 * (st.batch_tokens % seq) >= seq);
+            if batch > MAX_BATCH_SEQUENCES {
+                return Err(spec_err(format!(
+                    "{key}.batch_tokens: {batch} sequences per batch, at most \
+                     {MAX_BATCH_SEQUENCES} are supported"
+                )));
+            }
             let overflow = || spec_err(format!("{key}: token counts overflow 64 bits"));
             let step_tokens = batch.checked_mul(seq).ok_or_else(overflow)?;
             let steps = st.tokens.div_ceil(step_tokens);
