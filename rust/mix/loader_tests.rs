@@ -289,3 +289,77 @@ fn source_errors_reach_the_consumer_at_their_step() {
     }
     assert!(loader.next_slot().unwrap().is_none());
 }
+
+/// Throughput of the loader and locate time: run in release with
+/// `cargo test --release --lib mix::loader_tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    use std::time::Instant;
+    // The slice's real token streams tiled to 16M tokens each (the loader only copies).
+    let base = streams();
+    let tiled: Vec<Vec<u32>> = base
+        .iter()
+        .map(|s| s.iter().copied().cycle().take(16 << 20).collect())
+        .collect();
+    let seq = 2048u32;
+    let corpora = vec![
+        CorpusSize {
+            name: "slimpajama".into(),
+            tokens: tiled[0].len() as u64,
+        },
+        CorpusSize {
+            name: "skypile".into(),
+            tokens: tiled[1].len() as u64,
+        },
+    ];
+    let w: BTreeMap<String, f64> = [
+        ("slimpajama".to_string(), 0.5),
+        ("skypile".to_string(), 0.5),
+    ]
+    .into_iter()
+    .collect();
+    let stages = vec![StageSpec {
+        name: "x".into(),
+        tokens: 1 << 40,
+        batch_tokens: 8 * 2048,
+        weights: w,
+        ramp_tokens: 0,
+    }];
+    let s = Arc::new(Schedule::new(seq, 1, corpora, stages).unwrap());
+    let src = Arc::new(VecSource {
+        streams: tiled,
+        seq_len: seq,
+        poison: None,
+    });
+    for threads in [1, 2] {
+        let loader = Loader::new(
+            s.clone(),
+            src.clone(),
+            LoaderConfig {
+                rank: 0,
+                world: 1,
+                slots: 8,
+                threads,
+                start_step: 0,
+                end_step: None,
+            },
+        )
+        .unwrap();
+        let t = Instant::now();
+        let (mut tokens, mut check) = (0u64, 0u64);
+        for _ in 0..4000 {
+            let slot = loader.next_slot().unwrap().unwrap();
+            check = check.wrapping_add(slot.tokens()[0] as u64);
+            tokens += (slot.len() * seq as usize) as u64;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "loader, {threads} thread(s), 8 x 2048 micro-batches: {:.0}M tokens/s ({check})",
+            tokens as f64 / secs / 1e6
+        );
+    }
+    let t = Instant::now();
+    let _ = s.batch(s.num_steps() - 1).unwrap();
+    println!("locate step {}: {:?}", s.num_steps() - 1, t.elapsed());
+}
