@@ -1,1 +1,23 @@
 //! Mix: schedule math, the step -> global batch sampler, and the loader ring buffer.
+//!
+//! - `schedule`: stages, weights, ramps, batch sizes; where each step stands (cursors) in
+//!   closed form; the locked JSON form.
+//! - `apportion`: exact largest-remainder split of a batch among corpora.
+//! - `permute`: keyed Feistel permutations (one per corpus epoch) and the in-batch shuffle.
+//! - `sampler`: `Schedule::batch(step)` and rank slices.
+//! - `loader`: a ring of preallocated token buffers filled ahead of the trainer.
+
+mod apportion;
+pub mod loader;
+pub mod permute;
+pub mod sampler;
+pub mod schedule;
+
+#[cfg(test)]
+mod loader_tests;
+#[cfg(test)]
+mod tests;
+
+pub use loader::{Loader, LoaderConfig, Slot, WindowSource};
+pub use sampler::Sample;
+pub use schedule::{windows_in, CorpusSize, Schedule, StageSpec, WEIGHT_DENOM};
