@@ -16,7 +16,7 @@ pub mod source;
 pub mod tokenize;
 
 use error::Error;
-use numpy::{IntoPyArray, PyArray1};
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -229,6 +229,198 @@ fn verify_shard(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     release_gil(py, || shard::Shard::open(&path)?.verify())
 }
 
+/// The sampler of a built mix: step -> that rank's slice of the global batch.
+#[pyclass(module = "tinyllama._core", name = "MixSampler", frozen)]
+struct PyMixSampler {
+    schedule: std::sync::Arc<mix::Schedule>,
+    source: std::sync::Arc<mix::ShardSource>,
+}
+
+#[pymethods]
+impl PyMixSampler {
+    #[new]
+    fn new(py: Python<'_>, mix_dir: PathBuf) -> PyResult<Self> {
+        let (schedule, source) = release_gil(py, || mix::open_mix(&mix_dir))?;
+        Ok(PyMixSampler { schedule, source })
+    }
+
+    fn num_steps(&self) -> u64 {
+        self.schedule.num_steps()
+    }
+    fn seq_len(&self) -> u32 {
+        self.schedule.seq_len()
+    }
+    fn batch_sequences(&self, step: u64) -> PyResult<u64> {
+        self.schedule.batch_sequences(step).map_err(to_py_err)
+    }
+    fn tokens_before(&self, step: u64) -> PyResult<u64> {
+        self.schedule.tokens_before(step).map_err(to_py_err)
+    }
+    fn stage_of(&self, step: u64) -> PyResult<usize> {
+        self.schedule.stage_of(step).map_err(to_py_err)
+    }
+    fn weights_at(&self, step: u64) -> PyResult<Vec<f64>> {
+        self.schedule.weights_at(step).map_err(to_py_err)
+    }
+    fn counts_at(&self, step: u64) -> PyResult<Vec<u64>> {
+        self.schedule.counts_at(step).map_err(to_py_err)
+    }
+    fn cursors_at(&self, step: u64) -> PyResult<Vec<u64>> {
+        self.schedule.cursors_at(step).map_err(to_py_err)
+    }
+    fn epochs(&self) -> Vec<u64> {
+        self.schedule.epochs()
+    }
+    fn stage_steps(&self) -> Vec<(u64, u64)> {
+        (0..self.schedule.stages().len())
+            .filter_map(|i| self.schedule.stage_steps(i).map(|r| (r.start, r.end)))
+            .collect()
+    }
+
+    /// (corpus index, epoch, window) of each sequence of rank's slice at `step`.
+    #[pyo3(signature = (step, rank = 0, world = 1))]
+    fn samples(
+        &self,
+        py: Python<'_>,
+        step: u64,
+        rank: u32,
+        world: u32,
+    ) -> PyResult<Vec<(u32, u64, u64)>> {
+        let batch = release_gil(py, || self.schedule.rank_batch(step, rank, world))?;
+        Ok(batch
+            .into_iter()
+            .map(|s| (s.corpus, s.epoch, s.window))
+            .collect())
+    }
+
+    /// Rank's slice at `step`: (tokens uint32 [n, seq_len + 1], corpus index of each row).
+    #[pyo3(signature = (step, rank = 0, world = 1))]
+    fn batch<'py>(
+        &self,
+        py: Python<'py>,
+        step: u64,
+        rank: u32,
+        world: u32,
+    ) -> PyResult<(Bound<'py, numpy::PyArray2<u32>>, Vec<u32>)> {
+        use mix::WindowSource;
+        let width = self.schedule.seq_len() as usize + 1;
+        let (tokens, corpora) = release_gil(py, || {
+            let samples = self.schedule.rank_batch(step, rank, world)?;
+            let mut tokens = vec![0u32; samples.len() * width];
+            for (row, s) in tokens.chunks_mut(width).zip(&samples) {
+                self.source.read_window(s.corpus, s.window, row)?;
+            }
+            Ok((tokens, samples.iter().map(|s| s.corpus).collect::<Vec<_>>()))
+        })?;
+        let rows = corpora.len();
+        let array = numpy::ndarray::Array2::from_shape_vec((rows, width), tokens)
+            .map_err(|e| TinyllamaError::new_err(e.to_string()))?;
+        Ok((numpy::PyArray2::from_owned_array(py, array), corpora))
+    }
+}
+
+/// The ring-buffer loader: Rust threads gather rank's batches ahead of the trainer.
+#[pyclass(module = "tinyllama._core", name = "Loader", frozen)]
+struct PyLoader {
+    inner: mix::Loader,
+    seq_len: usize,
+}
+
+#[pymethods]
+impl PyLoader {
+    #[new]
+    #[pyo3(signature = (mix_dir, rank = 0, world = 1, start_step = 0, end_step = None, slots = 4, threads = 1))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        mix_dir: PathBuf,
+        rank: u32,
+        world: u32,
+        start_step: u64,
+        end_step: Option<u64>,
+        slots: usize,
+        threads: usize,
+    ) -> PyResult<Self> {
+        release_gil(py, || {
+            let (schedule, source) = mix::open_mix(&mix_dir)?;
+            let seq_len = schedule.seq_len() as usize;
+            let config = mix::LoaderConfig {
+                rank,
+                world,
+                slots,
+                threads,
+                start_step,
+                end_step,
+            };
+            Ok(PyLoader {
+                inner: mix::Loader::new(schedule, source, config)?,
+                seq_len,
+            })
+        })
+    }
+
+    /// The next step's slot (blocks until filled), or None past the last step.
+    fn next(&self, py: Python<'_>) -> PyResult<Option<PySlot>> {
+        let slot = release_gil(py, || self.inner.next_slot())?;
+        Ok(slot.map(|s| PySlot {
+            slot: s,
+            width: self.seq_len + 1,
+        }))
+    }
+
+    fn seek(&self, py: Python<'_>, step: u64) -> PyResult<()> {
+        release_gil(py, || self.inner.seek(step))
+    }
+
+    #[getter]
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    /// (address, bytes) of each ring buffer, for page-locking them with cudaHostRegister.
+    fn buffer_regions(&self) -> Vec<(usize, usize)> {
+        self.inner.buffer_regions().to_vec()
+    }
+}
+
+/// One filled ring slot. Its buffer returns to the ring only when this object is freed, and
+/// every array viewing it holds a reference: a buffer Python still reads is never refilled.
+#[pyclass(module = "tinyllama._core", name = "Slot", frozen)]
+struct PySlot {
+    slot: mix::Slot,
+    width: usize,
+}
+
+#[pymethods]
+impl PySlot {
+    #[getter]
+    fn step(&self) -> u64 {
+        self.slot.step()
+    }
+
+    /// Corpus index of each row.
+    #[getter]
+    fn corpora(&self) -> Vec<u32> {
+        self.slot.samples().iter().map(|s| s.corpus).collect()
+    }
+
+    /// The tokens as a read-only numpy uint32 array [rows, seq_len + 1] viewing the ring
+    /// buffer itself (no copy).
+    #[getter]
+    fn tokens<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, numpy::PyArray2<u32>>> {
+        let this = slf.get();
+        let data = this.slot.tokens();
+        let rows = data.len() / this.width;
+        let view = numpy::ndarray::ArrayView2::from_shape((rows, this.width), data)
+            .map_err(|e| TinyllamaError::new_err(e.to_string()))?;
+        // SAFETY: the array's base is this Slot object, which owns the buffer and is frozen;
+        // the buffer neither moves nor is written while the Slot is alive.
+        let array = unsafe { numpy::PyArray2::borrow_from_array(&view, slf.clone().into_any()) };
+        array.readwrite().make_nonwriteable();
+        Ok(array)
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -239,6 +431,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShardError", py.get_type::<ShardError>())?;
     m.add("StorageError", py.get_type::<StorageError>())?;
     m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyMixSampler>()?;
+    m.add_class::<PyLoader>()?;
+    m.add_class::<PySlot>()?;
     m.add_function(wrap_pyfunction!(build_mix, m)?)?;
     m.add_function(wrap_pyfunction!(verify_shard, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -55,14 +55,63 @@ def mix_inspect(
     typer.echo(f"mix {info['name']}  seq_len {info['seq_len']}  seed {info['seed']}  dtype {info['dtype']}")
     typer.echo(f"tokenizer sha256 {info['tokenizer_sha256']}  vocab {info['vocab_size']}\n")
     cols = ["files", "docs_read", "docs_filtered", "docs_skipped", "exact_duplicates", "near_duplicates",
-            "docs_kept", "docs_holdout", "tokens", "shards"]
+            "docs_kept", "docs_holdout", "tokens", "shards", "epochs"]
     rows = [[name] + [f"{c[k]:,}" for k in cols] for name, c in info["corpora"].items()]
     typer.echo(_table(rows, ["corpus", "files", "read", "filtered", "skipped", "exact dup", "near dup",
-                             "kept", "holdout", "tokens", "shards"]))
-    typer.echo("\nstages:")
-    rows = [[s["name"], f"{s['tokens']:,}", f"{s['batch_tokens']:,}", f"{s['ramp_tokens']:,}",
+                             "kept", "holdout", "tokens", "shards", "epochs"]))
+    typer.echo(f"\nschedule: {info['num_steps']:,} steps, {info['total_tokens']:,} tokens")
+    rows = [[s["name"], f"{s['first_step']:,}", f"{s['steps']:,}", f"{s['tokens']:,}", f"{s['batch_tokens']:,}",
+             f"{s['batch_sequences']:,}", f"{s['ramp_tokens']:,}",
              ", ".join(f"{k}={v:g}" for k, v in s["weights"].items())] for s in info["stages"]]
-    typer.echo(_table(rows, ["stage", "tokens", "batch tokens", "ramp tokens", "weights"]))
+    typer.echo(_table(rows, ["stage", "first step", "steps", "tokens", "batch tokens", "batch seqs",
+                             "ramp tokens", "weights"]))
+
+
+@mix_app.command("sample")
+def mix_sample(
+    path: Path = typer.Argument(..., help="A built mix dir."),
+    step: int = typer.Option(..., "--step", help="Global optimizer step."),
+    rank: int = typer.Option(0, "--rank"),
+    world: int = typer.Option(1, "--world"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: tokens and corpus of each row."),
+    decode: bool = typer.Option(False, "--decode", help="Print each row as text."),
+) -> None:
+    """The token ids (and source corpus) of rank's slice of the global batch at a step."""
+    from tinyllama.mix import Mix
+
+    mix = Mix(path)
+    tokens, corpora = mix.batch(step, rank, world)
+    samples = mix.samples(step, rank, world)
+    if as_json:
+        typer.echo(json.dumps({
+            "step": step, "rank": rank, "world": world, "seq_len": mix.seq_len,
+            "corpus": corpora, "epoch": [e for _, e, _ in samples], "window": [w for _, _, w in samples],
+            "tokens": tokens.tolist(),
+        }))
+        return
+    tok = None
+    if decode:
+        from tinyllama.tokenizer import Tokenizer
+
+        tok = Tokenizer(mix.tokenizer_path)
+    for i, (row, (corpus, epoch, window)) in enumerate(zip(tokens, samples)):
+        head = f"[{i}] {corpus} epoch {epoch} window {window}"
+        if tok is not None:
+            typer.echo(f"{head}\n{tok.decode(row.tolist(), skip_special_tokens=False)}\n")
+        else:
+            typer.echo(f"{head}: {' '.join(map(str, row[:16].tolist()))} ...")
+
+
+@mix_app.command("plot")
+def mix_plot(
+    path: Path = typer.Argument(..., help="A built mix dir."),
+    out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
+) -> None:
+    """Mixture proportions and global batch size over training tokens."""
+    from tinyllama.mix import Mix
+
+    Mix(path).plot(out)
+    typer.echo(f"wrote {out}")
 
 
 @mix_app.command("verify")

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from tinyllama import _core
 from tinyllama.errors import ShardError, SpecError
 from tinyllama.shards import ShardView, open_shard
 
@@ -32,6 +33,7 @@ class Mix:
             raise SpecError(f"{self.path}: not a built mix (no mix.json): {why}")
         self.lock: dict[str, Any] = json.loads(lock.read_text())
         self._manifests: dict[str, dict] = {}
+        self._sampler: _core.MixSampler | None = None
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -64,9 +66,22 @@ class Mix:
     def inspect(self) -> dict[str, Any]:
         """The object `tinyllama mix inspect --json` prints."""
         corpora = {}
-        for name in self.corpora:
-            totals = self.manifest(name)["totals"]
-            corpora[name] = {k: totals[k] for k in _INSPECT_KEYS}
+        for entry in self.lock["corpora"]:
+            totals = self.manifest(entry["name"])["totals"]
+            corpora[entry["name"]] = {k: totals[k] for k in _INSPECT_KEYS}
+            corpora[entry["name"]]["windows"] = entry["windows"]
+            corpora[entry["name"]]["epochs"] = entry["epochs"]
+        steps = self.sampler.stage_steps()
+        stages = []
+        for stage, (first, end) in zip(self.lock["stages"], steps):
+            stages.append({
+                **stage,
+                "first_step": first,
+                "steps": end - first,
+                "batch_sequences": self.sampler.batch_sequences(first) if end > first else 0,
+                "tokens_trained": (self.sampler.tokens_before(end) if end < self.num_steps()
+                                   else self._total_tokens()) - self.sampler.tokens_before(first),
+            })
         return {
             "name": self.lock["name"],
             "seed": self.lock["seed"],
@@ -76,9 +91,56 @@ class Mix:
             "dtype": self.lock["dtype"],
             "bos_id": self.lock["bos_id"],
             "eos_id": self.lock["eos_id"],
-            "stages": self.lock["stages"],
+            "num_steps": self.num_steps(),
+            "total_tokens": self._total_tokens(),
+            "stages": stages,
             "corpora": corpora,
         }
+
+    # -- sampling --------------------------------------------------------------------------
+
+    @property
+    def sampler(self) -> _core.MixSampler:
+        if self._sampler is None:
+            self._sampler = _core.MixSampler(str(self.path))
+        return self._sampler
+
+    def num_steps(self) -> int:
+        """Optimizer steps in the whole schedule."""
+        return self.sampler.num_steps()
+
+    def batch_sequences(self, step: int) -> int:
+        """Global batch size (sequences) at `step`: the cooldown stage raises it."""
+        return self.sampler.batch_sequences(step)
+
+    def tokens_before(self, step: int) -> int:
+        return self.sampler.tokens_before(step)
+
+    def _total_tokens(self) -> int:
+        last = self.num_steps() - 1
+        return self.sampler.tokens_before(last) + self.sampler.batch_sequences(last) * self.seq_len
+
+    def weights_at(self, step: int) -> dict[str, float]:
+        return dict(zip(self.corpora, self.sampler.weights_at(step)))
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, list[str]]:
+        """Rank's contiguous slice of the global batch at `step`: (tokens int64 [n, seq_len + 1],
+        the corpus of each row). A pure function of (mix, seed, step): the union of the ranks'
+        slices is the world-size-1 batch, whatever `world`."""
+        tokens, corpora = self.sampler.batch(step, rank, world)
+        names = self.corpora
+        return tokens.astype(np.int64), [names[c] for c in corpora]
+
+    def samples(self, step: int, rank: int = 0, world: int = 1) -> list[tuple[str, int, int]]:
+        """(corpus, epoch, window) of each row of `batch(step, rank, world)`."""
+        names = self.corpora
+        return [(names[c], e, w) for c, e, w in self.sampler.samples(step, rank, world)]
+
+    def loader(self, rank: int = 0, world: int = 1, start_step: int = 0, **kw):
+        """The zero-copy ring-buffer loader over this mix (see `tinyllama.loader`)."""
+        from tinyllama.loader import Loader
+
+        return Loader(self, rank=rank, world=world, start_step=start_step, **kw)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -121,6 +183,43 @@ class Mix:
             schema={"source": pl.Utf8, "row": pl.UInt64, "kept_source": pl.Utf8, "kept_row": pl.UInt64,
                     "kind": pl.Utf8, "jaccard": pl.Float32}
         )
+
+    def plot(self, out: str | os.PathLike[str], points: int = 1500) -> None:
+        """Draw the mixture proportions (stacked) and the global batch size over training tokens."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = self.num_steps()
+        steps = set(np.linspace(0, n - 1, min(points, n)).astype(int).tolist())
+        for first, end in self.sampler.stage_steps():  # sharp edges at stage boundaries
+            steps.update({first, max(first - 1, 0), min(end, n - 1)})
+        steps = sorted(s for s in steps if 0 <= s < n)
+        tokens = np.array([self.sampler.tokens_before(s) for s in steps], dtype=np.float64)
+        weights = np.array([self.sampler.weights_at(s) for s in steps])
+        batch = np.array([self.sampler.batch_sequences(s) * self.seq_len for s in steps], dtype=np.float64)
+        scale, unit = next((10**e, u) for e, u in ((12, "T"), (9, "B"), (6, "M"), (3, "K"), (0, ""))
+                           if tokens[-1] >= 10**e)
+        fig, ax = plt.subplots(figsize=(10, 5))
+        ax.stackplot(tokens / scale, weights.T, labels=self.corpora, alpha=0.8, step="post")
+        ax.set_xlabel(f"tokens trained ({unit})")
+        ax.set_ylabel("mixture proportion")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(0, tokens[-1] / scale)
+        for first, _ in self.sampler.stage_steps()[1:]:
+            ax.axvline(self.sampler.tokens_before(first) / scale, color="k", lw=0.8, ls=":")
+        twin = ax.twinx()
+        twin.step(tokens / scale, batch / 1e6, where="post", color="k", lw=1.5, label="global batch")
+        twin.set_ylabel("global batch (M tokens)")
+        twin.set_ylim(0, batch.max() / 1e6 * 1.15)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
+        ax.legend(handles, labels, loc="lower left")
+        ax.set_title(f"{self.lock['name']}: mixture and batch size ({n:,} steps)")
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
 
     def __repr__(self) -> str:
         return f"Mix({str(self.path)!r}, corpora={self.corpora})"

@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod progress;
 
 use crate::error::{Error, IoContext, Result};
+use crate::mix::{CorpusSize, Schedule, StageSpec};
 use crate::shard::{write_atomic, Dtype, Shard, ShardWriter, Source};
 use crate::source::{self, Record};
 use crate::tokenize::Tokenizer;
@@ -115,6 +116,19 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
         }
         input_ids.push(ids);
     }
+    let stages: Vec<StageSpec> = serde_json::from_value(cfg.stages.clone())
+        .map_err(|e| Error::Spec(format!("stages: {e}")))?;
+    // Check the schedule now (weights, batch sizes), not after hours of tokenizing; only
+    // "a weighted corpus came out empty" has to wait for the real token counts.
+    let provisional = cfg
+        .corpora
+        .iter()
+        .map(|c| CorpusSize {
+            name: c.name.clone(),
+            tokens: 1 << 40,
+        })
+        .collect();
+    Schedule::new(cfg.seq_len, cfg.seed, provisional, stages.clone())?;
     let out = &cfg.out;
     std::fs::create_dir_all(out).ctx(out)?;
     let identity = cfg.identity(tokenizer.sha256(), &input_ids);
@@ -147,6 +161,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     };
     let mut summary = BuildSummary::default();
     let mut corpus_summaries = Vec::new();
+    let mut sizes = Vec::new();
     for (corpus, files) in cfg.corpora.iter().zip(&inputs) {
         let dir = staging.join(&corpus.name);
         std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
@@ -181,12 +196,26 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
         let manifest = pack(&ctx, corpus, &dir, parts)?;
         summary.docs_kept += manifest.totals.docs_kept;
         summary.tokens += manifest.totals.tokens;
+        sizes.push(CorpusSize {
+            name: corpus.name.clone(),
+            tokens: manifest.totals.tokens,
+        });
         corpus_summaries.push(serde_json::json!({
             "name": corpus.name,
             "docs": manifest.totals.docs_kept - manifest.totals.docs_holdout,
             "tokens": manifest.totals.tokens,
             "shards": manifest.shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         }));
+    }
+    let schedule = Schedule::new(cfg.seq_len, cfg.seed, sizes, stages)?;
+    schedule.save(out.join("schedule.json"))?;
+    for ((c, w), e) in corpus_summaries
+        .iter_mut()
+        .zip(schedule.windows())
+        .zip(schedule.epochs())
+    {
+        c["windows"] = (*w).into();
+        c["epochs"] = e.into();
     }
     write_atomic(
         &out.join("tokenizer.json"),
@@ -208,6 +237,8 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
         "corpora": corpus_summaries,
         "dedup": cfg.dedup,
         "stages": cfg.stages,
+        "num_steps": schedule.num_steps(),
+        "schedule": "schedule.json",
     });
     let text = serde_json::to_string_pretty(&lock).expect("lock serialises") + "\n";
     write_atomic(&out.join("mix.json"), text.as_bytes())?;

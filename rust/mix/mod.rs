@@ -12,6 +12,7 @@ pub mod loader;
 pub mod permute;
 pub mod sampler;
 pub mod schedule;
+pub mod shard_source;
 
 #[cfg(test)]
 mod loader_tests;
@@ -21,3 +22,4 @@ mod tests;
 pub use loader::{Loader, LoaderConfig, Slot, WindowSource};
 pub use sampler::Sample;
 pub use schedule::{windows_in, CorpusSize, Schedule, StageSpec, WEIGHT_DENOM};
+pub use shard_source::{open_mix, ShardSource};
