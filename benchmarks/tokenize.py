@@ -11,15 +11,21 @@ every run are hashed and must be identical.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# This file is named like the stdlib `tokenize` module, and running it puts its folder first on
+# sys.path: drop that entry so `import tokenize` elsewhere still finds the stdlib.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
+
 import argparse
 import hashlib
 import io
 import json
-import os
 import random
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +41,7 @@ def default_data() -> Path:
 
 def load_corpora(data: Path) -> list[str]:
     """Every document of the four corpora, in sorted file order."""
-    import pyarrow.parquet as pq
+    import polars as pl
     import zstandard
 
     corpora = data / "corpora"
@@ -43,7 +49,7 @@ def load_corpora(data: Path) -> list[str]:
     for path in sorted(corpora.rglob("*")):
         name = path.name
         if name.endswith(".parquet"):
-            docs.extend(pq.read_table(path, columns=["content"]).column("content").to_pylist())
+            docs.extend(pl.read_parquet(path, columns=["content"])["content"].to_list())
         elif name.endswith(".jsonl") or name.endswith(".jsonl.zst"):
             raw = path.read_bytes()
             if name.endswith(".zst"):

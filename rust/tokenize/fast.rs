@@ -149,7 +149,7 @@ impl FastEncoder {
                     "merge {a:?} {b:?} names a token not in the vocabulary"
                 ));
             };
-            if a.chars().last() != Some('▁') && b.starts_with('▁') {
+            if !a.ends_with('▁') && b.starts_with('▁') {
                 return Err(format!("merge {a:?} {b:?} crosses a ▁ boundary"));
             }
             touches_bytes |= is_byte_token(&a) || is_byte_token(&b);
