@@ -248,6 +248,10 @@ impl Iterator for JsonlReader {
             if has_newline {
                 content = &content[..content.len() - 1];
             }
+            if row == 0 {
+                // Some tools start UTF-8 text files with a byte-order mark; it is not JSON.
+                content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
+            }
             if content.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }

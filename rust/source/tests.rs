@@ -557,6 +557,10 @@ fn empty_files() {
     let path = write(&dir, "blank.jsonl", b"\n  \n{\"text\":\"a\"}\n\n");
     let got = as_pairs(read_all(&path, &opts("text", OnError::Fail)));
     assert_eq!(got, vec![(2, Some("a".to_string()))]);
+    // A byte-order mark before the first record is not an error.
+    let path = write(&dir, "bom.jsonl", b"\xEF\xBB\xBF{\"text\":\"b\"}\n");
+    let got = as_pairs(read_all(&path, &opts("text", OnError::Fail)));
+    assert_eq!(got, vec![(0, Some("b".to_string()))]);
 }
 
 /// A real text of about `n` bytes: skypile's documents repeated.
@@ -717,4 +721,70 @@ fn corrupt_parquet() {
         .count() as u64;
     assert_eq!(n_skipped, rg1.num_rows() as u64);
     assert_eq!(skip.len(), 80);
+}
+
+/// A parquet file (written with the parquet crate) whose optional `content` column holds real
+/// code and one null: the null is a bad record at its row.
+#[test]
+fn parquet_null_text() {
+    use ::parquet::data_type::{ByteArray, ByteArrayType};
+    use ::parquet::file::properties::WriterProperties;
+    use ::parquet::file::writer::SerializedFileWriter;
+    use ::parquet::schema::parser::parse_message_type;
+    use std::sync::Arc;
+
+    let texts: Vec<String> = expected_parquet()
+        .into_iter()
+        .take(5)
+        .map(|(c, _)| c)
+        .collect();
+    let schema = parse_message_type(
+        "message schema { optional binary id (UTF8); optional binary content (UTF8); }",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nulls.parquet");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = SerializedFileWriter::new(
+        file,
+        Arc::new(schema),
+        Arc::new(WriterProperties::builder().build()),
+    )
+    .unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    // Row 3 of `content` is null.
+    let def = [1i16, 1, 1, 0, 1, 1];
+    let ids: Vec<ByteArray> = (0..6)
+        .map(|i| ByteArray::from(format!("id{i}").as_str()))
+        .collect();
+    let contents: Vec<ByteArray> = texts.iter().map(|t| ByteArray::from(t.as_str())).collect();
+    for values in [&ids, &contents] {
+        let mut col = group.next_column().unwrap().unwrap();
+        let levels = if values.len() == 6 { [1i16; 6] } else { def };
+        col.typed::<ByteArrayType>()
+            .write_batch(values, Some(&levels), None)
+            .unwrap();
+        col.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+
+    let skip = check_bad(
+        &path,
+        &opts("content", OnError::Fail),
+        "row 3",
+        3,
+        "null value in text column 'content'",
+    );
+    let got: Vec<Record> = skip;
+    let mut want: Vec<Record> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Record::Doc {
+            row: if i < 3 { i as u64 } else { i as u64 + 1 },
+            text: t.clone(),
+        })
+        .collect();
+    want.insert(3, got[3].clone());
+    assert_eq!(got, want);
 }
