@@ -78,6 +78,9 @@ impl JsonlReader {
         progress: Progress,
     ) -> Result<Self> {
         let file = File::open(path).ctx(path)?;
+        // A 0-byte .zst is an empty file, not a truncated frame: read it as plain bytes so
+        // it reports "empty file" like a 0-byte .jsonl.
+        let compressed = compressed && file.metadata().ctx(path)?.len() > 0;
         let disk = DiskReader {
             file,
             progress: progress.clone(),
@@ -105,6 +108,12 @@ impl JsonlReader {
             done: false,
             progress,
         })
+    }
+
+    /// Bytes the line buffer holds on to (to test that memory stays bounded).
+    #[cfg(test)]
+    pub(crate) fn line_capacity(&self) -> usize {
+        self.line.capacity()
     }
 
     /// A bad record: a counted skip, or the error that ends the iteration.
@@ -238,6 +247,10 @@ impl Iterator for JsonlReader {
             let mut content = &self.line[..];
             if has_newline {
                 content = &content[..content.len() - 1];
+            }
+            if row == 0 {
+                // Some tools start UTF-8 text files with a byte-order mark; it is not JSON.
+                content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
             }
             if content.iter().all(u8::is_ascii_whitespace) {
                 continue;

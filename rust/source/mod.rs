@@ -3,6 +3,12 @@
 //! Readers for `.jsonl`, `.jsonl.zst` and `.parquet`; the text field (dotted JSON path or
 //! parquet column) and row filters from the spec. Memory is bounded by one record (plus the
 //! decompressor's window / one parquet page), never by the file.
+//!
+//! Error locations: JSONL `line N` (1-based, as an editor shows; `row = N - 1`); parquet
+//! `row N` (0-based, equal to `row`), or `schema` / `footer` for a problem with the whole file
+//! (with `skip`, every row the file claims is then counted as skipped). A JSONL line longer
+//! than `max_doc_bytes + LINE_SLACK` is rejected without being buffered; a shorter one is
+//! rejected when its decoded text exceeds `max_doc_bytes`.
 
 mod discover;
 mod filter;
