@@ -549,7 +549,7 @@ fn store_roundtrip_and_corruption() {
     let texts = slim(0);
     let params = DedupParams::default();
     let dir = tempfile::tempdir().unwrap();
-    let paths = write_stores(dir.path(), &[texts.clone()], &params);
+    let paths = write_stores(dir.path(), std::slice::from_ref(&texts), &params);
     let store = FingerprintStore::open(&paths[0], &params).unwrap();
     assert_eq!(store.len(), texts.len());
     let mut fp = Fingerprinter::new(&params);
@@ -586,4 +586,66 @@ fn store_roundtrip_and_corruption() {
     drop(w);
     assert!(!unfinished.exists());
     assert!(!super::store::tmp_path(&unfinished).exists());
+}
+
+/// Ad-hoc throughput measurement (not a check): `TINYLLAMA_BENCH_DATA=<dir of *.jsonl.zst>
+/// cargo test --release --lib dedup::tests::bench_fingerprints -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_fingerprints() {
+    let Ok(dir) = std::env::var("TINYLLAMA_BENCH_DATA") else {
+        eprintln!("set TINYLLAMA_BENCH_DATA");
+        return;
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl.zst"))
+        .collect();
+    paths.sort();
+    let files: Vec<Vec<String>> = paths
+        .iter()
+        .map(|p| {
+            let r = BufReader::new(zstd::Decoder::new(std::fs::File::open(p).unwrap()).unwrap());
+            r.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+                    v["text"].as_str().unwrap().to_string()
+                })
+                .collect()
+        })
+        .collect();
+    let docs: usize = files.iter().map(|f| f.len()).sum();
+    let bytes: usize = files.iter().flatten().map(|t| t.len()).sum();
+    let params = DedupParams::default();
+    let mut fp = Fingerprinter::new(&params);
+    let mut sig = vec![0u32; params.permutations];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let mut acc = 0u64;
+        for text in files.iter().flatten() {
+            let (e, _) = fp.fingerprint_into(text, &mut sig);
+            acc ^= e as u64 ^ sig[0] as u64;
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_ne!(acc, 1);
+    }
+    eprintln!(
+        "fingerprint, 1 thread: {docs} docs, {:.1} MB in {best:.3}s: {:.0} docs/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        docs as f64 / best,
+        bytes as f64 / 1e6 / best
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let stores = write_stores(tmp.path(), &files, &params);
+    let t_stores = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let result = find_duplicates(&stores, &params, &tmp.path().join("work")).unwrap();
+    eprintln!(
+        "stores (all threads) {t_stores:.3}s, find_duplicates {:.3}s: {:?}",
+        t.elapsed().as_secs_f64(),
+        result.stats
+    );
 }
