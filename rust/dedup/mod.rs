@@ -47,6 +47,15 @@
 //! * A removal's `kind` is `Exact` when its exact hash equals its kept document's, otherwise
 //!   `Near` with the estimated Jaccard between the two signatures.
 //!
+//! # What the checks measure (`cargo test --lib dedup`, real slice)
+//! The 9 × 13 S-curve `1 - (1 - J^13)^9` is 0.40 at J = 0.8, 0.69 at 0.85, 0.93 at 0.9 and
+//! 0.998 at 0.95: SlimPajama's parameters catch pairs reliably only from J ≈ 0.9, so the
+//! recall check is on pairs with true J >= 0.9 (measured 0.95) and precision is the share of
+//! near removals whose true shingle Jaccard with the kept document is >= 0.8 (measured 0.93;
+//! the misses are pairs just below 0.8 admitted by the estimate's noise, or chained). No pair
+//! with true J < 0.6 ended up in one component. Without verification every LSH collision would
+//! be united (SlimPajama's way): more removals around J = 0.5–0.8 and chains across them.
+//!
 //! # Memory
 //! Band tables (and the exact table) are streams of 16-byte `(key, ordinal)` entries sorted
 //! with an external sorter ([`spill`]): once the in-memory buffer reaches `memory_bytes` it is

@@ -649,3 +649,17 @@ fn bench_fingerprints() {
         result.stats
     );
 }
+
+/// Writes the slice's report to `$TINYLLAMA_REPORT_OUT` for a manual check with polars.
+#[test]
+#[ignore]
+fn write_sample_report() {
+    let Ok(out) = std::env::var("TINYLLAMA_REPORT_OUT") else {
+        return;
+    };
+    let result = run(&[slim(0), slim(1)], &DedupParams::default());
+    let sources: Vec<String> = (0..2)
+        .map(|i| format!("slimpajama/train/chunk1/example_train_000{i}.jsonl.zst"))
+        .collect();
+    write_report(Path::new(&out), &result.report_rows(&sources).unwrap()).unwrap();
+}
