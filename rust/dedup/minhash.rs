@@ -276,6 +276,17 @@ mod tests {
         assert_ne!(ra.exact, rb.exact);
         assert_eq!(ra.minhash, rb.minhash);
         assert_eq!(fingerprint("", &p).shingles, 0);
+        // A signature length that is not a multiple of the lane width: same leading values.
+        let short = DedupParams {
+            permutations: 13,
+            bands: 1,
+            ..p.clone()
+        };
+        let text = "one two three four five six seven eight nine ten eleven twelve thirteen x";
+        assert_eq!(
+            fingerprint(text, &short).minhash[..],
+            fingerprint(text, &p).minhash[..13]
+        );
         assert_ne!(
             fingerprint("a b c", &p).minhash,
             fingerprint("a b d", &p).minhash

@@ -60,7 +60,8 @@
 //! Band tables (and the exact table) are streams of 16-byte `(key, ordinal)` entries sorted
 //! with an external sorter ([`spill`]): once the in-memory buffer reaches `memory_bytes` it is
 //! sorted and spilled as a run to `work_dir`, and the runs are k-way merged (64 KiB read buffer
-//! per run). Besides that budget, memory is O(number of documents): the union-find parents
+//! per run; at most 64 runs are open, more are merged into one first). Besides that budget
+//! and a fixed ~5 MB batch of band entries, memory is O(number of documents): the union-find parents
 //! (4 bytes a document) and a bitset of exact removals; the stores themselves are memory
 //! mapped (clean page cache, reclaimable) and read at random only to verify candidates.
 //! Ordinals are `u32`: one call handles at most `u32::MAX - 1` documents.
