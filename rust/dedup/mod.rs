@@ -61,8 +61,8 @@
 //! with an external sorter ([`spill`]): once the in-memory buffer reaches `memory_bytes` it is
 //! sorted and spilled as a run to `work_dir`, and the runs are k-way merged (64 KiB read buffer
 //! per run; at most 64 runs are open, more are merged into one first). Besides that budget
-//! and a fixed ~5 MB batch of band entries, memory is O(number of documents): the union-find parents
-//! (4 bytes a document) and a bitset of exact removals; the stores themselves are memory
+//! and a fixed ~5 MB batch of band entries, memory is O(number of documents): the union-find
+//! parents (4 bytes a document) and an exact-duplicate flag (1 byte a document); the stores themselves are memory
 //! mapped (clean page cache, reclaimable) and read at random only to verify candidates.
 //! Ordinals are `u32`: one call handles at most `u32::MAX - 1` documents.
 
