@@ -1,0 +1,665 @@
+//! Checks on the real slice in `python/tests/data/corpora`.
+
+use super::normalize::normalize_into;
+use super::*;
+use crate::error::Error;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::xxh3_128;
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python/tests/data/corpora")
+        .join(rel)
+}
+
+/// The `text` fields of a jsonl(.zst) file of the slice.
+fn read_texts(rel: &str) -> Vec<String> {
+    let path = data(rel);
+    let file = std::fs::File::open(&path).unwrap();
+    let reader: Box<dyn BufRead> = if rel.ends_with(".zst") {
+        Box::new(BufReader::new(zstd::Decoder::new(file).unwrap()))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    reader
+        .lines()
+        .map(|l| l.unwrap())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn slim(i: usize) -> Vec<String> {
+    read_texts(&format!(
+        "slimpajama/train/chunk1/example_train_000{i}.jsonl.zst"
+    ))
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Replaces `count` words of `text` with words from `vocab`: in one contiguous span
+/// (`span = true`, a realistic local edit) or at scattered positions.
+fn edit_words(text: &str, count: usize, span: bool, vocab: &[&str], rng: &mut Rng) -> String {
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    let n = words.len();
+    if span {
+        let start = rng.below(n - count + 1);
+        for w in &mut words[start..start + count] {
+            *w = vocab[rng.below(vocab.len())];
+        }
+    } else {
+        for _ in 0..count {
+            let i = rng.below(n);
+            words[i] = vocab[rng.below(vocab.len())];
+        }
+    }
+    words.join(" ")
+}
+
+/// The exact Jaccard of two documents' word-`ngram` shingle sets (an implementation
+/// independent of the MinHash path: 128-bit hashes of the word windows).
+fn shingle_set(text: &str, ngram: usize) -> HashSet<u128> {
+    let mut norm = String::new();
+    let mut w = Vec::new();
+    normalize_into(text, &mut norm, &mut w);
+    let words: Vec<&str> = norm.split(' ').filter(|s| !s.is_empty()).collect();
+    if words.is_empty() {
+        return HashSet::new();
+    }
+    let g = ngram.min(words.len());
+    words
+        .windows(g)
+        .map(|win| xxh3_128(win.join(" ").as_bytes()))
+        .collect()
+}
+
+fn jaccard(a: &HashSet<u128>, b: &HashSet<u128>) -> f64 {
+    let inter = a.intersection(b).count();
+    let union = a.len() + b.len() - inter;
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Fingerprints `files` (each a list of texts, row = index) into stores under `dir`.
+fn write_stores(dir: &Path, files: &[Vec<String>], params: &DedupParams) -> Vec<PathBuf> {
+    use rayon::prelude::*;
+    files
+        .iter()
+        .enumerate()
+        .map(|(f, texts)| {
+            let fps: Vec<Fingerprint> = texts
+                .par_iter()
+                .map_init(|| Fingerprinter::new(params), |fp, t| fp.fingerprint(t))
+                .collect();
+            let path = dir.join(format!("{f:04}.fp"));
+            let mut w = FingerprintWriter::create(&path, params).unwrap();
+            for (row, fp) in fps.iter().enumerate() {
+                w.push(row as u64, fp).unwrap();
+            }
+            assert_eq!(w.finish().unwrap(), texts.len() as u64);
+            path
+        })
+        .collect()
+}
+
+fn run(files: &[Vec<String>], params: &DedupParams) -> DedupResult {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = write_stores(dir.path(), files, params);
+    find_duplicates(&stores, params, &dir.path().join("work")).unwrap()
+}
+
+/// kept[doc] for every doc (itself when not removed).
+fn kept_map(result: &DedupResult) -> HashMap<DocId, DocId> {
+    result
+        .removals
+        .iter()
+        .map(|r| (r.removed, r.kept))
+        .collect()
+}
+
+fn doc(file: u32, row: usize) -> DocId {
+    DocId {
+        file,
+        row: row as u64,
+    }
+}
+
+#[test]
+fn bad_params_name_the_key() {
+    let d = DedupParams::default;
+    let cases: Vec<(DedupParams, &str)> = vec![
+        (DedupParams { ngram: 0, ..d() }, "dedup.ngram"),
+        (
+            DedupParams {
+                permutations: 0,
+                ..d()
+            },
+            "dedup.permutations",
+        ),
+        (DedupParams { bands: 0, ..d() }, "dedup.bands"),
+        (DedupParams { rows: 0, ..d() }, "dedup.rows"),
+        (DedupParams { bands: 10, ..d() }, "dedup.bands"),
+        (
+            DedupParams {
+                permutations: 100,
+                ..d()
+            },
+            "dedup.bands",
+        ),
+        (
+            DedupParams {
+                threshold: 0.0,
+                ..d()
+            },
+            "dedup.threshold",
+        ),
+        (
+            DedupParams {
+                threshold: 1.5,
+                ..d()
+            },
+            "dedup.threshold",
+        ),
+        (
+            DedupParams {
+                threshold: f64::NAN,
+                ..d()
+            },
+            "dedup.threshold",
+        ),
+        (
+            DedupParams {
+                memory_bytes: 0,
+                ..d()
+            },
+            "dedup.memory_bytes",
+        ),
+    ];
+    for (p, key) in cases {
+        match p.validate() {
+            Err(Error::Spec(msg)) => assert!(msg.starts_with(key), "{msg:?} should name {key}"),
+            other => panic!("{p:?}: expected a spec error naming {key}, got {other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            find_duplicates(&[], &p, dir.path()),
+            Err(Error::Spec(_))
+        ));
+    }
+    assert!(DedupParams::default().validate().is_ok());
+    assert!(DedupParams {
+        threshold: 1.0,
+        ..d()
+    }
+    .validate()
+    .is_ok());
+}
+
+#[test]
+fn exact_duplicates_keep_the_earliest() {
+    let mut f0 = slim(0);
+    let f1 = slim(1);
+    // A copy of a later file's document at the end of an earlier file: the earlier file wins
+    // although its row number is larger.
+    let planted = f1[600].clone();
+    f0.push(planted.clone());
+    let files = vec![f0, f1];
+    let params = DedupParams {
+        near: false,
+        ..Default::default()
+    };
+    let result = run(&files, &params);
+
+    // Oracle: the first document (in input order) with each normalized text.
+    let mut first: HashMap<String, DocId> = HashMap::new();
+    let mut expect = Vec::new();
+    for (f, texts) in files.iter().enumerate() {
+        for (row, t) in texts.iter().enumerate() {
+            let id = doc(f as u32, row);
+            let k = *first.entry(super::normalize::normalize(t)).or_insert(id);
+            if k != id {
+                expect.push((id, k));
+            }
+        }
+    }
+    let got: Vec<(DocId, DocId)> = result
+        .removals
+        .iter()
+        .map(|r| (r.removed, r.kept))
+        .collect();
+    assert_eq!(got, expect);
+    assert!(
+        expect.len() >= 50,
+        "the slice has many exact duplicates ({})",
+        expect.len()
+    );
+    assert!(result
+        .removals
+        .iter()
+        .all(|r| r.kind == Kind::Exact && r.jaccard == 1.0 && r.kept < r.removed));
+    let planted_id = doc(0, files[0].len() - 1);
+    let copy = result
+        .removals
+        .iter()
+        .find(|r| r.kept == planted_id)
+        .expect("the later copy points at the planted earlier one");
+    assert_eq!(files[1][copy.removed.row as usize], planted);
+    assert_eq!(result.stats.exact, expect.len() as u64);
+    assert_eq!(result.stats.near, 0);
+}
+
+/// The documents of file 1 that are first occurrences and have at least `min_words` words.
+fn originals(texts: &[String], min_words: usize) -> Vec<String> {
+    let mut seen = HashSet::new();
+    texts
+        .iter()
+        .filter(|t| t.split_whitespace().count() >= min_words)
+        .filter(|t| seen.insert(super::normalize::normalize(t)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn planted_near_duplicates_are_caught_and_heavy_edits_kept() {
+    let f1 = slim(1);
+    let origs = originals(&f1, 200);
+    let vocab_text = f1.join(" ");
+    let vocab: Vec<&str> = vocab_text.split_whitespace().collect();
+    let mut rng = Rng(7);
+    let mut light = Vec::new();
+    let mut heavy = Vec::new();
+    for t in &origs {
+        let n = t.split_whitespace().count();
+        // "A few percent": 3 % of the words, in one contiguous span (a changed name, date or
+        // paragraph, the common real-world near duplicate).
+        light.push(edit_words(t, (n * 3 / 100).max(1), true, &vocab, &mut rng));
+        heavy.push(edit_words(t, n * 40 / 100, false, &vocab, &mut rng));
+    }
+    let files = vec![origs.clone(), light.clone(), heavy.clone()];
+    let params = DedupParams::default();
+    let result = run(&files, &params);
+    let kept = kept_map(&result);
+    let root = |d: DocId| *kept.get(&d).unwrap_or(&d);
+
+    let (mut caught, mut high, mut caught_high) = (0, 0, 0);
+    for i in 0..origs.len() {
+        let j = jaccard(&shingle_set(&origs[i], 13), &shingle_set(&light[i], 13));
+        let hit = root(doc(1, i)) == root(doc(0, i)) && kept.contains_key(&doc(1, i));
+        caught += hit as usize;
+        if j >= 0.9 {
+            high += 1;
+            caught_high += hit as usize;
+        }
+        if j >= 0.95 {
+            assert!(hit, "light edit #{i} (J = {j:.3}) not caught");
+        }
+    }
+    eprintln!(
+        "planted: {} originals, light edits caught {caught}, with J >= 0.9: {caught_high}/{high}",
+        origs.len()
+    );
+    assert!(origs.len() >= 100);
+    // 3 % in one span of a 200-word document leaves J ~ 0.87, where the 9 x 13 S-curve gives
+    // P(candidate) ~ 0.78; longer documents keep J >= 0.9 (P >= 0.93).
+    assert!(high >= 30, "enough edits keep J >= 0.9 ({high})");
+    assert!(caught_high as f64 >= 0.9 * high as f64);
+    assert!(caught as f64 >= 0.75 * origs.len() as f64);
+    for i in 0..heavy.len() {
+        let r = result.removals.iter().find(|r| r.removed == doc(2, i));
+        assert!(r.is_none(), "heavily edited copy #{i} removed: {r:?}");
+    }
+    // Every near removal reports its estimate against the kept document.
+    for r in result.removals.iter().filter(|r| r.kind == Kind::Near) {
+        assert!(r.jaccard > 0.0 && r.jaccard <= 1.0, "{r:?}");
+    }
+}
+
+#[test]
+fn lsh_recall_and_precision_against_exact_jaccard() {
+    // The real file 1 (licence / README families) plus copies of its long documents edited in
+    // a span of 0-12 % of their words: J spread over the whole S-curve.
+    let f1 = slim(1);
+    let origs = originals(&f1, 100);
+    let vocab_text = f1.join(" ");
+    let vocab: Vec<&str> = vocab_text.split_whitespace().collect();
+    let mut rng = Rng(11);
+    let edited: Vec<String> = origs
+        .iter()
+        .map(|t| {
+            let n = t.split_whitespace().count();
+            let pct = rng.below(13);
+            edit_words(t, (n * pct / 100).max(1), true, &vocab, &mut rng)
+        })
+        .collect();
+    let files = vec![f1.clone(), edited.clone()];
+    let params = DedupParams::default();
+    let result = run(&files, &params);
+    let kept = kept_map(&result);
+
+    let docs: Vec<(DocId, &String)> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(f, t)| {
+            t.iter()
+                .enumerate()
+                .map(move |(r, t)| (doc(f as u32, r), t))
+        })
+        .collect();
+    let sets: Vec<HashSet<u128>> = docs.iter().map(|(_, t)| shingle_set(t, 13)).collect();
+    let index: HashMap<DocId, usize> = docs.iter().enumerate().map(|(i, d)| (d.0, i)).collect();
+    let root = |d: DocId| *kept.get(&d).unwrap_or(&d);
+
+    // All pairs sharing at least one shingle, through an inverted index.
+    let mut postings: HashMap<u128, Vec<u32>> = HashMap::new();
+    for (i, s) in sets.iter().enumerate() {
+        for &h in s {
+            postings.entry(h).or_default().push(i as u32);
+        }
+    }
+    let mut pairs: HashSet<(u32, u32)> = HashSet::new();
+    for list in postings.values() {
+        if list.len() > 400 {
+            continue; // boilerplate shingles: their documents share others too
+        }
+        for (a, &x) in list.iter().enumerate() {
+            for &y in &list[a + 1..] {
+                pairs.insert((x, y));
+            }
+        }
+    }
+    let (mut above, mut found) = (0usize, 0usize);
+    let mut buckets = [(0usize, 0usize); 10];
+    for &(x, y) in &pairs {
+        let j = jaccard(&sets[x as usize], &sets[y as usize]);
+        if sets[x as usize] == sets[y as usize] {
+            continue; // exact duplicates: not the LSH stage's business
+        }
+        let same = root(docs[x as usize].0) == root(docs[y as usize].0);
+        let b = ((j * 10.0) as usize).min(9);
+        buckets[b].0 += 1;
+        buckets[b].1 += same as usize;
+        if j >= 0.9 {
+            above += 1;
+            found += same as usize;
+        }
+    }
+    for (b, (n, s)) in buckets.iter().enumerate() {
+        let mid = (b as f64 + 0.5) / 10.0;
+        eprintln!(
+            "true J in [{:.1}, {:.1}): {n} pairs, {s} in one component (S-curve at {mid:.2}: {:.3})",
+            b as f64 / 10.0,
+            (b + 1) as f64 / 10.0,
+            params.candidate_probability(mid)
+        );
+    }
+    let recall = found as f64 / above as f64;
+
+    // Precision: near removals whose true Jaccard with their kept document passes.
+    let near: Vec<&Removal> = result
+        .removals
+        .iter()
+        .filter(|r| r.kind == Kind::Near)
+        .collect();
+    let good = near
+        .iter()
+        .filter(|r| jaccard(&sets[index[&r.removed]], &sets[index[&r.kept]]) >= params.threshold)
+        .count();
+    let precision = good as f64 / near.len() as f64;
+    eprintln!(
+        "pairs with J >= 0.9: {above}, recall {recall:.3}; near removals {}, precision {precision:.3}",
+        near.len()
+    );
+    // S-curve of 9 x 13: P(candidate) = 0.93 at J = 0.9 and rises to 1 (0.998 at 0.95);
+    // verification at 0.8 drops a J >= 0.9 pair with probability < 1e-4 (3.8 sigma).
+    assert!(above >= 50, "enough high-J pairs to measure ({above})");
+    assert!(recall >= 0.9, "recall {recall:.3}");
+    // Verification admits J < 0.8 only through estimate noise (sd 0.035) or chaining.
+    assert!(near.len() >= 50);
+    assert!(precision >= 0.9, "precision {precision:.3}");
+}
+
+#[test]
+fn cjk_near_duplicates() {
+    let texts = read_texts("skypile/2023-01.jsonl");
+    let origs: Vec<String> = {
+        let mut seen = HashSet::new();
+        texts
+            .iter()
+            .filter(|t| t.chars().filter(|&c| super::normalize::is_cjk(c)).count() >= 300)
+            .filter(|t| seen.insert(super::normalize::normalize(t)))
+            .take(60)
+            .cloned()
+            .collect()
+    };
+    assert!(origs.len() >= 20, "{}", origs.len());
+    let pool: Vec<char> = texts
+        .iter()
+        .flat_map(|t| t.chars())
+        .filter(|&c| super::normalize::is_cjk(c))
+        .take(5000)
+        .collect();
+    let mut rng = Rng(3);
+    let edit = |t: &str, count: usize, rng: &mut Rng| -> String {
+        let mut cs: Vec<char> = t.chars().collect();
+        let cjk: Vec<usize> = (0..cs.len())
+            .filter(|&i| super::normalize::is_cjk(cs[i]))
+            .collect();
+        let start = rng.below(cjk.len() - count);
+        for &i in &cjk[start..start + count] {
+            cs[i] = pool[rng.below(pool.len())];
+        }
+        cs.into_iter().collect()
+    };
+    let light: Vec<String> = origs.iter().map(|t| edit(t, 5, &mut rng)).collect();
+    let result = run(&[origs.clone(), light], &DedupParams::default());
+    let kept = kept_map(&result);
+    let caught = (0..origs.len())
+        .filter(|&i| kept.get(&doc(1, i)) == Some(&doc(0, i)))
+        .count();
+    eprintln!("CJK: {caught}/{} five-character edits caught", origs.len());
+    assert!(caught as f64 >= 0.9 * origs.len() as f64);
+    assert!(result.removals.iter().all(|r| r.removed.file == 1));
+}
+
+#[test]
+fn same_result_with_1_or_2_threads_and_with_spills() {
+    let f1 = slim(1);
+    let origs = originals(&f1, 200);
+    let vocab_text = f1.join(" ");
+    let vocab: Vec<&str> = vocab_text.split_whitespace().collect();
+    let mut rng = Rng(5);
+    let edited: Vec<String> = origs
+        .iter()
+        .map(|t| {
+            let n = t.split_whitespace().count();
+            edit_words(t, n / 50, true, &vocab, &mut rng)
+        })
+        .collect();
+    let files = vec![slim(0), f1, edited];
+    let params = DedupParams::default();
+    let with_threads = |n: usize, p: &DedupParams| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(|| run(&files, p))
+    };
+    let one = with_threads(1, &params);
+    let two = with_threads(2, &params);
+    let tiny = DedupParams {
+        memory_bytes: 4096,
+        ..params.clone()
+    };
+    let spilled = with_threads(2, &tiny);
+    assert_eq!(one.stats.spilled_runs, 0);
+    assert!(spilled.stats.spilled_runs > 10, "{:?}", spilled.stats);
+    assert!(one.stats.exact > 0 && one.stats.near > 0, "{:?}", one.stats);
+    assert_eq!(one.removals, two.removals);
+    assert_eq!(one.removals, spilled.removals);
+
+    // And the report bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let sources: Vec<String> = (0..3).map(|i| format!("file-{i}.jsonl.zst")).collect();
+    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+    write_report(&a, &one.report_rows(&sources).unwrap()).unwrap();
+    write_report(&b, &spilled.report_rows(&sources).unwrap()).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn report_reads_back() {
+    let f1 = slim(1);
+    let result = run(&[f1], &DedupParams::default());
+    let sources = vec!["slimpajama/train/chunk1/example_train_0001.jsonl.zst".to_string()];
+    let rows = result.report_rows(&sources).unwrap();
+    assert!(!rows.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dedup.parquet");
+    write_report(&path, &rows).unwrap();
+    assert_eq!(read_report(&path).unwrap(), rows);
+    assert!(!super::store::tmp_path(&path).exists());
+    // An empty report is a valid file with the schema.
+    write_report(&path, &[]).unwrap();
+    assert!(read_report(&path).unwrap().is_empty());
+    assert!(result.report_rows(&[]).is_err());
+}
+
+#[test]
+fn store_roundtrip_and_corruption() {
+    let texts = slim(0);
+    let params = DedupParams::default();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_stores(dir.path(), std::slice::from_ref(&texts), &params);
+    let store = FingerprintStore::open(&paths[0], &params).unwrap();
+    assert_eq!(store.len(), texts.len());
+    let mut fp = Fingerprinter::new(&params);
+    for i in [0, 7, texts.len() - 1] {
+        assert_eq!(store.fingerprint(i), (i as u64, fp.fingerprint(&texts[i])));
+    }
+    // Other fingerprint parameters: refused.
+    let other = DedupParams {
+        seed: 1,
+        ..params.clone()
+    };
+    assert!(matches!(
+        FingerprintStore::open(&paths[0], &other),
+        Err(Error::Shard { .. })
+    ));
+    // A flipped byte: checksum mismatch naming the file.
+    let mut bytes = std::fs::read(&paths[0]).unwrap();
+    bytes[1000] ^= 1;
+    let bad = dir.path().join("bad.fp");
+    std::fs::write(&bad, &bytes).unwrap();
+    match FingerprintStore::open(&bad, &params) {
+        Err(e @ Error::Shard { .. }) => assert!(e.to_string().contains("bad.fp"), "{e}"),
+        other => panic!("{:?}", other.map(|s| s.len())),
+    }
+    // Truncated.
+    std::fs::write(&bad, &bytes[..bytes.len() - 5]).unwrap();
+    assert!(FingerprintStore::open(&bad, &params).is_err());
+    // Rows must increase; an unfinished writer leaves no store behind.
+    let unfinished = dir.path().join("unfinished.fp");
+    let mut w = FingerprintWriter::create(&unfinished, &params).unwrap();
+    let f = fp.fingerprint("some text");
+    w.push(5, &f).unwrap();
+    assert!(w.push(5, &f).is_err());
+    drop(w);
+    assert!(!unfinished.exists());
+    assert!(!super::store::tmp_path(&unfinished).exists());
+}
+
+/// Ad-hoc throughput measurement (not a check): `TINYLLAMA_BENCH_DATA=<dir of *.jsonl.zst>
+/// cargo test --release --lib dedup::tests::bench_fingerprints -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_fingerprints() {
+    let Ok(dir) = std::env::var("TINYLLAMA_BENCH_DATA") else {
+        eprintln!("set TINYLLAMA_BENCH_DATA");
+        return;
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl.zst"))
+        .collect();
+    paths.sort();
+    let files: Vec<Vec<String>> = paths
+        .iter()
+        .map(|p| {
+            let r = BufReader::new(zstd::Decoder::new(std::fs::File::open(p).unwrap()).unwrap());
+            r.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+                    v["text"].as_str().unwrap().to_string()
+                })
+                .collect()
+        })
+        .collect();
+    let docs: usize = files.iter().map(|f| f.len()).sum();
+    let bytes: usize = files.iter().flatten().map(|t| t.len()).sum();
+    let params = DedupParams::default();
+    let mut fp = Fingerprinter::new(&params);
+    let mut sig = vec![0u32; params.permutations];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let mut acc = 0u64;
+        for text in files.iter().flatten() {
+            let (e, _) = fp.fingerprint_into(text, &mut sig);
+            acc ^= e as u64 ^ sig[0] as u64;
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_ne!(acc, 1);
+    }
+    eprintln!(
+        "fingerprint, 1 thread: {docs} docs, {:.1} MB in {best:.3}s: {:.0} docs/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        docs as f64 / best,
+        bytes as f64 / 1e6 / best
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let stores = write_stores(tmp.path(), &files, &params);
+    let t_stores = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let result = find_duplicates(&stores, &params, &tmp.path().join("work")).unwrap();
+    eprintln!(
+        "stores (all threads) {t_stores:.3}s, find_duplicates {:.3}s: {:?}",
+        t.elapsed().as_secs_f64(),
+        result.stats
+    );
+}
+
+/// Writes the slice's report to `$TINYLLAMA_REPORT_OUT` for a manual check with polars.
+#[test]
+#[ignore]
+fn write_sample_report() {
+    let Ok(out) = std::env::var("TINYLLAMA_REPORT_OUT") else {
+        return;
+    };
+    let result = run(&[slim(0), slim(1)], &DedupParams::default());
+    let sources: Vec<String> = (0..2)
+        .map(|i| format!("slimpajama/train/chunk1/example_train_000{i}.jsonl.zst"))
+        .collect();
+    write_report(Path::new(&out), &result.report_rows(&sources).unwrap()).unwrap();
+}
