@@ -19,7 +19,7 @@ test-slow: build
 
 # Benchmarks against peers measured in the same run (install peers with `pip install -e .[bench]`)
 bench: build
-    python benchmarks/tokenize.py
+    python benchmarks/tokenizer.py
 
 lint:
     cargo fmt --check

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, peak_rss_mb, scaled_corpus  # noqa: E402
+from _data import SHARED, peak_rss_mb, scaled_corpus
 
 TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.json"
 

@@ -200,7 +200,7 @@ fn build_mix(
                     }
                 });
             }
-            worker.join().unwrap_or_else(|p| Err(p))
+            worker.join().unwrap_or_else(Err)
         })
     });
     if let Some(e) = interrupt {

@@ -13,13 +13,13 @@ from tinyllama.mix import Mix
 from tinyllama.tokenizer import Tokenizer
 
 __all__ = [
-    "__version__",
-    "Tokenizer",
-    "Mix",
-    "TinyllamaError",
     "InputError",
-    "SpecError",
-    "TokenizerError",
+    "Mix",
     "ShardError",
+    "SpecError",
     "StorageError",
+    "TinyllamaError",
+    "Tokenizer",
+    "TokenizerError",
+    "__version__",
 ]

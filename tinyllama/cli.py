@@ -36,7 +36,7 @@ def mix_build(
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
@@ -121,6 +121,18 @@ def mix_verify(path: Path = typer.Argument(..., help="A built mix dir.")) -> Non
 
     Mix(path).verify()
     typer.echo("all shards ok")
+
+
+@app.command("train")
+def train(
+    config: Path = typer.Option(..., "--config", help="Train config (TOML)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in `out`."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set run.max_steps=50."),
+) -> None:
+    """Train (single process, or under torchrun for many GPUs / nodes)."""
+    from tinyllama.train import train_main
+
+    train_main(str(config), resume=resume, overrides=overrides)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

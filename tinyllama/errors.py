@@ -17,4 +17,4 @@ from tinyllama._core import (
     TokenizerError,
 )
 
-__all__ = ["TinyllamaError", "InputError", "SpecError", "TokenizerError", "ShardError", "StorageError"]
+__all__ = ["InputError", "ShardError", "SpecError", "StorageError", "TinyllamaError", "TokenizerError"]

@@ -13,8 +13,8 @@ form); `state_dict()` is just the next step.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from tinyllama import _core
 @dataclass
 class LoaderBatch:
     step: int
-    tokens: "torch.Tensor"  # noqa: F821 - int32 [rows, seq_len + 1], a view of the ring buffer
+    tokens: torch.Tensor  # noqa: F821 - int32 [rows, seq_len + 1], a view of the ring buffer
     corpora: list[str]
 
 

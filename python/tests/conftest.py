@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +81,31 @@ def write_spec(dir: Path, body: str = "", *, corpora: str | None = None, stages:
 @pytest.fixture
 def spec_file(tmp_path) -> Path:
     return write_spec(tmp_path)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file of a mix dir except the human log, by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".log")
+    }
+
+
+def build_with_sigkills(spec: Path, out: Path, delays=(0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0)) -> int:
+    """Run `mix build` as a subprocess, SIGKILL it after each delay until one run completes,
+    then finish with a last uninterrupted run. Returns how many runs were killed."""
+    cmd = [sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
+           "--workers", "2", "--quiet"]
+    kills = 0
+    for delay in delays:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if (out / "mix.json").exists():
+            break
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return kills

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zstandard
-from conftest import CORPORA, write_spec
+from conftest import CORPORA, build_with_sigkills, tree_bytes, write_spec
 
 import tinyllama
 from tinyllama.build import build_mix
@@ -25,15 +22,6 @@ def read_jsonl(path: Path) -> list[dict]:
     if path.suffix == ".zst":
         raw = zstandard.ZstdDecompressor().stream_reader(raw).read()
     return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a mix dir except the human log, by relative path."""
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.endswith(".log")
-    }
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +126,7 @@ def test_sigkill_at_any_instant_then_resume_gives_identical_bytes(tmp_path, buil
     """Kill the build process with SIGKILL at increasing delays, rerun until done, compare."""
     spec = write_spec(tmp_path)
     out = tmp_path / "mix"
-    cmd = [sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
-           "--workers", "2", "--quiet"]
-    kills = 0
-    for delay in [0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0]:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        if (out / "mix.json").exists():
-            break
-    subprocess.run(cmd, check=True)
+    kills = build_with_sigkills(spec, out)
     assert kills >= 1
     assert tree_bytes(out) == tree_bytes(built)
     assert not list(out.rglob("*.tmp"))
@@ -186,6 +162,7 @@ def test_bad_jsonl_names_file_and_line_or_is_counted(tmp_path, name, corrupt, me
     data = tmp_path / "data"
     data.mkdir()
     (data / name).write_bytes(corrupt(real_lines()))
+    (data / "good.jsonl").write_bytes(b"".join(real_lines(40)[20:]))  # so the corpus is not empty
     spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl")
     with pytest.raises(InputError, match=message):
         build_mix(spec, tmp_path / "out", workers=1, progress=False)
@@ -247,7 +224,6 @@ def test_tokenizer_that_does_not_fit_the_dtype(tmp_path):
     text = spec.read_text().replace('seq_len = 128', 'seq_len = 128\ndtype = "u16"')
     # a vocabulary of 70k tokens: the real Llama vocab plus added tokens
     import zstandard as zs
-
     from conftest import TOKENIZER_ZST
 
     tok = json.loads(zs.ZstdDecompressor().decompress(TOKENIZER_ZST.read_bytes()))

@@ -15,6 +15,7 @@
 //! pack. A kill at any instant leaves either the previous complete mix or resumable staging.
 
 pub mod config;
+mod dedup_stage;
 pub mod manifest;
 pub mod progress;
 
@@ -134,6 +135,11 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     let identity = cfg.identity(tokenizer.sha256(), &input_ids);
     if let Some(done) = completed_identity(out) {
         if done == identity {
+            // A kill between writing the lock and dropping the staging leaves the latter.
+            let staging = out.join(".staging");
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).ctx(&staging)?;
+            }
             return Ok(BuildSummary {
                 up_to_date: true,
                 ..Default::default()
@@ -165,13 +171,11 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     for (corpus, files) in cfg.corpora.iter().zip(&inputs) {
         let dir = staging.join(&corpus.name);
         std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
-        let removed: HashMap<u64, HashMap<u64, Removed>> = match corpus.dedup {
-            DedupMode::None => HashMap::new(),
+        let (removed, report) = match corpus.dedup {
+            DedupMode::None => (HashMap::new(), None),
             DedupMode::Exact | DedupMode::Near => {
-                return Err(Error::Spec(format!(
-                    "corpora.{}.dedup: deduplication is not available in this build yet; use dedup = \"none\"",
-                    corpus.name
-                )))
+                let outcome = dedup_stage::run(&ctx, corpus, &dir, files, &pool)?;
+                (outcome.removed, Some(outcome.report))
             }
         };
         progress.start_stage(&format!("tokenize {}", corpus.name), files.len() as u64);
@@ -194,6 +198,13 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
         }
         progress.start_stage(&format!("pack {}", corpus.name), files.len() as u64);
         let manifest = pack(&ctx, corpus, &dir, parts)?;
+        if let Some(rows) = report {
+            let path = out
+                .join("corpora")
+                .join(&corpus.name)
+                .join("dedup_report.parquet");
+            crate::dedup::write_report(&path, &rows)?;
+        }
         summary.docs_kept += manifest.totals.docs_kept;
         summary.tokens += manifest.totals.tokens;
         sizes.push(CorpusSize {

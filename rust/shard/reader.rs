@@ -50,7 +50,7 @@ impl Shard {
         let n_tokens = le_u64(&footer[16..]) as usize;
         let expected = n_tokens
             .checked_mul(dtype.width())
-            .and_then(|_| Some(body_len(dtype.width(), n_docs, n_tokens) + FOOTER_LEN));
+            .map(|_| body_len(dtype.width(), n_docs, n_tokens) + FOOTER_LEN);
         if expected != Some(map.len()) {
             return Err(bad(format!(
                 "size {} does not match its footer ({n_docs} docs, {n_tokens} tokens): truncated or corrupt",

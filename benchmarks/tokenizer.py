@@ -6,26 +6,20 @@ the same number of threads. Each (peer, threads) run is a separate subprocess, s
 pools are sized from the environment before they start and peak RSS is per peer. The ids of
 every run are hashed and must be identical.
 
-    python benchmarks/tokenize.py [--size-mb 200] [--threads 2,1] [--data DIR]
+    python benchmarks/tokenizer.py [--size-mb 200] [--threads 2,1] [--data DIR]
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named like the stdlib `tokenize` module, and running it puts its folder first on
-# sys.path: drop that entry so `import tokenize` elsewhere still finds the stdlib.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
 
 import argparse
 import hashlib
 import io
 import json
+import os
 import random
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -103,14 +97,14 @@ def worker(args: argparse.Namespace) -> None:
         import tinyllama
 
         tok = tinyllama.Tokenizer(tok_json)
-        encode = lambda b: tok.encode_batch(b, add_special_tokens=False)  # noqa: E731
-        as_arrays = lambda out: out  # noqa: E731
+        encode = lambda b: tok.encode_batch(b, add_special_tokens=False)
+        as_arrays = lambda out: out
     else:
         import tokenizers
 
         tok = tokenizers.Tokenizer.from_file(str(tok_json))
-        encode = lambda b: tok.encode_batch(b, add_special_tokens=False)  # noqa: E731
-        as_arrays = lambda out: [np.asarray(e.ids, dtype=np.uint32) for e in out]  # noqa: E731
+        encode = lambda b: tok.encode_batch(b, add_special_tokens=False)
+        as_arrays = lambda out: [np.asarray(e.ids, dtype=np.uint32) for e in out]
     base_rss = rss_mb()
     h = hashlib.sha256()
     seconds, ntokens = 0.0, 0
@@ -184,7 +178,8 @@ def main() -> None:
         return
 
     print(f"data {args.data}, {args.size_mb:g} MB, batches of {args.batch_docs} docs, cpus {os.cpu_count()}")
-    header = f"{'threads':>7} {'peer':>10} {'tokens':>12} {'seconds':>8} {'Mtok/s':>8} {'MB/s':>7} {'peak RSS MB':>11} {'ratio':>6}"
+    header = (f"{'threads':>7} {'peer':>10} {'tokens':>12} {'seconds':>8} {'Mtok/s':>8} {'MB/s':>7}"
+              f" {'peak RSS MB':>11} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     ok = True
