@@ -146,12 +146,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         # flash-attn wants [B, T, H, D] and handles GQA itself.
         y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return y
-    if k.shape[1] != q.shape[1]:
+    if k.shape[1] == q.shape[1]:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif _SDPA_GQA:  # the kernel reads each KV head for its group of query heads: no copies
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    else:
         rep = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), is_causal=True
+        )
     return y.transpose(1, 2)
+
+
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 class Attention(nn.Module):
