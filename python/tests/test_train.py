@@ -350,6 +350,14 @@ def test_config_bad_toml_and_bad_set(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("train-*.toml")), ids=lambda p: p.name)
+def test_example_configs_load(path):
+    from tinyllama.config import load_config
+
+    cfg = load_config(path)
+    assert Path(cfg.mix).is_absolute() and cfg.model.validate() == []
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(baseline, streams, tmp_path):
     two = run_torchrun(2, write_config(tmp_path), streams)
