@@ -123,29 +123,27 @@ class RMSNorm(nn.Module):
 
 
 def rope_cache(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [max_seq_len, head_dim] (frequencies repeated twice: rotate-half)."""
-    inv_freq = 1.0 / (
-        cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-    )
-    t = torch.arange(cfg.max_seq_len, device=device).float()
-    freqs = torch.outer(t, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    """cos, sin of shape [max_seq_len, head_dim / 2]: angle t * base^(-2i / head_dim)."""
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim))
+    freqs = torch.outer(torch.arange(cfg.max_seq_len, device=device).float(), inv_freq)
+    return freqs.cos(), freqs.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; rotates the pairs (i, i + D/2), like HF's `rotate_half`."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """x: [B, T, H, D]. Rotates each pair (i, i + D/2) by its angle: HF's "rotate half"
+    convention, x * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin), written on the two halves."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    # cos/sin stay fp32, so in bf16 the rotation is computed in fp32 and rounded once.
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention. q: [B, H, T, D], k/v: [B, KV, T, D] -> [B, T, H, D]."""
+    """Causal attention. q: [B, T, H, D], k/v: [B, T, KV, D] -> [B, T, H, D]."""
     if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        # flash-attn wants [B, T, H, D] and handles GQA itself.
-        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-        return y
+        return flash_attn_func(q, k, v, causal=True)  # handles GQA itself
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # sdpa wants [B, H, T, D]
     if k.shape[1] == q.shape[1]:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     elif _SDPA_GQA:  # the kernel reads each KV head for its group of query heads: no copies
@@ -172,9 +170,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = attention(q, k, v).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y)
@@ -226,7 +224,7 @@ class Llama(nn.Module):
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for block in self.layers:
             if self.activation_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
