@@ -366,6 +366,9 @@ def test_two_processes_match_one(baseline, streams, tmp_path):
     assert sorted(got) == sorted(base)
     for step in base:
         assert got[step] == pytest.approx(base[step], rel=1e-4, abs=1e-4), step
+    # the gradient itself (not only Adam's scale-free update) equals the one-process gradient
+    for a, b in zip(baseline, two):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3), a["step"]
     # per-corpus losses are gathered from both ranks
     assert two[-1]["loss/skypile"] == pytest.approx(baseline[-1]["loss/skypile"], rel=1e-3)
 
