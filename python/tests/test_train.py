@@ -254,6 +254,26 @@ def test_keep_last_and_load_model(streams, tmp_path):
         run_inproc(cfg, streams)
 
 
+def test_interrupted_save_is_ignored(tmp_path):
+    """A save killed before its rename leaves step-N.tmp/ (no trainer.json or a stale latest):
+    the previous committed checkpoint stays the one that is found, and the leftover is cleaned."""
+    from tinyllama.checkpoint import clean_partial, latest_checkpoint
+
+    ck = tmp_path / "checkpoints"
+    (ck / "step-4").mkdir(parents=True)
+    (ck / "step-4" / "trainer.json").write_text("{}")
+    (ck / "latest").write_text("step-4\n")
+    (ck / "step-8.tmp").mkdir()
+    (ck / "step-8.tmp" / "__0_0.distcp").write_bytes(b"partial")
+    assert latest_checkpoint(ck) == ck / "step-4"
+    # a step dir without trainer.json (e.g. copied half-way by hand) is not a checkpoint either
+    (ck / "step-6").mkdir()
+    (ck / "latest").write_text("step-6\n")
+    assert latest_checkpoint(ck) == ck / "step-4"
+    clean_partial(ck)
+    assert not (ck / "step-8.tmp").exists() and (ck / "step-4").is_dir()
+
+
 def test_micro_batch_must_divide_the_batch(streams, tmp_path):
     from tinyllama.errors import SpecError
 
