@@ -4,9 +4,11 @@
     Block:  x = x + self_attn(input_layernorm(x))          (GQA, RoPE on q and k)
             x = x + mlp(post_attention_layernorm(x))        (SwiGLU)
 
-Module names are Hugging Face's `LlamaForCausalLM` names without the `model.` prefix, and RoPE
-uses the same "rotate half" convention, so `hf_state_dict` / `load_hf_state_dict` are a
-renaming only: weights move 1:1 to and from `transformers`.
+Module names are Hugging Face's `LlamaForCausalLM` names without the `model.` prefix, except
+that q/k/v and gate/up are fused into one matmul each (`qkv_proj`, `gate_up_proj`: fewer,
+larger kernels). RoPE uses HF's "rotate half" convention, so `hf_state_dict` /
+`from_hf_state_dict` only rename and split/concatenate rows: weights move 1:1 to and from
+`transformers` (logits identical).
 
 Initialisation follows TinyLlama (its lit_gpt `GPT._init_weights`, GPT-NeoX "small init"):
 every Linear and the Embedding ~ N(0, sqrt(2 / (5 * fan_in))); the MLP output projection
@@ -123,67 +125,74 @@ class RMSNorm(nn.Module):
 
 
 def rope_cache(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [max_seq_len, head_dim] (frequencies repeated twice: rotate-half)."""
+    """cos, sin of shape [max_seq_len, head_dim / 2]: angle t * base^(-2i / head_dim)."""
     inv_freq = 1.0 / (
         cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
     )
-    t = torch.arange(cfg.max_seq_len, device=device).float()
-    freqs = torch.outer(t, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    freqs = torch.outer(torch.arange(cfg.max_seq_len, device=device).float(), inv_freq)
+    return freqs.cos(), freqs.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; rotates the pairs (i, i + D/2), like HF's `rotate_half`."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """x: [B, T, H, D]. Rotates each pair (i, i + D/2) by its angle: HF's "rotate half"
+    convention, x * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin), written on the two halves."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    # cos/sin stay fp32, so in bf16 the rotation is computed in fp32 and rounded once.
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention. q: [B, H, T, D], k/v: [B, KV, T, D] -> [B, T, H, D]."""
+    """Causal attention. q: [B, T, H, D], k/v: [B, T, KV, D] -> [B, T, H, D]."""
     if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        # flash-attn wants [B, T, H, D] and handles GQA itself.
-        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-        return y
-    if k.shape[1] != q.shape[1]:
+        return flash_attn_func(q, k, v, causal=True)  # handles GQA itself
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # sdpa wants [B, H, T, D]
+    if k.shape[1] == q.shape[1]:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif _SDPA_GQA:  # the kernel reads each KV head for its group of query heads: no copies
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    else:
         rep = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), is_causal=True
+        )
     return y.transpose(1, 2)
+
+
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        # q, k and v in one matmul (rows: n_head q heads, then n_kv_head k heads, then v heads);
+        # `hf_state_dict` splits it into HF's q_proj / k_proj / v_proj.
+        self.qkv_proj = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attention(q, k, v).reshape(B, T, self.n_head * self.head_dim)
+        H, KV = self.n_head, self.n_kv_head
+        qkv = self.qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim)
+        qk = apply_rope(qkv[:, :, : H + KV], cos, sin)  # q and k heads rotated together
+        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV :]
+        y = attention(q, k, v).reshape(B, T, H * self.head_dim)
         return self.o_proj(y)
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up in one matmul (`gate_up_proj`)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.n_embd, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -219,7 +228,7 @@ class Llama(nn.Module):
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} > max_seq_len {self.config.max_seq_len}")
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for block in self.layers:
             if self.activation_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
@@ -291,27 +300,58 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int 
 
 
 def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
-    """Our state dict under `LlamaForCausalLM` names (a renaming; no tensor is changed)."""
-    return {_to_hf(k): v for k, v in model.state_dict().items()}
+    """Our weights under `LlamaForCausalLM` names; the fused qkv / gate_up matrices are split
+    row-wise into HF's separate projections (views: no tensor is copied or changed)."""
+    cfg = model.config
+    q_rows, kv_rows = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    out = {}
+    for k, v in model.state_dict().items():
+        name = k if k.startswith("lm_head.") else "model." + k
+        if k.endswith("self_attn.qkv_proj.weight"):
+            base = name[: -len("qkv_proj.weight")]
+            q, kk, vv = v.split([q_rows, kv_rows, kv_rows], dim=0)
+            out.update({base + "q_proj.weight": q, base + "k_proj.weight": kk, base + "v_proj.weight": vv})
+        elif k.endswith("mlp.gate_up_proj.weight"):
+            base = name[: -len("gate_up_proj.weight")]
+            gate, up = v.chunk(2, dim=0)
+            out.update({base + "gate_proj.weight": gate, base + "up_proj.weight": up})
+        else:
+            out[name] = v
+    return out
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A `LlamaForCausalLM` state dict under our names (drops HF's rotary buffers)."""
-    out = {}
+    out, parts = {}, {}
     for k, v in sd.items():
         if "rotary_emb" in k:
             continue
         if k == "lm_head.weight":
             out[k] = v
-        elif k.startswith("model."):
-            out[k[len("model.") :]] = v
-        else:
+            continue
+        if not k.startswith("model."):
             raise KeyError(f"unexpected Hugging Face tensor name {k!r}")
+        k = k[len("model.") :]
+        for fused, names in _FUSED.items():
+            for n in names:
+                if k.endswith(f".{n}.weight"):
+                    parts.setdefault(k[: -len(f"{n}.weight")] + f"{fused}.weight", {})[n] = v
+                    break
+            else:
+                continue
+            break
+        else:
+            out[k] = v
+    for k, p in parts.items():
+        fused = k.rsplit(".", 2)[-2]
+        missing = [n for n in _FUSED[fused] if n not in p]
+        if missing:
+            raise KeyError(f"Hugging Face state dict lacks {missing} for {k!r}")
+        out[k] = torch.cat([p[n] for n in _FUSED[fused]], dim=0)
     return out
 
 
-def _to_hf(k: str) -> str:
-    return k if k.startswith("lm_head.") else "model." + k
+_FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 def hf_config(cfg: ModelConfig) -> dict:

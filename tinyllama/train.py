@@ -106,7 +106,10 @@ def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp) -
     mb = cfg.micro_batch
     n_local, seq_len = tokens.shape[0], tokens.shape[1] - 1
     accum = n_local // mb
-    x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    if isinstance(tokens, torch.Tensor):  # a torch-facing loader may hand over tensors directly
+        x = tokens.long()
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
     if d.device.type == "cuda":
         x = x.pin_memory().to(d.device, non_blocking=True)
     hsdp = d.mesh is not None and d.mesh.ndim == 2

@@ -38,8 +38,8 @@ def test_tinyllama_1b_on_meta():
     assert n == tinyllama_params_by_hand() == cfg.num_params() == 1_100_048_384
     assert all(p.is_meta for p in model.parameters())
     blk = model.layers[0]
-    assert blk.self_attn.k_proj.weight.shape == (256, 2048)  # 4 KV heads x 64
-    assert blk.mlp.gate_proj.weight.shape == (5632, 2048)
+    assert blk.self_attn.qkv_proj.weight.shape == (2048 + 2 * 256, 2048)  # 32 q heads, 4 k, 4 v (x 64)
+    assert blk.mlp.gate_up_proj.weight.shape == (2 * 5632, 2048)
     assert len(model.layers) == 22 and model.lm_head.weight.shape == (32000, 2048)
     # The FLOP count behind MFU: 100% of an H100 (989 TFLOP/s bf16) is about 135k tokens/s.
     assert 989e12 / cfg.flops_per_token(2048) == pytest.approx(135_213, rel=1e-4)
@@ -57,6 +57,9 @@ def test_logits_match_transformers():
     ours = build_model(cfg, seed=1).eval()
     hf = _hf_model(cfg)
     hf.load_state_dict(hf_state_dict(ours), strict=True)
+    assert torch.equal(
+        hf.model.layers[1].self_attn.k_proj.weight, ours.layers[1].self_attn.qkv_proj.weight[64:96]
+    )
     x = torch.randint(0, cfg.vocab_size, (2, 100), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = ours(x), hf(x).logits
@@ -82,7 +85,7 @@ def test_init_is_tinyllamas():
     # per-parameter seeded: same seed -> same weights, other seed -> different
     assert torch.equal(build_model(cfg, seed=7).lm_head.weight, m.lm_head.weight)
     assert not torch.equal(build_model(cfg, seed=8).lm_head.weight, m.lm_head.weight)
-    assert not torch.equal(m.layers[0].mlp.up_proj.weight, m.layers[1].mlp.up_proj.weight)
+    assert not torch.equal(m.layers[0].mlp.gate_up_proj.weight, m.layers[1].mlp.gate_up_proj.weight)
 
 
 def test_causal_and_shapes():
@@ -108,7 +111,7 @@ def test_activation_checkpointing_same_gradients():
         m = build_model(cfg)
         m.activation_checkpointing = ac
         m(x).float().logsumexp(-1).mean().backward()
-        grads.append(m.layers[0].self_attn.q_proj.weight.grad)
+        grads.append(m.layers[0].self_attn.qkv_proj.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
 
 
