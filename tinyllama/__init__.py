@@ -12,7 +12,17 @@ from tinyllama.errors import (
 from tinyllama.mix import Mix
 from tinyllama.tokenizer import Tokenizer
 
+
+
+def load_model(path):
+    """A model from a training checkpoint dir or a Hugging Face dir (imports torch lazily)."""
+    from tinyllama.checkpoint import load_model as _load
+
+    return _load(path)
+
+
 __all__ = [
+    "load_model",
     "InputError",
     "Mix",
     "ShardError",

@@ -101,17 +101,34 @@ def build(
     return model, opt, amp
 
 
+def iter_batches(source: BatchSource, start: int, end: int, d: Dist):
+    """This rank's (tokens, corpora) for steps start, start+1, ... A `tinyllama.Mix` feeds them
+    through its zero-copy ring-buffer loader (Rust threads gather ahead of the step; buffers
+    page-locked on CUDA); any other source through `batch()`. Both give the same tokens."""
+    if hasattr(source, "loader"):
+        loader = source.loader(rank=d.rank, world=d.world, start_step=start, end_step=end,
+                               pin=d.device.type == "cuda")
+        for b in loader:
+            yield b.tokens, b.corpora
+    else:
+        for step in range(start, end):
+            yield source.batch(step, d.rank, d.world)
+
+
 def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp) -> dict:
     """One optimizer step on this rank's slice `tokens` [n_local, seq_len + 1]."""
     mb = cfg.micro_batch
     n_local, seq_len = tokens.shape[0], tokens.shape[1] - 1
     accum = n_local // mb
-    if isinstance(tokens, torch.Tensor):  # a torch-facing loader may hand over tensors directly
-        x = tokens.long()
+    if isinstance(tokens, torch.Tensor):
+        # A view of the loader's (page-locked) ring buffer. The copy to the GPU is a fast DMA
+        # of ~100 KB; it is synchronous on purpose: the ring may refill this buffer as soon as
+        # the view is dropped, so no transfer may still be reading it then.
+        x = tokens.to(d.device).long()
     else:
         x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
-    if d.device.type == "cuda":
-        x = x.pin_memory().to(d.device, non_blocking=True)
+        if d.device.type == "cuda":
+            x = x.pin_memory().to(d.device, non_blocking=True)
     hsdp = d.mesh is not None and d.mesh.ndim == 2
     seq_losses = []
     for i in range(accum):
@@ -177,6 +194,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
 
     window_losses, window_corpora, window_steps, window_tokens = [], [], [], 0
     t0, saved = time.perf_counter(), step
+    batches = iter_batches(source, step, end, d)
     model.train()
     while step < end:
         n_global = source.batch_sequences(step)
@@ -185,7 +203,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
                 f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
                 f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}"
             )
-        tokens, corpora = source.batch(step, d.rank, d.world)
+        tokens, corpora = next(batches)
         if tokens.shape[1] - 1 > cfg.model.max_seq_len:
             raise SpecError(
                 f"{cfg.source}: key 'model.max_seq_len': the mix's sequences have "
