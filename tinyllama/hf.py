@@ -233,7 +233,6 @@ def export(
         raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     src = Path(checkpoint)
     model = load_model(src)
-    cfg = model.config
     tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(src)
     if tok_path is None or not tok_path.is_file():
         raise InputError(
@@ -241,6 +240,16 @@ def export(
             if tokenizer is None
             else f"{tok_path}: tokenizer not found"
         )
+    return save_hf(model, out, tok_path, dtype)
+
+
+def save_hf(model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathLike[str], dtype: str = "float32") -> Path:
+    """Write `model` (a plain `Llama`) and `tokenizer` (tokenizer.json, or .json.zst) in the HF
+    layout into `out`, atomically (a temp dir renamed into place)."""
+    if dtype not in _DTYPES:
+        raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    cfg = model.config
+    tok_path = Path(tokenizer)
     tok_bytes = _read_tokenizer_bytes(tok_path)
     try:
         tok_json = json.loads(tok_bytes)

@@ -109,6 +109,17 @@ def exported(tiny_run, tmp_path_factory) -> Path:
     return export(tiny_run, tmp_path_factory.mktemp("hf") / "hf")
 
 
+@pytest.fixture(scope="session")
+def random_hf(tiny_mix, tmp_path_factory) -> Path:
+    """An untrained tiny model in the HF layout (its greedy output is varied, unlike a model
+    trained for a few steps, which repeats its most frequent token)."""
+    from tinyllama.hf import save_hf
+    from tinyllama.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(**MODEL), seed=11)
+    return save_hf(model, tmp_path_factory.mktemp("random") / "hf", tiny_mix / "tokenizer.json")
+
+
 def heldout_ids(mix_dir: Path, n: int = 2, length: int = SEQ_LEN) -> torch.Tensor:
     import tinyllama
 
