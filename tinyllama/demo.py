@@ -64,7 +64,10 @@ def run_demo(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    mark = lambda: f"[{time.perf_counter() - t0:5.1f}s]"  # noqa: E731
+
+    def mark() -> str:
+        return f"[{time.perf_counter() - t0:5.1f}s]"
+
 
     echo(f"{mark()} 1/5 mix build: {root / 'examples/demo.toml'} -> {out / 'mix'}")
     s = build_mix(root / "examples/demo.toml", out / "mix", workers, progress=False)

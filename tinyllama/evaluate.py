@@ -104,11 +104,16 @@ def format_table(result: dict) -> str:
     rows = [(name, r["docs"], r["tokens"], r["nll"], r["perplexity"]) for name, r in result["corpora"].items()]
     a = result["all"]
     rows.append(("all", sum(r[1] for r in rows), a["tokens"], a["nll"], a["perplexity"]))
-    fmt = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}"  # noqa: E731
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}"
+
     cells = [[str(r[0])] + [fmt(v) for v in r[1:]] for r in rows]
     header = ["corpus", "docs", "tokens", "loss", "perplexity"]
     widths = [max(len(c) for c in col) for col in zip(header, *cells)]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join(
         [f"held-out perplexity (windows of {result['seq_len']} tokens)", line(header), line(["-" * w for w in widths])]
         + [line(r) for r in cells]

@@ -18,13 +18,14 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tinyllama import checkpoint as ckpt
-from tinyllama.errors import InputError, SpecError
+from tinyllama.errors import InputError, SpecError, TinyllamaError
 from tinyllama.model import Llama, ModelConfig, config_from_hf, from_hf_state_dict, hf_config, hf_state_dict
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,17 +92,21 @@ def read_hf_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if st:
         from safetensors.torch import load_file
 
-        files, loader = st, lambda f: load_file(str(f))
+        files = st
+
+        def loader(f):
+            return load_file(str(f))
     else:
         files = sorted(path.glob("pytorch_model*.bin"))
-        loader = lambda f: torch.load(f, map_location="cpu", weights_only=True)  # noqa: E731
+        def loader(f):
+            return torch.load(f, map_location="cpu", weights_only=True)
     if not files:
         raise InputError(f"{path}: no weights (*.safetensors or pytorch_model*.bin) next to config.json")
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             part = loader(f)
-        except Exception as e:  # a truncated / corrupt file: name it
+        except Exception as e:  # noqa: BLE001  (torch.load / safetensors raise many kinds on a corrupt file: name it)
             raise InputError(f"{f}: unreadable weights: {e}") from None
         sd.update(part)
     return sd
@@ -396,8 +401,8 @@ def import_hf(
                 total = total or mix.num_steps()
                 if n_tokens is None and hasattr(mix, "batch_sequences"):
                     n_tokens = sum(mix.batch_sequences(s) for s in range(step)) * mix.seq_len
-        except Exception:  # metrics only: a mix that cannot be read must not block the import
-            pass
+        except (OSError, ValueError, TinyllamaError) as e:  # metrics only: must not block the import
+            warnings.warn(f"{cfg.mix}: cannot count the tokens before step {step} ({e}); recording 0", stacklevel=2)
     state = {
         "tokens": int(n_tokens or 0),
         "total_steps": total,

@@ -11,7 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_hf import MODEL, exported, tiny_mix, tiny_run  # noqa: E402,F401  (fixtures)
+import test_hf
+from test_hf import MODEL
+
+# The shared fixtures (a mix over the slice, a briefly trained run, its export).
+exported, tiny_mix, tiny_run = test_hf.exported, test_hf.tiny_mix, test_hf.tiny_run
 
 
 def test_trained_beats_untrained(tiny_run, tiny_mix):

@@ -8,7 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_hf import exported, heldout_ids, random_hf, tiny_mix, tiny_run  # noqa: E402,F401  (fixtures)
+import test_hf
+from test_hf import heldout_ids
+
+# The shared fixtures (a mix over the slice, a briefly trained run, its export, a random model).
+exported, random_hf, tiny_mix, tiny_run = test_hf.exported, test_hf.random_hf, test_hf.tiny_mix, test_hf.tiny_run
 
 
 def prompt_ids(tiny_mix, n=12) -> list[int]:

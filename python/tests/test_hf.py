@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import CORPORA, write_spec  # noqa: E402
-from test_train import TokenStreamSource  # noqa: E402
+from conftest import CORPORA, write_spec
+from test_train import TokenStreamSource
 
 SEQ_LEN = 64
 MODEL = {
@@ -300,3 +300,29 @@ def test_import_errors_name_the_file(tmp_path):
         import_hf(d, tmp_path / "run")
     with pytest.raises(InputError, match="neither a training checkpoint"):
         load_model(tmp_path / "empty")
+
+
+# ---- the demo ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_leaves_the_spec_layout(tmp_path):
+    """`tinyllama demo --out DIR` on the bundled data (shortened: 2 steps of the `tiny` model)."""
+    import tinyllama
+    from tinyllama.demo import run_demo
+
+    if not hasattr(tinyllama.Mix, "batch"):
+        pytest.skip("needs the mix sampler (Mix.batch)")
+    torch.set_num_threads(1)
+    lines = []
+    s = run_demo(tmp_path / "demo", max_steps=2, overrides=['model="tiny"'], echo=lines.append)
+    d = tmp_path / "demo"
+    assert (d / "mix/mix.json").is_file()
+    assert (d / "run/metrics.jsonl").is_file() and (d / "run/checkpoints/step-2/trainer.json").is_file()
+    assert (d / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (d / "hf/model.safetensors").is_file() and (d / "hf/tokenizer.json").is_file()
+    assert transformers.AutoModelForCausalLM.from_pretrained(d / "hf", local_files_only=True) is not None
+    assert s["sample"].startswith("The history of the")
+    ev = json.loads((d / "eval.json").read_text())
+    assert set(ev["corpora"]) == {"slimpajama", "skypile"} and ev["all"]["perplexity"] > 1
+    assert any("perplexity" in ln for ln in lines)
