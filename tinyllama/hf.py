@@ -334,6 +334,7 @@ def import_hf(
     config: str | os.PathLike[str] | None = None,
     overrides: tuple[str, ...] | list[str] = (),
     tokens: int | None = None,
+    stage: str | None = None,
 ) -> Path:
     """An HF Llama dir -> `run_dir/checkpoints/step-{step}/`, which `tinyllama train --resume`
     (with `out = run_dir`) continues from at schedule step `step`. Returns the step dir.
@@ -343,7 +344,9 @@ def import_hf(
     run will use; its model must equal the imported one (a mismatch is an error now, not a shape
     error at resume). Without it the recorded config is a default one around the HF model.
     `tokens` (tokens already trained) defaults to the mix's schedule up to `step` when the mix
-    can say, else 0; it only feeds metrics.
+    can say, else 0; it only feeds metrics. `stage` (needs `config`, whose mix is built) sets
+    `step` to the first step of that stage of the mix's schedule: `stage="continual"` imports
+    a stage-1 model (e.g. TinyLlama's own) to continue with the v1.1 recipe's second stage.
     """
     from tinyllama.config import TrainConfig, load_config
     from tinyllama.parallel import Dist
@@ -392,6 +395,12 @@ def import_hf(
             }
 
     total, n_tokens = cfg.run.max_steps, tokens
+    if stage is not None:
+        if config is None:
+            raise SpecError("--stage needs --config (the train config whose mix holds the schedule)")
+        import tinyllama
+
+        step = stage_start_step(tinyllama.Mix(cfg.mix), stage)
     if cfg.mix and (Path(cfg.mix) / "mix.json").is_file():
         try:
             import tinyllama
@@ -399,8 +408,8 @@ def import_hf(
             mix = tinyllama.Mix(cfg.mix)
             if hasattr(mix, "num_steps"):
                 total = total or mix.num_steps()
-                if n_tokens is None and hasattr(mix, "batch_sequences"):
-                    n_tokens = sum(mix.batch_sequences(s) for s in range(step)) * mix.seq_len
+                if n_tokens is None and hasattr(mix, "tokens_before"):
+                    n_tokens = int(mix.tokens_before(step))
         except (OSError, ValueError, TinyllamaError) as e:  # metrics only: must not block the import
             warnings.warn(f"{cfg.mix}: cannot count the tokens before step {step} ({e}); recording 0", stacklevel=2)
     state = {
@@ -413,3 +422,15 @@ def import_hf(
     return ckpt.save(
         ckpt_dir, step, model, opt, state, rank=0, world=1, keep_last=max(1, cfg.run.keep_last), barrier=lambda: None
     )
+
+
+def stage_start_step(mix, stage: str) -> int:
+    """The first optimizer step of `stage` in `mix`'s schedule (as `mix inspect` reports it)."""
+    stages = mix.inspect()["stages"]
+    for st in stages:
+        if st["name"] == stage:
+            if "first_step" not in st:
+                raise SpecError(f"{mix.path}: this build of tinyllama has no schedule sampler")
+            return int(st["first_step"])
+    names = ", ".join(st["name"] for st in stages)
+    raise SpecError(f"{mix.path}: no stage {stage!r} in the schedule (stages: {names})")

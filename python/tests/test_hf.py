@@ -326,3 +326,69 @@ def test_demo_leaves_the_spec_layout(tmp_path):
     ev = json.loads((d / "eval.json").read_text())
     assert set(ev["corpora"]) == {"slimpajama", "skypile"} and ev["all"]["perplexity"] > 1
     assert any("perplexity" in ln for ln in lines)
+
+
+def test_import_at_a_stage_start(exported, tmp_path):
+    """`import-hf --stage continual` (v1.1's stage-2 start): the step where the mix's schedule
+    starts that stage, with the tokens before it."""
+    import tinyllama
+    from tinyllama.build import build_mix
+    from tinyllama.hf import import_hf
+
+    if not hasattr(tinyllama.Mix, "batch"):
+        pytest.skip("needs the mix sampler (Mix.batch)")
+    corpora = f"""
+    [corpora.slimpajama]
+    paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
+    dedup = "none"
+
+    [corpora.skypile]
+    paths = ["{CORPORA}/skypile/*.jsonl"]
+    dedup = "none"
+    """
+    stages = """
+    [[stages]]
+    name = "basic"
+    tokens = "40K"
+    batch_tokens = "4K"
+    weights = { slimpajama = 1.0 }
+
+    [[stages]]
+    name = "continual"
+    tokens = "40K"
+    batch_tokens = "4K"
+    weights = { slimpajama = 0.5, skypile = 0.5 }
+    """
+    spec = write_spec(tmp_path, corpora=corpora, stages=stages)
+    build_mix(spec, tmp_path / "mix", 1)
+    mix = tinyllama.Mix(tmp_path / "mix")
+    cfg = tmp_path / "train.toml"
+    model = "\n".join(f"{k} = {v}" for k, v in MODEL.items())
+    cfg.write_text(f'mix = "mix"\nout = "run"\n[model]\n{model}\n')
+    step_dir = import_hf(exported, tmp_path / "run", config=cfg, stage="continual")
+    trainer = json.loads((step_dir / "trainer.json").read_text())
+    step = trainer["step"]
+    assert 0 < step < mix.num_steps()
+    assert mix.tokens_before(step) >= 40_000 > mix.tokens_before(step - 1)
+    assert trainer["tokens"] == mix.tokens_before(step)
+    assert trainer["config"]["mix"] == str(tmp_path / "mix")
+
+
+@pytest.mark.slow
+def test_export_from_a_two_rank_checkpoint(tmp_path, tmp_path_factory):
+    """A checkpoint saved by 2 FSDP ranks (torchrun, gloo) exports whole: transformers' logits
+    equal ours."""
+    from test_train import encode_streams, run_torchrun, write_config
+
+    from tinyllama.hf import export, load_model
+
+    streams = encode_streams(tmp_path_factory.mktemp("streams2"))
+    cfg = write_config(tmp_path / "w2")
+    run_torchrun(2, cfg, streams, overrides=["run.max_steps=3"])
+    run = tmp_path / "w2/run"
+    assert json.loads((run / "checkpoints/step-3/trainer.json").read_text())["world"] == 2
+    hf_dir = export(run, tmp_path / "hf", tokenizer=streams.parent / "tokenizer.json")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True, dtype=torch.float32)
+    ids = torch.from_numpy(np.load(streams)["slimpajama"][:64].astype(np.int64))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(run)(ids), hf(input_ids=ids).logits, atol=2e-5, rtol=1e-5)
