@@ -279,7 +279,8 @@ def save_hf(model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathL
         {
             "bos_token_id": bos,
             "eos_token_id": eos,
-            "torch_dtype": dtype,
+            "torch_dtype": dtype,  # transformers < 5 reads this key, >= 5 reads "dtype"
+            "dtype": dtype,
             "head_dim": cfg.head_dim,
             "initializer_range": 0.02,
             "pretraining_tp": 1,
