@@ -113,11 +113,13 @@ def generate_ids(
     reached. `use_cache=False` recomputes the whole sequence every step (the reference)."""
     s = sampling or Sampling()
     s.validate()
+    from tinyllama.errors import SpecError
+
     if not prompt_ids:
-        raise ValueError("empty prompt: pass at least the BOS token")
+        raise SpecError("--prompt: empty prompt (and no BOS token to start from)")
     max_len = model.config.max_seq_len
     if len(prompt_ids) >= max_len:
-        raise ValueError(f"prompt has {len(prompt_ids)} tokens; the model's max_seq_len is {max_len}")
+        raise SpecError(f"--prompt: {len(prompt_ids)} tokens, the model's max_seq_len is {max_len}")
     model.eval()
     device = model.embed_tokens.weight.device
     seq = torch.tensor([prompt_ids], dtype=torch.long, device=device)

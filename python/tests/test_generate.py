@@ -112,6 +112,8 @@ def test_generate_text_from_checkpoint_and_hf_dir(exported, tiny_run):
     assert a == b and a.startswith("The history of") and len(a) > len("The history of")
     with pytest.raises(SpecError, match="top-p"):
         generate_main(str(exported), "x", top_p=0.0)
+    with pytest.raises(SpecError, match="max_seq_len is 64"):
+        generate_main(str(exported), "word " * 100)
 
 
 def test_generation_stops_at_max_seq_len(exported, tiny_mix):
