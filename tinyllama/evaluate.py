@@ -1,0 +1,136 @@
+"""`tinyllama eval`: perplexity per corpus on the documents the mix build held out.
+
+Each held-out document (BOS ... EOS, as built) is scored on its own, cut into consecutive
+non-overlapping windows of `seq_len` predicted tokens: window w feeds tokens
+[w*L, w*L + L) and scores the next token of each, so every token after the first is predicted
+exactly once, with up to L tokens of context from its own document and nothing from others.
+`seq_len` defaults to the mix's sequence length (what the model was trained on), capped by the
+model's max_seq_len.
+
+Perplexity = exp(total negative log-likelihood / predicted tokens), per corpus and over all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinyllama.errors import SpecError
+
+
+def _windows(doc: np.ndarray, L: int):
+    ids = doc.astype(np.int64)
+    for start in range(0, len(ids) - 1, L):
+        chunk = ids[start : start + L + 1]
+        yield chunk[:-1], chunk[1:]
+
+
+@torch.no_grad()
+def _score(model, pairs: list[tuple[np.ndarray, np.ndarray]], batch_size: int, device) -> tuple[float, int]:
+    """Summed NLL (float64) and token count of (input, target) windows; equal lengths batched."""
+    by_len: dict[int, list] = {}
+    for x, y in pairs:
+        by_len.setdefault(len(x), []).append((x, y))
+    nll, n = 0.0, 0
+    for _, group in sorted(by_len.items()):
+        for i in range(0, len(group), batch_size):
+            part = group[i : i + batch_size]
+            x = torch.from_numpy(np.stack([p[0] for p in part])).to(device)
+            y = torch.from_numpy(np.stack([p[1] for p in part])).to(device)
+            logits = model(x).float()
+            nll += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double())
+            n += y.numel()
+    return nll, n
+
+
+def evaluate(
+    model,
+    mix,
+    corpora: Sequence[str] | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_docs: int | None = None,
+) -> dict:
+    """Perplexity of `model` (a `Llama`) on the held-out documents of `mix` (a `tinyllama.Mix`
+    or its path). Returns {"seq_len", "corpora": {name: {docs, tokens, nll, perplexity}}, "all"}."""
+    import tinyllama
+
+    if not isinstance(mix, tinyllama.Mix):
+        mix = tinyllama.Mix(mix)
+    max_len = model.config.max_seq_len
+    L = seq_len or min(mix.seq_len, max_len)
+    if not 0 < L <= max_len:
+        raise SpecError(f"--seq-len must be in [1, {max_len}] (the model's max_seq_len), got {L}")
+    vocab = model.config.vocab_size
+    if int(mix.lock.get("vocab_size", 0)) > vocab:
+        raise SpecError(f"{mix.path}: the mix's tokenizer has {mix.lock['vocab_size']} ids, the model only {vocab}")
+    names = list(corpora) if corpora else mix.corpora
+    device = next(model.parameters()).device
+    model.eval()
+    out: dict = {"seq_len": L, "corpora": {}}
+    tot_nll, tot_n = 0.0, 0
+    for name in names:
+        docs = 0
+        pairs = []
+        for doc in mix.documents(name, holdout=True):
+            if max_docs is not None and docs >= max_docs:
+                break
+            docs += 1
+            pairs.extend(_windows(doc, L))
+        nll, n = _score(model, pairs, batch_size, device)
+        out["corpora"][name] = {
+            "docs": docs,
+            "tokens": n,
+            "nll": nll / n if n else None,
+            "perplexity": math.exp(nll / n) if n else None,
+        }
+        tot_nll, tot_n = tot_nll + nll, tot_n + n
+    out["all"] = {
+        "tokens": tot_n,
+        "nll": tot_nll / tot_n if tot_n else None,
+        "perplexity": math.exp(tot_nll / tot_n) if tot_n else None,
+    }
+    return out
+
+
+def format_table(result: dict) -> str:
+    rows = [(name, r["docs"], r["tokens"], r["nll"], r["perplexity"]) for name, r in result["corpora"].items()]
+    a = result["all"]
+    rows.append(("all", sum(r[1] for r in rows), a["tokens"], a["nll"], a["perplexity"]))
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}"
+
+    cells = [[str(r[0])] + [fmt(v) for v in r[1:]] for r in rows]
+    header = ["corpus", "docs", "tokens", "loss", "perplexity"]
+    widths = [max(len(c) for c in col) for col in zip(header, *cells)]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    return "\n".join(
+        [f"held-out perplexity (windows of {result['seq_len']} tokens)", line(header), line(["-" * w for w in widths])]
+        + [line(r) for r in cells]
+    )
+
+
+def eval_main(
+    path: str | os.PathLike[str],
+    mix: str | os.PathLike[str],
+    as_json: bool = False,
+    corpora: Sequence[str] | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> str:
+    """CLI entry: `tinyllama eval CKPT_OR_DIR --mix DIR [--json]`; returns the text to print."""
+    from tinyllama.hf import load_model
+
+    result = evaluate(load_model(path, device), Path(mix), corpora, seq_len, batch_size)
+    return json.dumps(result, indent=2) if as_json else format_table(result)

@@ -1,0 +1,437 @@
+"""Hugging Face interop: `tinyllama export`, `tinyllama import-hf`, and `load_model`.
+
+    export      a training checkpoint (DCP, any world size)  ->  a `LlamaForCausalLM` dir:
+                model.safetensors, config.json, generation_config.json, tokenizer.json,
+                tokenizer_config.json, special_tokens_map.json (`transformers` loads it offline)
+    import-hf   a Hugging Face Llama dir (TinyLlama's own layout: *.safetensors or
+                pytorch_model*.bin, optionally sharded with an index, + config.json)
+                ->  RUN_DIR/checkpoints/step-N/, the trainer's layout, so that
+                `tinyllama train --config ... --resume` continues from it (v1.1's stage-2 start)
+
+Our module names are Hugging Face's without the `model.` prefix (see `tinyllama.model`), so
+both directions are a renaming: no tensor is changed, and ours -> HF -> ours is bit-exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyllama import checkpoint as ckpt
+from tinyllama.errors import InputError, SpecError, TinyllamaError
+from tinyllama.model import Llama, ModelConfig, config_from_hf, from_hf_state_dict, hf_config, hf_state_dict
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- reading either kind of dir -------------------------------------------------------------
+
+
+def is_hf_dir(path: str | os.PathLike[str]) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and not (path / "trainer.json").is_file()
+
+
+def read_hf_config(path: str | os.PathLike[str]) -> dict:
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: not a Hugging Face model dir (no config.json)") from None
+    except ValueError as e:
+        raise InputError(f"{path / 'config.json'}: invalid JSON: {e}") from None
+    return cfg
+
+
+def model_config_from_hf(path: str | os.PathLike[str], hf: dict | None = None) -> ModelConfig:
+    """Our `ModelConfig` for an HF Llama config, refusing what our model cannot represent."""
+    path = Path(path)
+    src = path / "config.json"
+    hf = dict(read_hf_config(path) if hf is None else hf)
+    arch = hf.get("architectures") or ["LlamaForCausalLM"]
+    if hf.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in arch:
+        raise InputError(f"{src}: not a Llama model (model_type={hf.get('model_type')!r}, architectures={arch})")
+    # transformers >= 5 writes the RoPE base inside `rope_parameters`.
+    rp = hf.get("rope_parameters") or {}
+    if "rope_theta" not in hf and "rope_theta" in rp:
+        hf["rope_theta"] = rp["rope_theta"]
+    scaling = hf.get("rope_scaling") or ({k: v for k, v in rp.items() if k != "rope_theta"} if rp else None)
+    if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise InputError(f"{src}: key 'rope_scaling' {scaling} is not supported (plain RoPE only)")
+    for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+        if key in hf and hf[key] != ok:
+            raise InputError(f"{src}: key '{key}' = {hf[key]!r} is not supported (Llama 2 uses {ok!r})")
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and head_dim != hf["hidden_size"] // hf["num_attention_heads"]:
+        raise InputError(f"{src}: key 'head_dim' = {head_dim} != hidden_size / num_attention_heads")
+    try:
+        cfg = config_from_hf(hf)
+    except KeyError as e:
+        raise InputError(f"{src}: missing key {e}") from None
+    except ValueError as e:
+        raise InputError(f"{src}: {e}") from None
+    errs = cfg.validate()
+    if errs:
+        raise InputError(f"{src}: {errs[0]}")
+    return cfg
+
+
+def read_hf_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All tensors of an HF dir: `model.safetensors`, sharded `*.safetensors` (with or without
+    `model.safetensors.index.json`), or the older `pytorch_model*.bin` that early TinyLlama
+    checkpoints use. Safetensors win when both are present (as in `transformers`)."""
+    path = Path(path)
+    st = sorted(path.glob("*.safetensors"))
+    if st:
+        from safetensors.torch import load_file
+
+        files = st
+
+        def loader(f):
+            return load_file(str(f))
+    else:
+        files = sorted(path.glob("pytorch_model*.bin"))
+        def loader(f):
+            return torch.load(f, map_location="cpu", weights_only=True)
+    if not files:
+        raise InputError(f"{path}: no weights (*.safetensors or pytorch_model*.bin) next to config.json")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            part = loader(f)
+        except Exception as e:  # noqa: BLE001  (torch.load / safetensors raise many kinds on a corrupt file: name it)
+            raise InputError(f"{f}: unreadable weights: {e}") from None
+        sd.update(part)
+    return sd
+
+
+def load_hf_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
+    """An HF Llama dir as our `Llama` (fp32, eval mode)."""
+    path = Path(path)
+    cfg = model_config_from_hf(path)
+    try:
+        sd = from_hf_state_dict(read_hf_state_dict(path))
+    except KeyError as e:
+        raise InputError(f"{path}: {e.args[0]}") from None
+    model = _empty_model(cfg, device)
+    _load_strict(model, {k: v.float() for k, v in sd.items()}, path)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
+    """A training checkpoint (run dir, its checkpoints/ dir, or one step-N/ dir) or a Hugging
+    Face dir, as a plain fp32 `Llama` in eval mode: `model(input_ids) -> logits`."""
+    if is_hf_dir(path):
+        return load_hf_model(path, device)
+    return ckpt.load_model(resolve_checkpoint(path), device)
+
+
+def _empty_model(cfg: ModelConfig, device) -> Llama:
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model.to_empty(device=device)
+    model.init_rope()
+    return model
+
+
+def _load_strict(model: Llama, sd: dict[str, torch.Tensor], src: Path) -> None:
+    want = model.state_dict()
+    missing = sorted(set(want) - set(sd))
+    extra = sorted(set(sd) - set(want))
+    if missing or extra:
+        raise InputError(
+            f"{src}: weights do not fit the config: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
+            f" unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
+        )
+    for k, v in sd.items():
+        if v.shape != want[k].shape:
+            raise InputError(f"{src}: tensor {k!r} has shape {tuple(v.shape)}, the config says {tuple(want[k].shape)}")
+    model.load_state_dict(sd, strict=True)
+
+
+# ---- checkpoint metadata ----------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A run dir, its checkpoints/ dir or a step-N/ dir -> the committed step-N/ dir."""
+    path = Path(path)
+    if (path / "trainer.json").is_file():
+        return path
+    for cand in (path, path / "checkpoints"):
+        found = ckpt.latest_checkpoint(cand)
+        if found is not None:
+            return found
+    raise InputError(
+        f"{path}: neither a training checkpoint (step-N/ with trainer.json) nor a Hugging Face dir (config.json)"
+    )
+
+
+def trainer_state(path: str | os.PathLike[str]) -> dict:
+    p = resolve_checkpoint(path) / "trainer.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"{p}: invalid JSON: {e}") from None
+
+
+def find_tokenizer(path: str | os.PathLike[str]) -> Path | None:
+    """The tokenizer.json that goes with a model: an HF dir's own, else the one of the mix the
+    checkpoint was trained on (trainer.json records the train config, hence the mix dir)."""
+    path = Path(path)
+    if is_hf_dir(path):
+        t = path / "tokenizer.json"
+        return t if t.is_file() else None
+    mix = (trainer_state(path).get("config") or {}).get("mix")
+    if not mix:
+        return None
+    mix = Path(mix)
+    rel = "tokenizer.json"
+    if (mix / "mix.json").is_file():
+        rel = json.loads((mix / "mix.json").read_text(encoding="utf-8")).get("tokenizer", rel)
+    t = mix / rel
+    return t if t.is_file() else None
+
+
+def _special_ids(tokenizer_json: dict) -> dict[str, int]:
+    ids = {}
+    for tok in tokenizer_json.get("added_tokens", []):
+        ids[tok["content"]] = tok["id"]
+    vocab = (tokenizer_json.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        for t in ("<unk>", "<s>", "</s>"):
+            if t not in ids and t in vocab:
+                ids[t] = vocab[t]
+    return ids
+
+
+def _read_tokenizer_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".zst":
+        import zstandard
+
+        data = zstandard.ZstdDecompressor().stream_reader(data).read()
+    return data
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def export(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    tokenizer: str | os.PathLike[str] | None = None,
+    dtype: str = "float32",
+) -> Path:
+    """Write the HF Llama layout for `checkpoint` into `out`; returns `out`.
+
+    `tokenizer` defaults to the mix's tokenizer.json (found via the checkpoint's trainer.json).
+    `dtype` is the safetensors dtype (float32 keeps the logits bit-comparable with ours).
+    """
+    if dtype not in _DTYPES:
+        raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    src = Path(checkpoint)
+    model = load_model(src)
+    tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(src)
+    if tok_path is None or not tok_path.is_file():
+        raise InputError(
+            f"{src}: cannot find the tokenizer (the mix it was trained on is gone?): pass --tokenizer PATH"
+            if tokenizer is None
+            else f"{tok_path}: tokenizer not found"
+        )
+    return save_hf(model, out, tok_path, dtype)
+
+
+def save_hf(model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathLike[str], dtype: str = "float32") -> Path:
+    """Write `model` (a plain `Llama`) and `tokenizer` (tokenizer.json, or .json.zst) in the HF
+    layout into `out`, atomically (a temp dir renamed into place)."""
+    if dtype not in _DTYPES:
+        raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    cfg = model.config
+    tok_path = Path(tokenizer)
+    tok_bytes = _read_tokenizer_bytes(tok_path)
+    try:
+        tok_json = json.loads(tok_bytes)
+    except ValueError as e:
+        raise InputError(f"{tok_path}: not a tokenizer.json: {e}") from None
+    special = _special_ids(tok_json)
+    bos, eos, unk = special.get("<s>", 1), special.get("</s>", 2), special.get("<unk>", 0)
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(_DTYPES[dtype]).contiguous() for k, v in hf_state_dict(model).items()}
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+    config = hf_config(cfg)
+    config.update(
+        {
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "torch_dtype": dtype,  # transformers < 5 reads this key, >= 5 reads "dtype"
+            "dtype": dtype,
+            "head_dim": cfg.head_dim,
+            "initializer_range": 0.02,
+            "pretraining_tp": 1,
+            "rope_scaling": None,
+            "attention_dropout": 0.0,
+            "use_cache": True,
+        }
+    )
+    _write_json(tmp / "config.json", config)
+    _write_json(
+        tmp / "generation_config.json",
+        {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": unk, "max_length": cfg.max_seq_len},
+    )
+    (tmp / "tokenizer.json").write_bytes(tok_bytes)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    _write_json(
+        tmp / "tokenizer_config.json",
+        {
+            # The generic fast class runs tokenizer.json as written, so `transformers` encodes
+            # exactly as `tokenizers` and `tinyllama.Tokenizer` do. (transformers 5 maps
+            # "LlamaTokenizerFast" to a class that rebuilds the pre-tokenizer and differs on
+            # leading / repeated spaces, e.g. " " -> [29871] instead of Llama 2's [259].)
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **specials,
+            "pad_token": None,
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "legacy": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": cfg.max_seq_len,
+            "padding_side": "left",
+        },
+    )
+    _write_json(tmp / "special_tokens_map.json", specials)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+# ---- import -----------------------------------------------------------------------------------
+
+
+def import_hf(
+    hf_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    step: int = 0,
+    config: str | os.PathLike[str] | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    tokens: int | None = None,
+    stage: str | None = None,
+) -> Path:
+    """An HF Llama dir -> `run_dir/checkpoints/step-{step}/`, which `tinyllama train --resume`
+    (with `out = run_dir`) continues from at schedule step `step`. Returns the step dir.
+
+    The checkpoint holds the weights, a fresh AdamW state (zero moments, step count 0: the first
+    update after resume is a first Adam step) and trainer.json. `config` is the train config the
+    run will use; its model must equal the imported one (a mismatch is an error now, not a shape
+    error at resume). Without it the recorded config is a default one around the HF model.
+    `tokens` (tokens already trained) defaults to the mix's schedule up to `step` when the mix
+    can say, else 0; it only feeds metrics. `stage` (needs `config`, whose mix is built) sets
+    `step` to the first step of that stage of the mix's schedule: `stage="continual"` imports
+    a stage-1 model (e.g. TinyLlama's own) to continue with the v1.1 recipe's second stage.
+    """
+    from tinyllama.config import TrainConfig, load_config
+    from tinyllama.parallel import Dist
+    from tinyllama.train import build, lr_at
+
+    hf_dir, run_dir = Path(hf_dir), Path(run_dir)
+    if step < 0:
+        raise SpecError(f"--step must be >= 0, got {step}")
+    mcfg = model_config_from_hf(hf_dir)
+    if config is not None:
+        cfg = load_config(config, overrides)
+        want = dataclasses.asdict(mcfg)
+        have = dataclasses.asdict(cfg.model)
+        diff = {k: (have[k], want[k]) for k in want if have[k] != want[k]}
+        if diff:
+            raise SpecError(
+                f"{config}: key 'model' differs from {hf_dir / 'config.json'}: "
+                + ", ".join(f"{k}: config {a} vs checkpoint {b}" for k, (a, b) in diff.items())
+            )
+        cfg = dataclasses.replace(cfg, out=str(run_dir))
+    else:
+        cfg = TrainConfig(mix="", out=str(run_dir), model=mcfg)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt.latest_checkpoint(ckpt_dir)
+    if last is not None:
+        raise FileExistsError(f"{ckpt_dir} already holds checkpoints (latest: {last.name}): choose another dir")
+
+    # The trainer's own build (same parameter groups / hyper-parameters as at resume), single
+    # process, CPU; compile is irrelevant for a save.
+    build_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, compile=False))
+    d = Dist(rank=0, world=1, local_rank=0, local_world=1, device=torch.device("cpu"), mesh=None)
+    model, opt, _ = build(build_cfg, d)
+    try:
+        sd = from_hf_state_dict(read_hf_state_dict(hf_dir))
+    except KeyError as e:
+        raise InputError(f"{hf_dir}: {e.args[0]}") from None
+    _load_strict(model, {k: v.float() for k, v in sd.items()}, hf_dir)
+    # A fresh AdamW state written out explicitly with step 0: left empty, DCP's get_state_dict
+    # would initialise it by running one zero-gradient step (step count 1).
+    for group in opt.param_groups:
+        for p in group["params"]:
+            opt.state[p] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+
+    total, n_tokens = cfg.run.max_steps, tokens
+    if stage is not None:
+        if config is None:
+            raise SpecError("--stage needs --config (the train config whose mix holds the schedule)")
+        import tinyllama
+
+        step = stage_start_step(tinyllama.Mix(cfg.mix), stage)
+    if cfg.mix and (Path(cfg.mix) / "mix.json").is_file():
+        try:
+            import tinyllama
+
+            mix = tinyllama.Mix(cfg.mix)
+            if hasattr(mix, "num_steps"):
+                total = total or mix.num_steps()
+                if n_tokens is None and hasattr(mix, "tokens_before"):
+                    n_tokens = int(mix.tokens_before(step))
+        except (OSError, ValueError, TinyllamaError) as e:  # metrics only: must not block the import
+            warnings.warn(f"{cfg.mix}: cannot count the tokens before step {step} ({e}); recording 0", stacklevel=2)
+    state = {
+        "tokens": int(n_tokens or 0),
+        "total_steps": total,
+        "lr": lr_at(step, cfg, total) if total else cfg.optim.lr,
+        "config": cfg.to_dict(),
+        "imported_from": str(hf_dir.resolve()),
+    }
+    return ckpt.save(
+        ckpt_dir, step, model, opt, state, rank=0, world=1, keep_last=max(1, cfg.run.keep_last), barrier=lambda: None
+    )
+
+
+def stage_start_step(mix, stage: str) -> int:
+    """The first optimizer step of `stage` in `mix`'s schedule (as `mix inspect` reports it)."""
+    stages = mix.inspect()["stages"]
+    for st in stages:
+        if st["name"] == stage:
+            if "first_step" not in st:
+                raise SpecError(f"{mix.path}: this build of tinyllama has no schedule sampler")
+            return int(st["first_step"])
+    names = ", ".join(st["name"] for st in stages)
+    raise SpecError(f"{mix.path}: no stage {stage!r} in the schedule (stages: {names})")
