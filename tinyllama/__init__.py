@@ -13,10 +13,9 @@ from tinyllama.mix import Mix
 from tinyllama.tokenizer import Tokenizer
 
 
-
 def load_model(path):
     """A model from a training checkpoint dir or a Hugging Face dir (imports torch lazily)."""
-    from tinyllama.checkpoint import load_model as _load
+    from tinyllama.hf import load_model as _load
 
     return _load(path)
 

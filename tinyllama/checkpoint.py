@@ -187,16 +187,13 @@ def _resolve(path: Path) -> Path:
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
     """The model in `path`, as a plain (unsharded) fp32 `Llama` in eval mode.
 
-    `path` is a training run dir, its `checkpoints/` dir, one `step-N/` dir (single process, no
-    process group needed: DCP reads the shards of any world size), or a Hugging Face Llama dir
-    (config.json + *.safetensors).
+    `path` is a training run dir, its `checkpoints/` dir or one `step-N/` dir (single process, no
+    process group needed: DCP reads the shards of any world size). Hugging Face dirs are read by
+    `tinyllama.hf.load_model`, which also takes these.
     """
-    path = Path(path)
-    if (path / "config.json").is_file() and not (path / "trainer.json").is_file():
-        return _load_hf(path, device)
-    ckpt = _resolve(path)
+    ckpt = _resolve(Path(path))
     trainer = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
-    model = _empty_model(ModelConfig(**trainer["config"]["model"]), device)
+    model = empty_model(ModelConfig(**trainer["config"]["model"]), device)
     sd = {"model": model.state_dict()}
     with _quiet():
         dcp.load(sd, checkpoint_id=str(ckpt))
@@ -204,29 +201,13 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     return model.eval()
 
 
-def _empty_model(cfg: ModelConfig, device) -> Llama:
+def empty_model(cfg: ModelConfig, device) -> Llama:
+    """A model with allocated but uninitialised weights (the caller loads them) and its RoPE cache."""
     with torch.device("meta"):
         model = Llama(cfg)
     model.to_empty(device=device)
-    model.init_rope()  # the weights are loaded by the caller
+    model.init_rope()
     return model
 
 
-def _load_hf(path: Path, device) -> Llama:
-    from safetensors.torch import load_file
-
-    from tinyllama.model import config_from_hf, from_hf_state_dict
-
-    cfg = config_from_hf(json.loads((path / "config.json").read_text(encoding="utf-8")))
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors weights next to config.json")
-    sd = {}
-    for f in files:
-        sd.update(load_file(f))
-    model = _empty_model(cfg, device)
-    model.load_state_dict({k: v.float() for k, v in from_hf_state_dict(sd).items()}, strict=True)
-    return model.eval()
-
-
-__all__ = ["clean_partial", "committed_steps", "latest_checkpoint", "load", "load_model", "save"]
+__all__ = ["clean_partial", "committed_steps", "empty_model", "latest_checkpoint", "load", "load_model", "save"]

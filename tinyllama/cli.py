@@ -135,6 +135,87 @@ def train(
     train_main(str(config), resume=resume, overrides=overrides)
 
 
+@app.command("export")
+def export(
+    checkpoint: Path = typer.Argument(..., help="A run dir, its checkpoints/ dir, or one step-N/ dir."),
+    out: Path = typer.Option(..., "--out", help="The Hugging Face model dir to write."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Default: the training mix's tokenizer."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+) -> None:
+    """A checkpoint (any world size) -> Hugging Face Llama layout that `transformers` loads offline."""
+    from tinyllama.hf import export as export_hf
+
+    typer.echo(f"wrote {export_hf(checkpoint, out, tokenizer, dtype)}")
+
+
+@app.command("import-hf")
+def import_hf(
+    hf_dir: Path = typer.Argument(..., help="A Hugging Face Llama dir (e.g. TinyLlama's)."),
+    out: Path = typer.Option(..., "--out", help="The run dir to create (the train config's `out`)."),
+    step: int = typer.Option(0, "--step", help="Schedule step the checkpoint stands at."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Start at this stage's first step (e.g. continual)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Train config to check the model against."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a train-config key."),
+) -> None:
+    """An existing Hugging Face checkpoint -> a run that `tinyllama train --resume` continues."""
+    from tinyllama.hf import import_hf as run_import
+
+    try:
+        path = run_import(hf_dir, out, step=step, config=config, overrides=overrides, stage=stage)
+    except FileExistsError as e:
+        raise TinyllamaError(str(e)) from None
+    typer.echo(f"wrote {path}; continue with: tinyllama train --config CONFIG --resume (out = {out})")
+
+
+@app.command("generate")
+def generate(
+    path: Path = typer.Argument(..., help="A checkpoint or a Hugging Face dir."),
+    prompt: str = typer.Option(..., "--prompt"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy."),
+    top_k: int = typer.Option(50, "--top-k"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
+    seed: int = typer.Option(0, "--seed"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Sample a continuation of a prompt (top-k / top-p / temperature / repetition penalty)."""
+    from tinyllama.generate import generate_main
+
+    typer.echo(generate_main(str(path), prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                             seed, str(tokenizer) if tokenizer else None, device))
+
+
+@app.command("eval")
+def evaluate(
+    path: Path = typer.Argument(..., help="A checkpoint or a Hugging Face dir."),
+    mix: Path = typer.Option(..., "--mix", help="The built mix whose held-out documents to score."),
+    as_json: bool = typer.Option(False, "--json"),
+    corpus: List[str] = typer.Option([], "--corpus", help="Only these corpora (repeatable)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Perplexity per corpus on the held-out documents the mix build set aside."""
+    from tinyllama.evaluate import eval_main
+
+    typer.echo(eval_main(path, mix, as_json, corpus or None, seq_len, batch_size, device))
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the demo schedule)."),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    overrides: List[str] = typer.Option([], "--set", help="Override a train-config key."),
+) -> None:
+    """The whole pipeline on the bundled sample data, on a CPU: build, train, plot, export, generate, eval."""
+    from tinyllama.demo import run_demo
+
+    run_demo(out, steps, workers, overrides=overrides, echo=typer.echo)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: library errors become one clear line on stderr and exit status 1."""
     try:

@@ -83,10 +83,10 @@ def _forward_cached(model: Llama, ids: torch.Tensor, cache: list, start: int) ->
     for i, block in enumerate(model.layers):
         a = block.self_attn
         h = block.input_layernorm(x)
-        q = a.q_proj(h).view(B, T, a.n_head, a.head_dim).transpose(1, 2)
-        k = a.k_proj(h).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)
-        v = a.v_proj(h).view(B, T, a.n_kv_head, a.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, KV = a.n_head, a.n_kv_head
+        qkv = a.qkv_proj(h).view(B, T, H + 2 * KV, a.head_dim)  # same fused layout as Attention
+        qk = apply_rope(qkv[:, :, : H + KV], cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV :]))
         if i < len(cache):
             k = torch.cat((cache[i][0], k), dim=2)
             v = torch.cat((cache[i][1], v), dim=2)

@@ -120,7 +120,7 @@ def load_hf_model(path: str | os.PathLike[str], device: str | torch.device = "cp
         sd = from_hf_state_dict(read_hf_state_dict(path))
     except KeyError as e:
         raise InputError(f"{path}: {e.args[0]}") from None
-    model = _empty_model(cfg, device)
+    model = ckpt.empty_model(cfg, device)
     _load_strict(model, {k: v.float() for k, v in sd.items()}, path)
     return model.eval()
 
@@ -131,14 +131,6 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     if is_hf_dir(path):
         return load_hf_model(path, device)
     return ckpt.load_model(resolve_checkpoint(path), device)
-
-
-def _empty_model(cfg: ModelConfig, device) -> Llama:
-    with torch.device("meta"):
-        model = Llama(cfg)
-    model.to_empty(device=device)
-    model.init_rope()
-    return model
 
 
 def _load_strict(model: Llama, sd: dict[str, torch.Tensor], src: Path) -> None:
@@ -248,7 +240,9 @@ def export(
     return save_hf(model, out, tok_path, dtype)
 
 
-def save_hf(model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathLike[str], dtype: str = "float32") -> Path:
+def save_hf(
+    model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathLike[str], dtype: str = "float32"
+) -> Path:
     """Write `model` (a plain `Llama`) and `tokenizer` (tokenizer.json, or .json.zst) in the HF
     layout into `out`, atomically (a temp dir renamed into place)."""
     if dtype not in _DTYPES:

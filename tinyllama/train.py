@@ -165,6 +165,11 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     total = cfg.run.max_steps or source.num_steps()
+    if total > source.num_steps():
+        raise SpecError(
+            f"{cfg.source}: key 'run.max_steps': {total} steps exceed the mix's schedule of "
+            f"{source.num_steps()} steps (0 = the whole schedule)"
+        )
     end = min(total, cfg.run.stop_after) if cfg.run.stop_after else total
     model, opt, amp = build(cfg, d)
     if d.is_main:
