@@ -60,3 +60,39 @@ def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024
+
+
+def corpus_texts(corpus: str, shared: Path = SHARED) -> list[str]:
+    """The texts of one shared corpus: "slimpajama" (English) or "skypile" (Chinese)."""
+    pattern = {"slimpajama": "corpora/slimpajama/**/*.jsonl.zst", "skypile": "corpora/skypile/*.jsonl"}[corpus]
+    return [d["text"] for f in sorted(shared.glob(pattern)) for d in read_docs(f)]
+
+
+def scaled_named_corpus(out: Path, megabytes: int, corpus: str, files: int = 8,
+                        shared: Path = SHARED) -> tuple[list[Path], int]:
+    """Like `scaled_corpus`, over one shared corpus only (so a mix can weigh the two)."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / f".complete-{corpus}-{megabytes}-{files}"
+    paths = [out / f"part-{i:03d}.jsonl.zst" for i in range(files)]
+    if marker.exists():
+        return paths, int(marker.read_text())
+    texts = corpus_texts(corpus, shared)
+    if not texts:
+        raise FileNotFoundError(f"{shared}: no {corpus} texts (pass the shared data folder)")
+    target = megabytes * 10**6
+    lines: list[str] = []
+    size = copy = 0
+    while size < target:
+        for i, t in enumerate(texts):
+            doc = f"[{copy}] {t}"  # perturbed: not identical to any other copy
+            lines.append(json.dumps({"id": f"{copy}-{i}", "text": doc}, ensure_ascii=False))
+            size += len(doc.encode())
+            if size >= target:
+                break
+        copy += 1
+    per = (len(lines) + files - 1) // files
+    cctx = zstandard.ZstdCompressor(level=3)
+    for k, p in enumerate(paths):
+        p.write_bytes(cctx.compress(("\n".join(lines[k * per:(k + 1) * per]) + "\n").encode()))
+    marker.write_text(str(size))
+    return paths, size
