@@ -9,7 +9,16 @@ from pathlib import Path
 
 import zstandard
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def default_shared() -> Path:
+    """`shared/data` beside the project root, or beside any folder above it (a git worktree)."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED = default_shared()
 
 
 def read_docs(path: Path) -> list[dict]:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, peak_rss_mb, scaled_named_corpus
+from _data import default_shared, peak_rss_mb, scaled_named_corpus
 
 CORPORA = ("slimpajama", "skypile")
 SEQ = 2048
@@ -38,13 +38,6 @@ H100_TOKENS_S = 60_000  # what one H100 consumes training the 1.1B model
 
 
 # -- setup --------------------------------------------------------------------------------------
-
-def default_shared() -> Path:
-    """`shared/data` beside the project root, or beside any folder above it (a git worktree)."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    return SHARED
 
 def spec_text(name: str, data: Path, tokenizer: Path, stage_tokens: str, batch_tokens: int) -> str:
     corpora = "".join(f"""
