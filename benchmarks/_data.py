@@ -38,13 +38,20 @@ def base_texts(shared: Path = SHARED) -> list[str]:
 
 
 def scaled_corpus(out: Path, megabytes: int, files: int = 16, shared: Path = SHARED) -> tuple[list[Path], int]:
-    """Write about `megabytes` MB of text as `files` .jsonl.zst files; reuse if present."""
+    """Write about `megabytes` MB of text (SlimPajama + SkyPile) as `files` .jsonl.zst files;
+    reuse if present."""
+    return _write_scaled(out, f"{megabytes}-{files}", lambda: base_texts(shared), megabytes, files)
+
+
+def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int) -> tuple[list[Path], int]:
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / f".complete-{megabytes}-{files}"
+    marker = out / f".complete-{key}"
     paths = [out / f"part-{i:03d}.jsonl.zst" for i in range(files)]
     if marker.exists():
         return paths, int(marker.read_text())
-    texts = base_texts(shared)
+    texts = texts_fn()
+    if not texts:
+        raise FileNotFoundError(f"no texts for {out} (pass the shared data folder)")
     target = megabytes * 10**6
     lines: list[str] = []
     size = copy = 0
@@ -80,28 +87,4 @@ def corpus_texts(corpus: str, shared: Path = SHARED) -> list[str]:
 def scaled_named_corpus(out: Path, megabytes: int, corpus: str, files: int = 8,
                         shared: Path = SHARED) -> tuple[list[Path], int]:
     """Like `scaled_corpus`, over one shared corpus only (so a mix can weigh the two)."""
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / f".complete-{corpus}-{megabytes}-{files}"
-    paths = [out / f"part-{i:03d}.jsonl.zst" for i in range(files)]
-    if marker.exists():
-        return paths, int(marker.read_text())
-    texts = corpus_texts(corpus, shared)
-    if not texts:
-        raise FileNotFoundError(f"{shared}: no {corpus} texts (pass the shared data folder)")
-    target = megabytes * 10**6
-    lines: list[str] = []
-    size = copy = 0
-    while size < target:
-        for i, t in enumerate(texts):
-            doc = f"[{copy}] {t}"  # perturbed: not identical to any other copy
-            lines.append(json.dumps({"id": f"{copy}-{i}", "text": doc}, ensure_ascii=False))
-            size += len(doc.encode())
-            if size >= target:
-                break
-        copy += 1
-    per = (len(lines) + files - 1) // files
-    cctx = zstandard.ZstdCompressor(level=3)
-    for k, p in enumerate(paths):
-        p.write_bytes(cctx.compress(("\n".join(lines[k * per:(k + 1) * per]) + "\n").encode()))
-    marker.write_text(str(size))
-    return paths, size
+    return _write_scaled(out, f"{corpus}-{megabytes}-{files}", lambda: corpus_texts(corpus, shared), megabytes, files)
