@@ -26,6 +26,7 @@ from typing import Any
 
 from tinyllama.errors import SpecError
 from tinyllama.model import NAMED_CONFIGS, ModelConfig
+from tinyllama.spec import read_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,12 +79,7 @@ _TOP = {"mix", "out", "model", "micro_batch", "optim", "run"}
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: train config not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}") from None
+    raw = read_toml(path, "train config")
     base = path.resolve().parent
     for key in ("mix", "out"):
         if isinstance(raw.get(key), str):

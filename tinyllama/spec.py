@@ -273,15 +273,20 @@ _TOP = {"name", "seed", "seq_len", "tokenizer", "out", "add_bos", "add_eos", "sh
         "corpora", "dedup", "stages"}
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file as a dict; a missing file or a syntax error is a `SpecError` naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from None
+
+
 def load_spec(path: str | os.PathLike[str]) -> MixSpec:
     """Parse and validate a mix spec. Raises `SpecError` naming the file and the key."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}") from None
+    raw = read_toml(path, "spec file")
     try:
         return _parse(path, raw)
     except SpecError as e:
