@@ -94,7 +94,7 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("dedup", 0, None), ("tokenize", 0, 2),
+@pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("dedup", 0, None), ("tokenize", 0, 1),
                                                ("tokenize", 2, 0)])
 def test_killed_worker_is_retried(cluster, local, tmp_path, stage, corpus, file):
     spec, expected = local
@@ -106,31 +106,39 @@ def test_killed_worker_is_retried(cluster, local, tmp_path, stage, corpus, file)
     assert tree_bytes(out) == expected
 
 
+def _committed_parts(out):
+    return len(list((out / ".staging").glob("*/parts/*.json")))
+
+
 @pytest.mark.slow
 def test_failed_build_resumes(cluster, local, tmp_path):
     """A task error fails the build (not retried: it would fail again) and keeps what was
-    committed; the rerun (as after a killed driver) resumes and ends with the same bytes."""
+    committed; the rerun (as after a killed driver) resumes and ends with the same bytes.
+    The failing task waits on its corpus's dedup, so fingerprints and dedup are committed."""
     spec, expected = local
     out = tmp_path / "mix"
-    chaos = {"stage": "tokenize", "corpus": 1, "file": 0, "action": "raise", "marker": str(tmp_path / "m")}
+    chaos = {"stage": "tokenize", "corpus": 0, "file": 1, "action": "raise", "marker": str(tmp_path / "m")}
     with pytest.raises(RuntimeError, match="injected failure"):
         build_mix_ray(spec, out, progress=False, _chaos=chaos)
     assert not (out / "mix.json").exists()
-    assert (out / ".staging").is_dir()
+    committed = _committed_parts(out)
     summary = build_mix_ray(spec, out, progress=False)
-    assert summary["files_resumed"] > 0
-    assert summary["stages"]["fingerprint"]["resumed"] == summary["stages"]["fingerprint"]["files"]
+    stages = summary["stages"]
+    assert stages["fingerprint"]["resumed"] == stages["fingerprint"]["files"] == 2
+    assert stages["dedup"]["resumed"] == 1
+    assert summary["files_resumed"] == committed
     assert tree_bytes(out) == expected
 
 
 @pytest.mark.slow
 def test_local_build_resumes_ray_staging(cluster, local, tmp_path):
-    """One implementation: a Ray build cut short is finished by the local build, and vice versa."""
+    """One implementation: a Ray build cut short is finished by the local build."""
     spec, expected = local
     out = tmp_path / "mix"
-    chaos = {"stage": "tokenize", "corpus": 2, "file": 0, "action": "raise", "marker": str(tmp_path / "m")}
+    chaos = {"stage": "tokenize", "corpus": 0, "file": 1, "action": "raise", "marker": str(tmp_path / "m")}
     with pytest.raises(RuntimeError):
         build_mix_ray(spec, out, progress=False, _chaos=chaos)
+    committed = _committed_parts(out)
     summary = build_mix(spec, out, workers=2, progress=False)
-    assert summary["files_resumed"] > 0
+    assert summary["files_resumed"] == committed
     assert tree_bytes(out) == expected
