@@ -153,7 +153,7 @@ impl Decision {
             && &map[..8] == DECISION_MAGIC
             && u64::from_le_bytes(map[8..16].try_into().expect("8 bytes")) as usize
                 == (map.len() - HEADER) / RECORD
-            && (map.len() - HEADER) % RECORD == 0;
+            && (map.len() - HEADER).is_multiple_of(RECORD);
         if !ok {
             return Err(Error::shard(
                 path,
