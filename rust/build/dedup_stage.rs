@@ -238,3 +238,55 @@ pub fn fingerprint_file(
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_decision(dir: &Path, rows: &[(u32, u32, u64)]) {
+        let mut bytes = DECISION_MAGIC.to_vec();
+        bytes.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+        for &(file, kind, row) in rows {
+            bytes.extend_from_slice(&file.to_le_bytes());
+            bytes.extend_from_slice(&kind.to_le_bytes());
+            bytes.extend_from_slice(&row.to_le_bytes());
+        }
+        std::fs::write(dir.join(DECISION), bytes).unwrap();
+    }
+
+    #[test]
+    fn removed_rows_are_those_of_the_asked_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [(0, 1, 3), (0, 2, 9), (2, 2, 0), (2, 1, 7), (5, 1, 1)];
+        write_decision(dir.path(), &rows);
+        let got = |file| {
+            let mut v: Vec<_> = removed_rows(dir.path(), file)
+                .unwrap()
+                .into_iter()
+                .collect();
+            v.sort_by_key(|&(row, _)| row);
+            v
+        };
+        assert_eq!(got(0), vec![(3, Removed::Exact), (9, Removed::Near)]);
+        assert!(got(1).is_empty());
+        assert_eq!(got(2), vec![(0, Removed::Near), (7, Removed::Exact)]);
+        assert_eq!(got(5), vec![(1, Removed::Exact)]);
+        assert!(got(6).is_empty());
+    }
+
+    #[test]
+    fn missing_or_truncated_decision_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = removed_rows(dir.path(), 0).unwrap_err().to_string();
+        assert!(
+            err.contains("dedup.bin") && err.contains("has not run"),
+            "{err}"
+        );
+        write_decision(dir.path(), &[(0, 1, 3)]);
+        let path = dir.path().join(DECISION);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let err = removed_rows(dir.path(), 0).unwrap_err().to_string();
+        assert!(err.contains("corrupt dedup decision"), "{err}");
+    }
+}
