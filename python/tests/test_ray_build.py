@@ -4,15 +4,17 @@ processes and build the committed slice."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
 from conftest import tree_bytes, write_spec
+
 from tinyllama.build import build_mix
+from tinyllama.ray_build import build_mix_ray
 
 DEDUP = """
 [dedup]
@@ -51,12 +53,14 @@ def test_missing_ray_names_the_extra(tmp_path):
     assert not (tmp_path / "out" / "mix.json").exists()
 
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tinyllama-forge[ray]')")
-from tinyllama.ray_build import build_mix_ray  # noqa: E402
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install 'tinyllama-forge[ray]')")
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -77,6 +81,7 @@ def local(tmp_path_factory):
 
 
 @pytest.mark.slow
+@needs_ray
 def test_same_bytes_as_local_build(cluster, local, tmp_path):
     spec, expected = local
     out = tmp_path / "mix"
@@ -85,8 +90,8 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
     assert summary["files_processed"] > 0 and summary["files_resumed"] == 0
     stages = summary["stages"]
     assert stages["fingerprint"]["files"] > 0 and stages["dedup"]["files"] == 1
-    all_tokens = sum(json.loads(m.read_text())["totals"]["tokens"] + json.loads(m.read_text())["totals"]["holdout_tokens"]
-                     for m in out.glob("corpora/*/manifest.json"))
+    totals = [json.loads(m.read_text())["totals"] for m in out.glob("corpora/*/manifest.json")]
+    all_tokens = sum(t["tokens"] + t["holdout_tokens"] for t in totals)
     assert stages["tokenize"]["tokens"] == all_tokens  # the progress counts every committed token
     # A second call finds the mix complete.
     assert build_mix_ray(spec, out, progress=False)["up_to_date"]
@@ -94,6 +99,7 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
 
 
 @pytest.mark.slow
+@needs_ray
 @pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("dedup", 0, None), ("tokenize", 0, 1),
                                                ("tokenize", 2, 0)])
 def test_killed_worker_is_retried(cluster, local, tmp_path, stage, corpus, file):
@@ -111,6 +117,7 @@ def _committed_parts(out):
 
 
 @pytest.mark.slow
+@needs_ray
 def test_failed_build_resumes(cluster, local, tmp_path):
     """A task error fails the build (not retried: it would fail again) and keeps what was
     committed; the rerun (as after a killed driver) resumes and ends with the same bytes.
@@ -131,6 +138,7 @@ def test_failed_build_resumes(cluster, local, tmp_path):
 
 
 @pytest.mark.slow
+@needs_ray
 def test_local_build_resumes_ray_staging(cluster, local, tmp_path):
     """One implementation: a Ray build cut short is finished by the local build."""
     spec, expected = local
