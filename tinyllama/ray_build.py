@@ -122,18 +122,26 @@ def _tokenize_task(config_json: str, corpus: int, file: int, chaos: dict | None,
 class _Stage:
     def __init__(self, name: str):
         self.name, self.total, self.done, self.resumed = name, 0, 0, 0
-        self.docs = self.tokens = self.bytes = 0
-        self.first = self.last = None
+        self.docs = self.tokens = self.bytes = self.removed = 0
+        self.started = time.monotonic()
+        self.last = self.started
 
     def add(self, result: dict) -> None:
-        now = time.monotonic()
-        self.first = self.first or now
-        self.last = now
+        self.last = time.monotonic()
         self.done += 1
         self.resumed += bool(result.get("resumed"))
         self.docs += result.get("docs", 0)
         self.tokens += result.get("tokens", 0)
         self.bytes += result.get("bytes", 0)
+        self.removed += result.get("exact_duplicates", 0) + result.get("near_duplicates", 0)
+
+    def line(self) -> str:
+        if self.name == "dedup":
+            return f"dedup: {self.done} tasks ({self.resumed} resumed), {_human(self.removed)} duplicates removed"
+        span = max(self.last - self.started, 1e-9)
+        rate = f", {self.docs / span:,.0f} docs/s" + (f", {self.tokens / span / 1e6:.2f}M tok/s" if self.tokens else "")
+        return (f"{self.name}: {self.done} tasks ({self.resumed} resumed), docs {_human(self.docs)}, "
+                f"tokens {_human(self.tokens)}, {_human(self.bytes)}B{rate} (since submission)")
 
 
 def build_mix_ray(
@@ -179,8 +187,8 @@ def build_mix_ray(
             kwargs["num_cpus"] = num_cpus
         ray.init(address=address, **kwargs)
     try:
-        stages = _run_tasks(ray, config_json, corpora, threads_per_task, max_retries, _chaos,
-                            _reporter(stream, tty, every=5.0) if progress else None, tty, stream)
+        report = _reporter(stream, tty, every=5.0) if progress else None  # rates from here, not Ray's start
+        stages = _run_tasks(ray, config_json, corpora, threads_per_task, max_retries, _chaos, report, tty, stream)
         if progress:
             stream.write("finish: packing shards, writing the schedule and mix.json\n")
             stream.flush()
@@ -199,15 +207,12 @@ def build_mix_ray(
         "tokens": finished["tokens"],
         "seconds": seconds,
         "stages": {name: {"files": s.done, "resumed": s.resumed, "docs": s.docs, "tokens": s.tokens,
-                          "bytes": s.bytes} for name, s in stages.items()},
+                          "bytes": s.bytes, "duplicates": s.removed} for name, s in stages.items()},
     }
     if progress:
         for s in stages.values():
             if s.total:
-                span = max((s.last or 0) - (s.first or 0), 1e-9)
-                stream.write(f"{s.name}: {s.done} tasks ({s.resumed} resumed), docs {_human(s.docs)}, "
-                             f"tokens {_human(s.tokens)}, {_human(s.bytes)}B"
-                             + (f", {s.docs / span:,.0f} docs/s" if s.done > 1 else "") + "\n")
+                stream.write(s.line() + "\n")
         stream.flush()
     with open(out_dir / "build.log", "a", encoding="utf-8") as log:
         log.write(json.dumps({
