@@ -223,6 +223,111 @@ fn build_mix(
     Ok(d.into_any().unbind())
 }
 
+/// One build's plan, for running its stages separately (the Ray build: one task a file).
+/// Loading it writes nothing; each process loads its own (tokenizer included) and keeps it
+/// for its tasks. Each method runs one stage on a pool of the config's `workers` threads and
+/// returns a dict of what it did; every stage commits atomically and is a no-op when its
+/// output is committed, so a retried task neither duplicates nor loses documents.
+#[pyclass(module = "tinyllama._core", name = "BuildPlan", frozen)]
+struct PyBuildPlan {
+    plan: build::Plan,
+    pool: rayon::ThreadPool,
+}
+
+impl PyBuildPlan {
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&build::Plan) -> error::Result<T> + Send,
+    ) -> PyResult<T> {
+        release_gil(py, || self.pool.install(|| f(&self.plan)))
+    }
+}
+
+fn work_dict(py: Python<'_>, w: build::FileWork) -> PyResult<PyObject> {
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("resumed", w.resumed)?;
+    d.set_item("bytes", w.bytes)?;
+    d.set_item("docs", w.docs)?;
+    d.set_item("docs_kept", w.docs_kept)?;
+    d.set_item("tokens", w.tokens)?;
+    Ok(d.into_any().unbind())
+}
+
+#[pymethods]
+impl PyBuildPlan {
+    #[new]
+    fn new(py: Python<'_>, config_json: &str) -> PyResult<Self> {
+        let cfg: build::BuildConfig = serde_json::from_str(config_json)
+            .map_err(|e| SpecError::new_err(format!("spec: invalid build config: {e}")))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.workers.max(1))
+            .build()
+            .map_err(|e| SpecError::new_err(format!("spec: workers: {e}")))?;
+        let plan = release_gil(py, || build::plan(&cfg))?;
+        Ok(PyBuildPlan { plan, pool })
+    }
+
+    #[getter]
+    fn identity(&self) -> String {
+        self.plan.identity().to_string()
+    }
+
+    /// (name, number of input files, whether it is deduplicated) of each corpus, in order.
+    fn corpora(&self) -> Vec<(String, usize, bool)> {
+        self.plan
+            .config()
+            .corpora
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    c.name.clone(),
+                    self.plan.files(i).len(),
+                    c.dedup != build::DedupMode::None,
+                )
+            })
+            .collect()
+    }
+
+    /// Ready the output dir (run once, by the driver). True when the mix is already complete.
+    fn prepare(&self, py: Python<'_>) -> PyResult<bool> {
+        self.run(py, |p| p.prepare())
+    }
+
+    fn fingerprint(&self, py: Python<'_>, corpus: usize, file: usize) -> PyResult<PyObject> {
+        let w = self.run(py, |p| {
+            build::fingerprint_one(p, corpus, file, &build::Progress::default())
+        })?;
+        work_dict(py, w)
+    }
+
+    fn dedup(&self, py: Python<'_>, corpus: usize) -> PyResult<PyObject> {
+        let w = self.run(py, |p| build::dedup_corpus(p, corpus))?;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("resumed", w.resumed)?;
+        d.set_item("exact_duplicates", w.exact)?;
+        d.set_item("near_duplicates", w.near)?;
+        Ok(d.into_any().unbind())
+    }
+
+    fn tokenize(&self, py: Python<'_>, corpus: usize, file: usize) -> PyResult<PyObject> {
+        let w = self.run(py, |p| {
+            build::tokenize_one(p, corpus, file, &build::Progress::default())
+        })?;
+        work_dict(py, w)
+    }
+
+    /// Pack, write the schedule, the tokenizer and the lock; drop the staging.
+    fn finish(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let s = self.run(py, |p| build::finish(p, &build::Progress::default()))?;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("docs_kept", s.docs_kept)?;
+        d.set_item("tokens", s.tokens)?;
+        Ok(d.into_any().unbind())
+    }
+}
+
 /// Check a shard's structure and checksum; raises `ShardError` naming it when corrupt.
 #[pyfunction]
 fn verify_shard(py: Python<'_>, path: PathBuf) -> PyResult<()> {
@@ -434,6 +539,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMixSampler>()?;
     m.add_class::<PyLoader>()?;
     m.add_class::<PySlot>()?;
+    m.add_class::<PyBuildPlan>()?;
     m.add_function(wrap_pyfunction!(build_mix, m)?)?;
     m.add_function(wrap_pyfunction!(verify_shard, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -74,7 +74,43 @@ struct Ctx<'a> {
     progress: &'a Progress,
 }
 
-pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
+/// Everything the stages need that follows from the config alone: the loaded tokenizer, the
+/// token dtype and specials, the discovered input files and the build's identity. Loading a
+/// plan writes nothing, so every process of a distributed build (Ray tasks) loads its own and
+/// they all agree: the identity check against the staging dir ([`Plan::check_staging`]) makes
+/// sure they do (same inputs, same spec, same tokenizer).
+pub struct Plan {
+    cfg: BuildConfig,
+    tokenizer: Tokenizer,
+    fingerprint: [u8; 32],
+    dtype: Dtype,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    inputs: Vec<Vec<PathBuf>>,
+    stages: Vec<StageSpec>,
+    identity: String,
+}
+
+/// What one per-file task did, for the caller's progress display.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileWork {
+    pub resumed: bool,
+    pub bytes: u64,
+    pub docs: u64,
+    pub docs_kept: u64,
+    pub tokens: u64,
+}
+
+/// What one corpus's dedup decision removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DedupWork {
+    pub resumed: bool,
+    pub exact: u64,
+    pub near: u64,
+}
+
+/// Validate the config, load the tokenizer, discover the inputs and compute the identity.
+pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
     validate(cfg)?;
     let tokenizer = Tokenizer::from_file(&cfg.tokenizer)?;
     let vocab = tokenizer.vocab_size();
@@ -130,80 +166,206 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
         })
         .collect();
     Schedule::new(cfg.seq_len, cfg.seed, provisional, stages.clone())?;
-    let out = &cfg.out;
-    std::fs::create_dir_all(out).ctx(out)?;
     let identity = cfg.identity(tokenizer.sha256(), &input_ids);
-    if let Some(done) = completed_identity(out) {
-        if done == identity {
-            // A kill between writing the lock and dropping the staging leaves the latter.
-            let staging = out.join(".staging");
-            if staging.exists() {
-                std::fs::remove_dir_all(&staging).ctx(&staging)?;
-            }
-            return Ok(BuildSummary {
-                up_to_date: true,
-                ..Default::default()
-            });
-        }
-        // A different spec is being built here: the old lock goes first so that a half-built
-        // new mix can never be mistaken for a complete one.
-        std::fs::remove_file(out.join("mix.json")).ctx(out.join("mix.json"))?;
-    }
-    let staging = out.join(".staging");
-    prepare_staging(&staging, &identity)?;
-
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.workers.max(1))
-        .build()
-        .map_err(|e| Error::Spec(format!("workers: {e}")))?;
-    let ctx = Ctx {
-        cfg,
-        tokenizer: &tokenizer,
+    Ok(Plan {
+        cfg: cfg.clone(),
+        tokenizer,
         fingerprint,
         dtype,
         bos,
         eos,
-        progress,
+        inputs,
+        stages,
+        identity,
+    })
+}
+
+impl Plan {
+    pub fn config(&self) -> &BuildConfig {
+        &self.cfg
+    }
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+    /// The input files of corpus `corpus`, in sorted path order (the order of the result).
+    pub fn files(&self, corpus: usize) -> &[PathBuf] {
+        self.inputs.get(corpus).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.cfg.out.join(".staging")
+    }
+
+    fn ctx<'a>(&'a self, progress: &'a Progress) -> Ctx<'a> {
+        Ctx {
+            cfg: &self.cfg,
+            tokenizer: &self.tokenizer,
+            fingerprint: self.fingerprint,
+            dtype: self.dtype,
+            bos: self.bos,
+            eos: self.eos,
+            progress,
+        }
+    }
+
+    fn corpus(&self, corpus: usize) -> Result<&CorpusConfig> {
+        self.cfg.corpora.get(corpus).ok_or_else(|| {
+            Error::Spec(format!(
+                "corpora: no corpus #{corpus} (the spec has {})",
+                self.cfg.corpora.len()
+            ))
+        })
+    }
+
+    fn file(&self, corpus: usize, file: usize) -> Result<&Path> {
+        let c = self.corpus(corpus)?;
+        self.files(corpus)
+            .get(file)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| {
+                Error::Spec(format!(
+                    "corpora.{}: no input file #{file} (found {})",
+                    c.name,
+                    self.files(corpus).len()
+                ))
+            })
+    }
+
+    /// Make the output dir ready for the stages (run once, by whoever drives the build).
+    /// Returns true when a complete mix of this identity is already there: nothing to do.
+    pub fn prepare(&self) -> Result<bool> {
+        let out = &self.cfg.out;
+        std::fs::create_dir_all(out).ctx(out)?;
+        if let Some(done) = completed_identity(out) {
+            if done == self.identity {
+                // A kill between writing the lock and dropping the staging leaves the latter.
+                let staging = self.staging();
+                if staging.exists() {
+                    std::fs::remove_dir_all(&staging).ctx(&staging)?;
+                }
+                return Ok(true);
+            }
+            // A different spec is being built here: the old lock goes first so that a
+            // half-built new mix can never be mistaken for a complete one.
+            std::fs::remove_file(out.join("mix.json")).ctx(out.join("mix.json"))?;
+        }
+        prepare_staging(&self.staging(), &self.identity)?;
+        for corpus in &self.cfg.corpora {
+            let dir = self.staging().join(&corpus.name);
+            std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
+            std::fs::create_dir_all(dir.join("fingerprints")).ctx(&dir)?;
+        }
+        Ok(false)
+    }
+
+    /// A stage may only write into staging prepared for this very build: a process that sees
+    /// other inputs (or another spec) than the one that prepared it must not mix its output in.
+    pub fn check_staging(&self) -> Result<()> {
+        let id_file = self.staging().join("identity");
+        match std::fs::read_to_string(&id_file) {
+            Ok(id) if id == self.identity => Ok(()),
+            Ok(_) => Err(Error::Spec(format!(
+                "{}: staging belongs to another build (the inputs, spec or tokenizer seen here \
+                 differ from the ones the build was started with)",
+                id_file.display()
+            ))),
+            Err(e) => Err(Error::io(
+                &id_file,
+                format!("{e} (the build's staging was not prepared, or this process does not see the output dir)"),
+            )),
+        }
+    }
+}
+
+/// Fingerprint input file `file` of corpus `corpus` into its committed store (a no-op when the
+/// store is there).
+pub fn fingerprint_one(
+    plan: &Plan,
+    corpus: usize,
+    file: usize,
+    progress: &Progress,
+) -> Result<FileWork> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    let f = plan.file(corpus, file)?;
+    let params = dedup_stage::params(&plan.cfg.dedup, c.dedup)?;
+    let dir = plan.staging().join(&c.name).join("fingerprints");
+    dedup_stage::fingerprint_file(&plan.ctx(progress), c, &params, &dir, file, f)
+}
+
+/// Find corpus `corpus`'s duplicates from its fingerprint stores (all must be committed) and
+/// commit the decision (removed rows + report) to staging, where the tokenize stage of any
+/// process reads it. A no-op when the decision is committed; nothing to do without dedup.
+pub fn dedup_corpus(plan: &Plan, corpus: usize) -> Result<DedupWork> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    if c.dedup == DedupMode::None {
+        return Ok(DedupWork::default());
+    }
+    dedup_stage::decide(
+        &plan.cfg,
+        c,
+        &plan.staging().join(&c.name),
+        plan.files(corpus),
+    )
+}
+
+/// Tokenize input file `file` of corpus `corpus` into its committed staged part, skipping the
+/// rows the corpus's committed dedup decision removed (a no-op when the part is there).
+pub fn tokenize_one(
+    plan: &Plan,
+    corpus: usize,
+    file: usize,
+    progress: &Progress,
+) -> Result<FileWork> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    let f = plan.file(corpus, file)?;
+    let dir = plan.staging().join(&c.name);
+    let removed = match c.dedup {
+        DedupMode::None => HashMap::new(),
+        DedupMode::Exact | DedupMode::Near => dedup_stage::removed_rows(&dir, file)?,
     };
+    let removed = (!removed.is_empty()).then_some(&removed);
+    let (stats, resumed) = tokenize_file(&plan.ctx(progress), c, &dir, file, f, removed)?;
+    Ok(FileWork {
+        resumed,
+        bytes: stats.stats.bytes,
+        docs: stats.stats.docs_read,
+        docs_kept: stats.stats.docs_kept,
+        tokens: stats.stats.tokens,
+    })
+}
+
+/// Pack every corpus's committed parts into shards + manifest, write the schedule, the
+/// tokenizer and, last, the lock `mix.json`; then drop the staging. Every part must be there.
+pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
+    plan.check_staging()?;
+    let cfg = &plan.cfg;
+    let ctx = plan.ctx(progress);
+    let out = &cfg.out;
+    let staging = plan.staging();
     let mut summary = BuildSummary::default();
     let mut corpus_summaries = Vec::new();
     let mut sizes = Vec::new();
-    for (corpus, files) in cfg.corpora.iter().zip(&inputs) {
+    for (i, corpus) in cfg.corpora.iter().enumerate() {
         let dir = staging.join(&corpus.name);
-        std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
-        let (removed, report) = match corpus.dedup {
-            DedupMode::None => (HashMap::new(), None),
-            DedupMode::Exact | DedupMode::Near => {
-                let outcome = dedup_stage::run(&ctx, corpus, &dir, files, &pool)?;
-                (outcome.removed, Some(outcome.report))
-            }
-        };
-        progress.start_stage(&format!("tokenize {}", corpus.name), files.len() as u64);
-        let results: Vec<Result<(PartStats, bool)>> = pool.install(|| {
-            files
-                .par_iter()
-                .enumerate()
-                .map(|(i, f)| tokenize_file(&ctx, corpus, &dir, i, f, removed.get(&(i as u64))))
-                .collect()
-        });
-        let mut parts = Vec::with_capacity(results.len());
-        for r in results {
-            let (stats, resumed) = r?;
-            if resumed {
-                summary.files_resumed += 1;
-            } else {
-                summary.files_processed += 1;
-            }
-            parts.push(stats);
+        let files = plan.files(i);
+        let mut parts = Vec::with_capacity(files.len());
+        for index in 0..files.len() {
+            parts.push(read_part_stats(&dir, index)?);
         }
         progress.start_stage(&format!("pack {}", corpus.name), files.len() as u64);
         let manifest = pack(&ctx, corpus, &dir, parts)?;
-        if let Some(rows) = report {
+        if corpus.dedup != DedupMode::None {
+            // Copied, not moved: a finish killed after this point must find it again.
+            let staged = dedup_stage::report_path(&dir);
+            let bytes = std::fs::read(&staged).ctx(&staged)?;
             let path = out
                 .join("corpora")
                 .join(&corpus.name)
                 .join("dedup_report.parquet");
-            crate::dedup::write_report(&path, &rows)?;
+            write_atomic(&path, &bytes)?;
         }
         summary.docs_kept += manifest.totals.docs_kept;
         summary.tokens += manifest.totals.tokens;
@@ -218,7 +380,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
             "shards": manifest.shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         }));
     }
-    let schedule = Schedule::new(cfg.seq_len, cfg.seed, sizes, stages)?;
+    let schedule = Schedule::new(cfg.seq_len, cfg.seed, sizes, plan.stages.clone())?;
     schedule.save(out.join("schedule.json"))?;
     for ((c, w), e) in corpus_summaries
         .iter_mut()
@@ -235,16 +397,16 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     let lock = serde_json::json!({
         "format": MIX_FORMAT,
         "format_version": MIX_FORMAT_VERSION,
-        "identity": identity,
+        "identity": plan.identity,
         "name": cfg.name,
         "seed": cfg.seed,
         "seq_len": cfg.seq_len,
         "tokenizer": "tokenizer.json",
-        "tokenizer_sha256": tokenizer.sha256(),
-        "vocab_size": vocab,
-        "dtype": dtype,
-        "bos_id": bos,
-        "eos_id": eos,
+        "tokenizer_sha256": plan.tokenizer.sha256(),
+        "vocab_size": plan.tokenizer.vocab_size(),
+        "dtype": plan.dtype,
+        "bos_id": plan.bos,
+        "eos_id": plan.eos,
         "corpora": corpus_summaries,
         "dedup": cfg.dedup,
         "stages": cfg.stages,
@@ -254,6 +416,54 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     let text = serde_json::to_string_pretty(&lock).expect("lock serialises") + "\n";
     write_atomic(&out.join("mix.json"), text.as_bytes())?;
     std::fs::remove_dir_all(&staging).ctx(&staging)?;
+    Ok(summary)
+}
+
+/// The local build: the same stages as a distributed one, on a thread pool of `workers`.
+pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
+    let plan = plan(cfg)?;
+    if plan.prepare()? {
+        return Ok(BuildSummary {
+            up_to_date: true,
+            ..Default::default()
+        });
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.workers.max(1))
+        .build()
+        .map_err(|e| Error::Spec(format!("workers: {e}")))?;
+    let (mut resumed, mut processed) = (0, 0);
+    for (c, corpus) in cfg.corpora.iter().enumerate() {
+        let n = plan.files(c).len();
+        if corpus.dedup != DedupMode::None {
+            progress.start_stage(&format!("dedup {}", corpus.name), n as u64);
+            let done: Vec<Result<FileWork>> = pool.install(|| {
+                (0..n)
+                    .into_par_iter()
+                    .map(|i| fingerprint_one(&plan, c, i, progress))
+                    .collect()
+            });
+            done.into_iter().collect::<Result<Vec<_>>>()?;
+            dedup_corpus(&plan, c)?;
+        }
+        progress.start_stage(&format!("tokenize {}", corpus.name), n as u64);
+        let done: Vec<Result<FileWork>> = pool.install(|| {
+            (0..n)
+                .into_par_iter()
+                .map(|i| tokenize_one(&plan, c, i, progress))
+                .collect()
+        });
+        for work in done {
+            if work?.resumed {
+                resumed += 1;
+            } else {
+                processed += 1;
+            }
+        }
+    }
+    let mut summary = finish(&plan, progress)?;
+    summary.files_resumed = resumed;
+    summary.files_processed = processed;
     Ok(summary)
 }
 
@@ -313,6 +523,21 @@ fn part_paths(dir: &Path, index: usize) -> (PathBuf, PathBuf) {
         parts.join(format!("{index:06}.bin")),
         parts.join(format!("{index:06}.json")),
     )
+}
+
+/// A committed part's stats (its sidecar is written after the part, so it marks completion).
+fn read_part_stats(dir: &Path, index: usize) -> Result<PartStats> {
+    let (part, sidecar) = part_paths(dir, index);
+    let text = std::fs::read_to_string(&sidecar).map_err(|e| {
+        Error::io(
+            &sidecar,
+            format!("{e} (input file #{index} was not tokenized)"),
+        )
+    })?;
+    if !part.exists() {
+        return Err(Error::io(&part, "missing staged part"));
+    }
+    serde_json::from_str(&text).map_err(|e| Error::shard(&sidecar, e.to_string()))
 }
 
 /// Tokenize one input file into a staged part. Returns its stats and whether it was resumed.

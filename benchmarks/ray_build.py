@@ -1,0 +1,125 @@
+"""`mix build` on Ray with 1 and 2 worker processes next to the local build, on the same
+scaled corpus (near dedup on), so the overhead of the task path is visible. Every run must
+give the same bytes; the benchmark checks that too.
+
+    PYTHONPATH=... python benchmarks/ray_build.py [--mb 40] [--files 16] [--shared /work/shared/data]
+
+Each contender runs in its own subprocess. Ray's cluster start-up is timed apart from the
+build (a real cluster is already running when a build is submitted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _data import SHARED, scaled_corpus
+
+RUNS = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
+
+
+def write_spec(work: Path, data: Path, shared: Path) -> Path:
+    spec = work / "spec.toml"
+    spec.write_text(textwrap.dedent(f"""
+        name = "bench"
+        tokenizer = "{shared / 'tokenizers/llama2/tokenizer.json'}"
+        seq_len = 2048
+        [corpora.c]
+        paths = ["{data}/*.jsonl.zst"]
+        dedup = "near"
+        [[stages]]
+        tokens = "1B"
+        batch_tokens = "1M"
+        weights = {{ c = 1.0 }}
+    """))
+    return spec
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith(".log"):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def child(kind: str, workers: int, spec: Path, out: Path) -> None:
+    import tinyllama
+
+    shutil.rmtree(out, ignore_errors=True)
+    startup = 0.0
+    if kind == "local":
+        from tinyllama.build import build_mix
+
+        t = time.perf_counter()
+        build_mix(spec, out, workers, progress=False)
+        seconds = time.perf_counter() - t
+    else:
+        import ray
+
+        from tinyllama.ray_build import build_mix_ray
+
+        t = time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        startup = time.perf_counter() - t
+        t = time.perf_counter()
+        build_mix_ray(spec, out, progress=False)
+        seconds = time.perf_counter() - t
+        ray.shutdown()
+    info = tinyllama.Mix(out).inspect()["corpora"]["c"]
+    print(json.dumps({"kind": kind, "workers": workers, "seconds": seconds, "startup": startup,
+                      "docs": info["docs_read"], "tokens": info["tokens"], "digest": tree_digest(out)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=40, help="MB of text to build")
+    ap.add_argument("--files", type=int, default=16, help="input files (= tasks per stage)")
+    ap.add_argument("--shared", type=Path, default=SHARED if SHARED.exists() else Path("/work/shared/data"))
+    ap.add_argument("--work", type=Path, default=Path("bench-out/ray_build"))
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    data = args.work / f"data-{args.mb}-{args.files}"
+    paths, size = scaled_corpus(data, args.mb, args.files, shared=args.shared)
+    spec = write_spec(args.work, data, args.shared)
+    if args.child:
+        kind, workers = args.child[0], int(args.child[1])
+        return child(kind, workers, spec, args.work / f"mix-{kind}-{workers}")
+    results = []
+    for kind, workers in RUNS:
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, str(workers), "--mb", str(args.mb),
+                               "--files", str(args.files), "--shared", str(args.shared), "--work", str(args.work)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{kind} x{workers}: failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"\nmix build (near dedup + tokenize + pack) on {size / 1e6:.0f} MB of text, {len(paths)} jsonl.zst "
+          f"files\n")
+    print(f"{'build':<10}{'workers':>8}{'seconds':>9}{'docs/s':>10}{'Mtok/s':>8}{'vs local':>10}"
+          f"{'ray start s':>12}")
+    base = {r["workers"]: r["seconds"] for r in results if r["kind"] == "local"}
+    for r in results:
+        ratio = f"{base[r['workers']] / r['seconds']:.2f}x" if r["workers"] in base else "-"
+        start = f"{r['startup']:.1f}" if r["kind"] == "ray" else "-"
+        print(f"{r['kind']:<10}{r['workers']:>8}{r['seconds']:>9.2f}{r['docs'] / r['seconds']:>10,.0f}"
+              f"{r['tokens'] / r['seconds'] / 1e6:>8.2f}{ratio:>10}"
+              f"{start:>12}")
+    same = len({r["digest"] for r in results}) == 1
+    print(f"\n'vs local' = local seconds / this build's seconds at the same worker count (1.00x = no overhead)."
+          f"\nall outputs byte-identical: {same}")
+    if not same:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

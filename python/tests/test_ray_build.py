@@ -1,0 +1,152 @@
+"""`mix build` on Ray: same bytes as the local build, retried worker deaths, resume, and a
+clear message when Ray is missing. The cluster tests start a local Ray with 2 worker
+processes and build the committed slice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import tree_bytes, write_spec
+
+from tinyllama.build import build_mix
+from tinyllama.ray_build import build_mix_ray
+
+DEDUP = """
+[dedup]
+ngram = 5
+"""
+
+
+def _spec(tmp_path):
+    # Near dedup on slimpajama (fingerprint + dedup + tokenize tasks), none on the others
+    # (tokenize tasks only): both task graphs in one build.
+    spec = write_spec(tmp_path, DEDUP)
+    text = spec.read_text().replace("holdout_docs = 10\n", 'holdout_docs = 10\ndedup = "near"\n', 1)
+    spec.write_text(text)
+    return spec
+
+
+def test_missing_ray_names_the_extra(tmp_path):
+    """Run in a fresh interpreter where `import ray` fails, whether or not Ray is installed."""
+    spec = _spec(tmp_path)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["ray"] = None  # makes `import ray` raise ImportError
+        from tinyllama.ray_build import build_mix_ray, RayNotInstalledError
+        from tinyllama.errors import TinyllamaError
+        try:
+            build_mix_ray({str(spec)!r}, {str(tmp_path / "out")!r})
+        except RayNotInstalledError as e:
+            assert isinstance(e, TinyllamaError)
+            print(e)
+        else:
+            raise SystemExit("no error")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'tinyllama-forge[ray]'" in done.stdout
+    assert not (tmp_path / "out" / "mix.json").exists()
+
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install 'tinyllama-forge[ray]')")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """The reference: the single-machine build with one worker thread."""
+    root = tmp_path_factory.mktemp("local")
+    spec = _spec(root)
+    build_mix(spec, root / "mix", workers=1, progress=False)
+    expected = tree_bytes(root / "mix")
+    totals = json.loads((root / "mix/corpora/slimpajama/manifest.json").read_text())["totals"]
+    assert totals["exact_duplicates"] + totals["near_duplicates"] > 0, \
+        "the slice should have duplicates, or the dedup decision is not exercised"
+    assert "corpora/slimpajama/dedup_report.parquet" in expected
+    return spec, expected
+
+
+@pytest.mark.slow
+@needs_ray
+def test_same_bytes_as_local_build(cluster, local, tmp_path):
+    spec, expected = local
+    out = tmp_path / "mix"
+    summary = build_mix_ray(spec, out, progress=False)
+    assert tree_bytes(out) == expected
+    assert summary["files_processed"] > 0 and summary["files_resumed"] == 0
+    stages = summary["stages"]
+    assert stages["fingerprint"]["files"] > 0 and stages["dedup"]["files"] == 1
+    totals = [json.loads(m.read_text())["totals"] for m in out.glob("corpora/*/manifest.json")]
+    all_tokens = sum(t["tokens"] + t["holdout_tokens"] for t in totals)
+    assert stages["tokenize"]["tokens"] == all_tokens  # the progress counts every committed token
+    # A second call finds the mix complete.
+    assert build_mix_ray(spec, out, progress=False)["up_to_date"]
+    assert tree_bytes(out) == expected
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("dedup", 0, None), ("tokenize", 0, 1),
+                                               ("tokenize", 2, 0)])
+def test_killed_worker_is_retried(cluster, local, tmp_path, stage, corpus, file):
+    spec, expected = local
+    marker = tmp_path / "killed"
+    chaos = {"stage": stage, "corpus": corpus, "file": file, "action": "kill", "marker": str(marker)}
+    out = tmp_path / "mix"
+    build_mix_ray(spec, out, progress=False, _chaos=chaos)
+    assert marker.exists(), "the fault was never injected"
+    assert tree_bytes(out) == expected
+
+
+def _committed_parts(out):
+    return len(list((out / ".staging").glob("*/parts/*.json")))
+
+
+@pytest.mark.slow
+@needs_ray
+def test_failed_build_resumes(cluster, local, tmp_path):
+    """A task error fails the build (not retried: it would fail again) and keeps what was
+    committed; the rerun (as after a killed driver) resumes and ends with the same bytes.
+    The failing task waits on its corpus's dedup, so fingerprints and dedup are committed."""
+    spec, expected = local
+    out = tmp_path / "mix"
+    chaos = {"stage": "tokenize", "corpus": 0, "file": 1, "action": "raise", "marker": str(tmp_path / "m")}
+    with pytest.raises(RuntimeError, match="injected failure"):
+        build_mix_ray(spec, out, progress=False, _chaos=chaos)
+    assert not (out / "mix.json").exists()
+    committed = _committed_parts(out)
+    summary = build_mix_ray(spec, out, progress=False)
+    stages = summary["stages"]
+    assert stages["fingerprint"]["resumed"] == stages["fingerprint"]["files"] == 2
+    assert stages["dedup"]["resumed"] == 1
+    assert summary["files_resumed"] == committed
+    assert tree_bytes(out) == expected
+
+
+@pytest.mark.slow
+@needs_ray
+def test_local_build_resumes_ray_staging(cluster, local, tmp_path):
+    """One implementation: a Ray build cut short is finished by the local build."""
+    spec, expected = local
+    out = tmp_path / "mix"
+    chaos = {"stage": "tokenize", "corpus": 0, "file": 1, "action": "raise", "marker": str(tmp_path / "m")}
+    with pytest.raises(RuntimeError):
+        build_mix_ray(spec, out, progress=False, _chaos=chaos)
+    committed = _committed_parts(out)
+    summary = build_mix(spec, out, workers=2, progress=False)
+    assert summary["files_resumed"] == committed
+    assert tree_bytes(out) == expected

@@ -1,0 +1,283 @@
+"""`mix build` on a Ray cluster, with the same bytes as the single-machine build.
+
+The build's stages run as Ray tasks, each calling the same Rust core as the local build
+(`_core.BuildPlan`, whose `build()` composition is the local path):
+
+    fingerprint  one task per input file of a deduplicated corpus -> committed store
+    dedup        one task per deduplicated corpus (after its fingerprints) -> committed decision
+    tokenize     one task per input file (after its corpus's dedup) -> committed staged part
+    finish       on the driver: pack parts in file order into shards + manifests, write the
+                 schedule, the tokenizer and, last, mix.json
+
+Every per-file output is a pure function of (file, spec, tokenizer) and packing walks the
+files in sorted order, so the result does not depend on the number of workers or on which
+worker ran what. Every task commits atomically (tmp + fsync + rename) and is a no-op when its
+output is committed, so Ray may retry a task whose worker died (`max_retries`) without
+duplicating or losing documents; a killed driver reruns the same call and resumes from what
+was committed.
+
+The output dir (and the inputs and the tokenizer, at the same absolute paths) must be on a
+filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write their staged
+outputs there and the driver reads them back. Every node needs tinyllama installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tinyllama import _core
+from tinyllama.build import _human, _reporter
+from tinyllama.errors import TinyllamaError
+from tinyllama.spec import load_spec
+
+EXTRA = "tinyllama-forge[ray]"
+
+
+class RayNotInstalledError(TinyllamaError):
+    """The Ray build was asked for but Ray is not importable."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise RayNotInstalledError(
+            f"`mix build --ray` needs Ray, which is not installed ({e}): "
+            f"pip install '{EXTRA}'  (the local build, without --ray, does not need it)"
+        ) from None
+    return ray
+
+
+# ---- what runs inside the Ray workers -------------------------------------------------------
+
+# One plan (tokenizer loaded, inputs discovered) per worker process and build, reused by every
+# task that process runs.
+_PLANS: dict[str, Any] = {}
+
+
+def _plan(config_json: str):
+    key = hashlib.sha256(config_json.encode()).hexdigest()
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _core.BuildPlan(config_json)
+    return plan
+
+
+def _inject(chaos: dict | None, stage: str, corpus: int, file: int | None) -> None:
+    """Fault injection for the tests: once (a marker file says when it has happened), the
+    matching task either raises (an application error: not retried, the build fails and a
+    rerun resumes) or SIGKILLs its own worker process while it works (Ray retries the task)."""
+    if not chaos or (chaos["stage"], chaos["corpus"], chaos.get("file")) != (stage, corpus, file):
+        return
+    try:
+        fd = os.open(chaos["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    if chaos["action"] == "raise":
+        raise RuntimeError(f"injected failure in {stage} corpus {corpus} file {file}")
+    delay = float(chaos.get("delay", 0.05))
+    threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+    chaos["_armed"] = True
+
+
+def _hang_if_armed(chaos: dict | None) -> None:
+    # The kill must land before the task reports success, or Ray would have nothing to retry.
+    if chaos and chaos.get("_armed"):
+        time.sleep(60)
+
+
+def _fingerprint_task(config_json: str, corpus: int, file: int, chaos: dict | None) -> dict:
+    _inject(chaos, "fingerprint", corpus, file)
+    out = _plan(config_json).fingerprint(corpus, file)
+    _hang_if_armed(chaos)
+    return out
+
+
+def _dedup_task(config_json: str, corpus: int, chaos: dict | None, *_fingerprints: dict) -> dict:
+    _inject(chaos, "dedup", corpus, None)
+    out = _plan(config_json).dedup(corpus)
+    _hang_if_armed(chaos)
+    return out
+
+
+def _tokenize_task(config_json: str, corpus: int, file: int, chaos: dict | None, _dedup: Any) -> dict:
+    _inject(chaos, "tokenize", corpus, file)
+    out = _plan(config_json).tokenize(corpus, file)
+    _hang_if_armed(chaos)
+    return out
+
+
+# ---- the driver -----------------------------------------------------------------------------
+
+class _Stage:
+    def __init__(self, name: str):
+        self.name, self.total, self.done, self.resumed = name, 0, 0, 0
+        self.docs = self.tokens = self.bytes = self.removed = 0
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def add(self, result: dict) -> None:
+        self.last = time.monotonic()
+        self.done += 1
+        self.resumed += bool(result.get("resumed"))
+        self.docs += result.get("docs", 0)
+        self.tokens += result.get("tokens", 0)
+        self.bytes += result.get("bytes", 0)
+        self.removed += result.get("exact_duplicates", 0) + result.get("near_duplicates", 0)
+
+    def line(self) -> str:
+        if self.name == "dedup":
+            return f"dedup: {self.done} tasks ({self.resumed} resumed), {_human(self.removed)} duplicates removed"
+        span = max(self.last - self.started, 1e-9)
+        rate = f", {self.docs / span:,.0f} docs/s" + (f", {self.tokens / span / 1e6:.2f}M tok/s" if self.tokens else "")
+        return (f"{self.name}: {self.done} tasks ({self.resumed} resumed), docs {_human(self.docs)}, "
+                f"tokens {_human(self.tokens)}, {_human(self.bytes)}B{rate} (since submission)")
+
+
+def build_mix_ray(
+    spec_path: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    address: str | None = None,
+    *,
+    threads_per_task: int = 1,
+    num_cpus: int | None = None,
+    max_retries: int = 3,
+    progress: bool = True,
+    stream=None,
+    _chaos: dict | None = None,
+) -> dict:
+    """Build (or resume) the mix a spec describes, its stages spread over a Ray cluster.
+
+    `address`: the cluster to join (`ray.init(address=...)`, e.g. "auto" or "ray://head:10001");
+    None starts a local Ray instance (`num_cpus` workers, default all cores) and shuts it down
+    at the end. A Ray already initialised in this process is used as is. Each task runs the
+    Rust stage on `threads_per_task` threads and asks Ray for as many CPUs. A task whose worker
+    dies is retried up to `max_retries` times. Returns the build summary (as `build_mix`, plus
+    per-stage counts under "stages").
+    """
+    ray = _import_ray()
+    spec = load_spec(spec_path)
+    config = spec.build_config(out, threads_per_task)
+    out_dir = Path(config["out"])
+    config_json = json.dumps(config, sort_keys=True)
+    stream = stream or sys.stderr
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    started = time.time()
+
+    driver_plan = _core.BuildPlan(config_json)
+    if driver_plan.prepare():
+        return {"up_to_date": True, "files_resumed": 0, "files_processed": 0, "docs_kept": 0,
+                "tokens": 0, "seconds": time.time() - started, "stages": {}}
+    corpora = driver_plan.corpora()
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None and num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
+        ray.init(address=address, **kwargs)
+    try:
+        report = _reporter(stream, tty, every=5.0) if progress else None  # rates from here, not Ray's start
+        stages = _run_tasks(ray, config_json, corpora, threads_per_task, max_retries, _chaos, report, tty, stream)
+        if progress:
+            stream.write("finish: packing shards, writing the schedule and mix.json\n")
+            stream.flush()
+        finished = driver_plan.finish()
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
+    finally:
+        if own_ray:
+            ray.shutdown()
+    seconds = time.time() - started
+    tok = stages["tokenize"]
+    summary = {
+        "up_to_date": False,
+        "files_resumed": tok.resumed,
+        "files_processed": tok.done - tok.resumed,
+        "docs_kept": finished["docs_kept"],
+        "tokens": finished["tokens"],
+        "seconds": seconds,
+        "stages": {name: {"files": s.done, "resumed": s.resumed, "docs": s.docs, "tokens": s.tokens,
+                          "bytes": s.bytes, "duplicates": s.removed} for name, s in stages.items()},
+    }
+    if progress:
+        for s in stages.values():
+            if s.total:
+                stream.write(s.line() + "\n")
+        stream.flush()
+    with open(out_dir / "build.log", "a", encoding="utf-8") as log:
+        log.write(json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "host": socket.gethostname(),
+            "spec": str(Path(spec_path).absolute()),
+            "out": str(out_dir),
+            "ray": address or "local",
+            "ray_cpus": cluster_cpus,
+            "threads_per_task": threads_per_task,
+            **summary,
+        }) + "\n")
+    return summary
+
+
+def _run_tasks(ray, config_json, corpora, threads, max_retries, chaos, report, tty, stream) -> dict:
+    """Submit the whole task graph at once (Ray runs a task when its inputs are ready, so one
+    corpus's tokenizing overlaps another's fingerprinting) and collect results as they come."""
+    opts = {"num_cpus": threads, "max_retries": max_retries}
+    fingerprint = ray.remote(**opts)(_fingerprint_task)
+    dedup = ray.remote(**opts)(_dedup_task)
+    tokenize = ray.remote(**opts)(_tokenize_task)
+    cfg = ray.put(config_json)
+    stages = {name: _Stage(name) for name in ("fingerprint", "dedup", "tokenize")}
+    pending: dict[Any, str] = {}
+    for c, (_name, n_files, deduped) in enumerate(corpora):
+        gate = None
+        if deduped:
+            fps = [fingerprint.remote(cfg, c, i, chaos) for i in range(n_files)]
+            pending.update((r, "fingerprint") for r in fps)
+            gate = dedup.remote(cfg, c, chaos, *fps)
+            pending[gate] = "dedup"
+            stages["fingerprint"].total += n_files
+            stages["dedup"].total += 1
+        toks = [tokenize.remote(cfg, c, i, chaos, gate) for i in range(n_files)]
+        pending.update((r, "tokenize") for r in toks)
+        stages["tokenize"].total += n_files
+
+    waiting = list(pending)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
+        for ref in ready:
+            try:
+                result = ray.get(ref)
+            except Exception as e:
+                for r in waiting:
+                    ray.cancel(r)
+                raise _task_error(ray, e, pending[ref]) from None
+            stages[pending[ref]].add(result)
+        if report:
+            parts = [f"{s.name} {s.done}/{s.total}" for s in stages.values() if s.total]
+            tok = stages["tokenize"]
+            docs = tok.docs or stages["fingerprint"].docs
+            report("ray " + ", ".join(parts), tok.done, tok.total, docs, tok.tokens,
+                   tok.bytes + stages["fingerprint"].bytes)
+    if report and tty:
+        stream.write("\n")
+    return stages
+
+
+def _task_error(ray, e: Exception, stage: str) -> Exception:
+    """The task's own error (an InputError naming the file and line...) rather than Ray's
+    wrapper; a worker that kept dying names the stage and says that a rerun resumes."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(e, ray.exceptions.WorkerCrashedError):
+        return cause
+    return TinyllamaError(f"ray {stage} task failed ({type(e).__name__}: {e}); committed work is kept, "
+                          "rerun the build to resume")
