@@ -22,11 +22,19 @@ def mix_build(
     out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default: the spec's `out`)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ray: bool = typer.Option(False, "--ray", help="Run the build's stages as Ray tasks (pip extra `ray`)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
 ) -> None:
-    """Build, or resume, a mix: raw corpora -> token shards + manifests + the locked schedule."""
-    from tinyllama.build import build_mix
+    """Build, or resume, a mix: raw corpora -> token shards + manifests + the locked schedule.
+    With --ray the same stages run on a Ray cluster and give the same bytes."""
+    if ray:
+        from tinyllama.ray_build import build_mix_ray
 
-    s = build_mix(spec, out, workers, progress=not quiet)
+        s = build_mix_ray(spec, out, address, threads_per_task=workers or 1, progress=not quiet)
+    else:
+        from tinyllama.build import build_mix
+
+        s = build_mix(spec, out, workers, progress=not quiet)
     if s["up_to_date"]:
         typer.echo("mix is up to date (nothing to do)")
     else:
