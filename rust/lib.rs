@@ -328,6 +328,50 @@ impl PyBuildPlan {
     }
 }
 
+/// Dedup `paths` (in this order: the earliest duplicate is kept) outside a build, with the
+/// spec's `[dedup]` table as JSON (defaults: SlimPajama's parameters) on `workers` threads.
+/// Returns `{docs, exact, near, removed: [(file index, row)], fingerprint_seconds,
+/// find_seconds}`. Scratch files go under `work_dir` and are removed.
+#[pyfunction]
+#[pyo3(signature = (paths, text, params_json, work_dir, workers, max_doc_bytes = 64 << 20))]
+fn dedup_files(
+    py: Python<'_>,
+    paths: Vec<PathBuf>,
+    text: String,
+    params_json: &str,
+    work_dir: PathBuf,
+    workers: usize,
+    max_doc_bytes: u64,
+) -> PyResult<PyObject> {
+    let table: serde_json::Value = serde_json::from_str(params_json)
+        .map_err(|e| SpecError::new_err(format!("dedup: invalid params JSON: {e}")))?;
+    let options = source::SourceOptions {
+        text,
+        exclude: Vec::new(),
+        on_error: source::OnError::Fail,
+        max_doc_bytes,
+    };
+    let out = release_gil(py, || {
+        let params = build::dedup_params(&table, build::DedupMode::Near)?;
+        build::dedup_files(&paths, &options, &params, &work_dir, workers)
+    })?;
+    let removed: Vec<(u32, u64)> = out
+        .result
+        .removals
+        .iter()
+        .map(|r| (r.removed.file, r.removed.row))
+        .collect();
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("docs", out.docs)?;
+    d.set_item("exact", out.result.stats.exact)?;
+    d.set_item("near", out.result.stats.near)?;
+    d.set_item("removed", removed)?;
+    d.set_item("spilled_runs", out.result.stats.spilled_runs)?;
+    d.set_item("fingerprint_seconds", out.fingerprint_seconds)?;
+    d.set_item("find_seconds", out.find_seconds)?;
+    Ok(d.into_any().unbind())
+}
+
 /// Check a shard's structure and checksum; raises `ShardError` naming it when corrupt.
 #[pyfunction]
 fn verify_shard(py: Python<'_>, path: PathBuf) -> PyResult<()> {
@@ -541,6 +585,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySlot>()?;
     m.add_class::<PyBuildPlan>()?;
     m.add_function(wrap_pyfunction!(build_mix, m)?)?;
+    m.add_function(wrap_pyfunction!(dedup_files, m)?)?;
     m.add_function(wrap_pyfunction!(verify_shard, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

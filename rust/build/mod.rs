@@ -25,6 +25,7 @@ use crate::shard::{write_atomic, Dtype, Shard, ShardWriter, Source};
 use crate::source::{self, Record};
 use crate::tokenize::Tokenizer;
 pub use config::{BuildConfig, CorpusConfig, DedupMode};
+pub use dedup_stage::{dedup_files, params as dedup_params, FilesDedup};
 use manifest::{
     CorpusManifest, FileStats, ShardEntry, SkippedRow, Totals, MIX_FORMAT, MIX_FORMAT_VERSION,
 };
