@@ -25,6 +25,7 @@ published rows shipped in `tinyllama/data/model_cards.csv`.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -68,10 +69,16 @@ def _require_lm_eval():
 # ---- task configs: the seven model-card tasks on local files, and user YAMLs -------------------
 
 
-def _builtin_yaml(task: str) -> Path:
+@functools.lru_cache(maxsize=1)
+def _builtin_index() -> dict:
+    """lm_eval's own task index (scanning its thousands of YAMLs takes seconds: once)."""
     from lm_eval.tasks import TaskManager
 
-    entry = TaskManager().task_index.get(task)
+    return dict(TaskManager().task_index)
+
+
+def _builtin_yaml(task: str) -> Path:
+    entry = _builtin_index().get(task)
     if entry is None or not getattr(entry, "yaml_path", None):
         raise SpecError(f"--tasks: lm_eval has no task {task!r}")
     return Path(entry.yaml_path)
