@@ -125,7 +125,7 @@ def test_trained_model_beats_chance_untrained_does_not(trained_hf, untrained_hf,
     u = untrained["tasks"]["tinyllama_continuation"]
     assert t["metric"] == u["metric"] == "acc"  # the task's own metric list
     print(f"trained {t['value']:.2f}%  untrained {u['value']:.2f}%  (chance 50%)")
-    # ~96 items: 65% is ~3 standard deviations above chance; measured 70.8% after 150 steps.
+    # ~96 items: 65% is ~3 standard deviations above chance; measured 73.96% (untrained 52.08%) after 250 steps.
     assert t["value"] >= 65.0, t
     assert 40.0 <= u["value"] <= 60.0, u
     assert trained["average"] == t["value"] and trained["tokens"] is None  # an HF dir: no trainer.json
