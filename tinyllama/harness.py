@@ -304,6 +304,10 @@ def run_harness(
     if res is None:  # non-zero ranks under torch.distributed
         return {}
     row = make_row(src, tasks, res["results"], tokens, limit=limit)
+    if not is_hf_dir(src):  # a run dir: name the row after the step it resolved to
+        from tinyllama.hf import resolve_checkpoint
+
+        row["model"] = resolve_checkpoint(src).name
     if out is not None:
         append_row(row, out)
     return row

@@ -148,6 +148,7 @@ def test_checkpoint_is_exported_and_tokens_recorded(task_mix, tmp_path):
     out = tmp_path / "rows.csv"
     row = run_harness(tmp_path / "run", ["tinyllama_continuation"], include_path=HARNESS, limit=6, out=out)
     assert row["tokens"] == trainer["tokens"] > 0
+    assert row["model"] == "step-2"
     assert row["limit"] == 6
     with open(out, newline="") as f:
         recs = list(csv.DictReader(f))
