@@ -197,18 +197,41 @@ def generate(
 
 @app.command("eval")
 def evaluate(
-    path: Path = typer.Argument(..., help="A checkpoint or a Hugging Face dir."),
-    mix: Path = typer.Option(..., "--mix", help="The built mix whose held-out documents to score."),
+    paths: List[Path] = typer.Argument(..., help="Checkpoints or Hugging Face dirs (several: a series)."),
+    mix: Optional[Path] = typer.Option(None, "--mix", help="Perplexity per corpus on this mix's held-out docs."),
+    tasks: Optional[str] = typer.Option(
+        None, "--tasks", help="lm-eval tasks, e.g. hellaswag,openbookqa,winogrande,arc_challenge,arc_easy,boolq,piqa"
+    ),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local copies of the tasks' datasets."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Extra lm-eval task YAML(s)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N examples per task."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Append one row per checkpoint (.csv or .jsonl)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs tokens seen, as PNG."),
+    compare: List[str] = typer.Option([], "--compare", help="Published model-card rows to compare with."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer"),
     as_json: bool = typer.Option(False, "--json"),
-    corpus: List[str] = typer.Option([], "--corpus", help="Only these corpora (repeatable)."),
+    corpus: List[str] = typer.Option([], "--corpus", help="Perplexity: only these corpora (repeatable)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    dtype: str = typer.Option("float32", "--dtype"),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Perplexity per corpus on the held-out documents the mix build set aside."""
-    from tinyllama.evaluate import eval_main
+    """Per-corpus perplexity on held-out documents (--mix) and/or the model cards' zero-shot
+    table through lm-evaluation-harness (--tasks; offline, from local dataset files)."""
+    if mix is None and tasks is None:
+        raise TinyllamaError("eval: pass --mix DIR (perplexity) and/or --tasks LIST (lm-eval)")
+    if mix is not None:
+        from tinyllama.evaluate import eval_main
 
-    typer.echo(eval_main(path, mix, as_json, corpus or None, seq_len, batch_size, device))
+        for path in paths:
+            typer.echo(eval_main(path, mix, as_json, corpus or None, seq_len, batch_size, device))
+    if tasks is not None:
+        from tinyllama.harness import harness_main
+
+        harness_main(paths, [t for t in tasks.split(",") if t], as_json=as_json, compare_with=compare or None,
+                     plot=plot, echo=typer.echo, batch_size=batch_size, dtype=dtype, device=device, limit=limit,
+                     include_path=include_path, data_dir=data_dir, out=out,
+                     tokenizer=str(tokenizer) if tokenizer else None)
 
 
 @app.command("demo")
