@@ -72,10 +72,13 @@ def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int) -> 
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process and of its (waited-for) children, in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024
+    """Peak RSS of this process (VmHWM: since its exec, unlike `ru_maxrss`, which keeps the
+    parent's peak across fork + exec) and of its largest waited-for child, in MB."""
+    hwm = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    return max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 def corpus_texts(corpus: str, shared: Path = SHARED) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,19 +25,9 @@ from pathlib import Path
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, scaled_corpus
+from _data import SHARED, peak_rss_mb, scaled_corpus
 
 SLIMPAJAMA = {"ngram": 13, "permutations": 128, "bands": 9, "rows": 13, "threshold": 0.8}
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process (VmHWM: since its exec, unlike `ru_maxrss`, which keeps the
-    parent's peak across fork + exec) and of its largest waited-for child, in MB."""
-    hwm = 0.0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) / 1024
-    return max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 def by_source(ids: set[str]) -> dict[int, int]:
