@@ -71,6 +71,24 @@ def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int) -> 
     return paths, size
 
 
+def single_corpus_spec(work: Path, data: Path, tokenizer: Path, dedup: str = "none") -> Path:
+    """A mix spec over the scaled .jsonl.zst files in `data`, one corpus `c`, long enough a
+    schedule that any corpus size fits."""
+    spec = work / "spec.toml"
+    spec.write_text(f"""name = "bench"
+tokenizer = "{tokenizer}"
+seq_len = 2048
+[corpora.c]
+paths = ["{data}/*.jsonl.zst"]
+dedup = "{dedup}"
+[[stages]]
+tokens = "1B"
+batch_tokens = "1M"
+weights = {{ c = 1.0 }}
+""")
+    return spec
+
+
 def peak_rss_mb() -> float:
     """Peak RSS of this process (VmHWM: since its exec, unlike `ru_maxrss`, which keeps the
     parent's peak across fork + exec) and of its largest waited-for child, in MB."""

@@ -13,12 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, peak_rss_mb, scaled_corpus
+from _data import SHARED, peak_rss_mb, scaled_corpus, single_corpus_spec
 
 TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.json"
 
@@ -27,18 +26,7 @@ def run_tinyllama(data: Path, work: Path, workers: int) -> int:
     import tinyllama
     from tinyllama.build import build_mix
 
-    spec = work / "spec.toml"
-    spec.write_text(textwrap.dedent(f"""
-        name = "bench"
-        tokenizer = "{TOKENIZER}"
-        seq_len = 2048
-        [corpora.c]
-        paths = ["{data}/*.jsonl.zst"]
-        [[stages]]
-        tokens = "1B"
-        batch_tokens = "1M"
-        weights = {{ c = 1.0 }}
-    """))
+    spec = single_corpus_spec(work, data, TOKENIZER)
     build_mix(spec, work / "mix", workers, progress=False)
     return tinyllama.Mix(work / "mix").inspect()["corpora"]["c"]["tokens"]
 

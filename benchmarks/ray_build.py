@@ -16,31 +16,13 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, scaled_corpus
+from _data import SHARED, scaled_corpus, single_corpus_spec
 
 RUNS = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
-
-
-def write_spec(work: Path, data: Path, shared: Path) -> Path:
-    spec = work / "spec.toml"
-    spec.write_text(textwrap.dedent(f"""
-        name = "bench"
-        tokenizer = "{shared / 'tokenizers/llama2/tokenizer.json'}"
-        seq_len = 2048
-        [corpora.c]
-        paths = ["{data}/*.jsonl.zst"]
-        dedup = "near"
-        [[stages]]
-        tokens = "1B"
-        batch_tokens = "1M"
-        weights = {{ c = 1.0 }}
-    """))
-    return spec
 
 
 def tree_digest(root: Path) -> str:
@@ -90,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     data = args.work / f"data-{args.mb}-{args.files}"
     paths, size = scaled_corpus(data, args.mb, args.files, shared=args.shared)
-    spec = write_spec(args.work, data, args.shared)
+    spec = single_corpus_spec(args.work, data, args.shared / "tokenizers/llama2/tokenizer.json", dedup="near")
     if args.child:
         kind, workers = args.child[0], int(args.child[1])
         return child(kind, workers, spec, args.work / f"mix-{kind}-{workers}")
