@@ -1,16 +1,24 @@
-//! Exact groups, LSH candidates, union-find components and the keep rule.
+//! Exact groups, LSH candidate edges, union-find components and the keep rule — in three
+//! stages that can run in one process ([`find_duplicates`]) or as separate tasks on separate
+//! machines (the Ray build: one task for the exact groups, one task per **band partition**,
+//! one task to resolve the components), with the same result.
 //!
-//! Both stages stream sorted 16-byte entries out of an [`ExternalSorter`]:
-//! * exact: `exact_hash[127:32] << 32 | ordinal` — equal high 96 bits group the documents,
-//!   the full 128-bit hashes are compared before uniting (so a 96-bit collision is harmless);
-//! * near: `band << 96 | band_key << 32 | ordinal` for every band of every document that is
-//!   not an exact duplicate and has shingles — a bucket is a run of equal high 96 bits.
-//!
-//! Within a bucket (members in ascending ordinal), member `j` is compared with members
-//! `0..min(j, VERIFY_WINDOW)` in order until one is already in its component or has an
-//! estimated Jaccard `>= threshold` (then they are united). The buckets come out of the
-//! sorter in one fixed order, so the unions, and therefore the result, are a pure function of
-//! the stores and the parameters.
+//! 1. [`exact_groups`]: entries `exact_hash[127:32] << 32 | ordinal` through an
+//!    [`ExternalSorter`]; equal high 96 bits group the documents, the full 128-bit hashes are
+//!    compared before pairing (so a 96-bit collision is harmless). Every document but the first
+//!    of its group is an exact duplicate of that first.
+//! 2. [`band_edges`] for a range of bands: entries `band << 96 | band_key << 32 | ordinal` for
+//!    every band in the range of every document that is not an exact duplicate and has
+//!    shingles — a bucket is a run of equal high 96 bits. Within a bucket (members in ascending
+//!    ordinal) member `j` is paired with each of the members `0..min(j, VERIFY_WINDOW)`; a
+//!    pair whose estimated Jaccard is `>= threshold` is an **edge**. The edge set `E` is a pure
+//!    function of each bucket on its own, so it does not depend on which bands are processed
+//!    together or in what order. A partition returns a spanning forest of its edges: a pair
+//!    already connected by the partition's earlier edges is not verified (it could not change
+//!    the components), which is what keeps big buckets of true duplicates cheap.
+//! 3. [`resolve`]: union-find over the exact pairs and every partition's forest; the
+//!    components are the connected components of `E` ∪ exact pairs, whatever the partitioning,
+//!    and each keeps its smallest ordinal (the earliest document).
 
 use super::minhash::{band_key, estimate_jaccard};
 use super::spill::ExternalSorter;
@@ -18,6 +26,7 @@ use super::store::{FingerprintRef, FingerprintStore};
 use super::{DedupParams, DedupResult, DedupStats, DocId, Kind, Removal};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// How many earlier bucket members a candidate is verified against at most.
@@ -61,26 +70,59 @@ impl UnionFind {
     }
 }
 
-/// All documents of all stores, numbered in input order.
-struct Docs {
+/// The fingerprint stores of one dedup group, opened (memory-mapped), every document numbered
+/// by its ordinal in input order (stores in the given order, then records).
+pub struct FingerprintSet {
     stores: Vec<FingerprintStore>,
     /// `starts[f]` = ordinal of the first record of store `f`; one extra entry = total.
     starts: Vec<usize>,
 }
 
-impl Docs {
-    fn len(&self) -> usize {
+impl FingerprintSet {
+    /// Opens (and verifies) `paths`, in this order; `DocId::file` indexes this slice.
+    pub fn open(paths: &[PathBuf], params: &DedupParams) -> Result<Self> {
+        params.validate()?;
+        let stores: Vec<FingerprintStore> = paths
+            .par_iter()
+            .map(|p| FingerprintStore::open(p, params))
+            .collect::<Result<_>>()?;
+        let mut starts = Vec::with_capacity(stores.len() + 1);
+        let mut total = 0usize;
+        for s in &stores {
+            starts.push(total);
+            total += s.len();
+        }
+        starts.push(total);
+        if total >= u32::MAX as usize {
+            return Err(Error::Spec(format!(
+                "dedup: {total} documents in one dedup group; at most {} are supported \
+                 (split the corpus)",
+                u32::MAX - 1
+            )));
+        }
+        Ok(FingerprintSet { stores, starts })
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
         self.starts.last().copied().unwrap_or(0)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn locate(&self, ord: u32) -> (usize, usize) {
         let ord = ord as usize;
         let f = self.starts.partition_point(|&s| s <= ord) - 1;
         (f, ord - self.starts[f])
     }
+
     fn get(&self, ord: u32) -> FingerprintRef<'_> {
         let (f, i) = self.locate(ord);
         self.stores[f].get(i)
     }
+
     fn id(&self, ord: u32) -> DocId {
         let (f, i) = self.locate(ord);
         DocId {
@@ -90,113 +132,208 @@ impl Docs {
     }
 }
 
-/// Finds exact and near duplicates among the documents of `stores` (fingerprint stores in
-/// input file order; `DocId::file` indexes this slice). Spill runs go to `work_dir` (created if
-/// missing; its temporary files disappear when this returns or the process dies).
-pub fn find_duplicates(
-    stores: &[PathBuf],
+/// The exact stage's result: every exact duplicate paired with the first document of its
+/// group, `(duplicate, first)` ordinals sorted by duplicate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExactGroups {
+    /// Documents in the set (what the ordinals range over).
+    pub docs: u32,
+    pub pairs: Vec<(u32, u32)>,
+    /// Sorted runs spilled to disk (informational).
+    pub spilled_runs: u64,
+}
+
+impl ExactGroups {
+    /// `mask[ord]` is true when `ord` is an exact duplicate (it stays out of the band tables).
+    pub fn duplicate_mask(&self) -> Vec<bool> {
+        let mut mask = vec![false; self.docs as usize];
+        for &(dup, _) in &self.pairs {
+            mask[dup as usize] = true;
+        }
+        mask
+    }
+}
+
+/// The near stage's result for one band partition: a spanning forest of the edges its bands
+/// found (see the module doc).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BandEdges {
+    pub docs: u32,
+    pub bands: Range<usize>,
+    pub edges: Vec<(u32, u32)>,
+    /// Candidate pairs whose estimated Jaccard was computed / that passed (informational).
+    pub candidates_checked: u64,
+    pub candidates_united: u64,
+    pub spilled_runs: u64,
+}
+
+/// `partitions` contiguous, near-equal ranges covering `0..bands` (at most `bands` of them).
+pub fn band_partitions(bands: usize, partitions: usize) -> Vec<Range<usize>> {
+    let p = partitions.clamp(1, bands.max(1));
+    (0..p).map(|i| i * bands / p..(i + 1) * bands / p).collect()
+}
+
+/// Stage 1: the exact groups of `set`. Spill runs go to `work_dir`.
+pub fn exact_groups(
+    set: &FingerprintSet,
     params: &DedupParams,
     work_dir: &Path,
-) -> Result<DedupResult> {
-    params.validate()?;
-    let opened: Vec<FingerprintStore> = stores
-        .par_iter()
-        .map(|p| FingerprintStore::open(p, params))
-        .collect::<Result<_>>()?;
-    let mut starts = Vec::with_capacity(opened.len() + 1);
-    let mut total = 0usize;
-    for s in &opened {
-        starts.push(total);
-        total += s.len();
-    }
-    starts.push(total);
-    if total >= u32::MAX as usize {
-        return Err(Error::Spec(format!(
-            "dedup: {total} documents in one dedup group; at most {} are supported \
-             (split the corpus)",
-            u32::MAX - 1
-        )));
-    }
-    let docs = Docs {
-        stores: opened,
-        starts,
-    };
-    let n = docs.len() as u32;
-    let mut uf = UnionFind::new(n as usize);
-    let mut stats = DedupStats {
-        docs: n as u64,
-        ..Default::default()
-    };
-
-    // Exact stage.
+) -> Result<ExactGroups> {
+    let n = set.len() as u32;
     let mut sorter = ExternalSorter::new(work_dir, params.memory_bytes);
     for ord in 0..n {
-        sorter.push((docs.get(ord).exact >> 32) << 32 | ord as u128)?;
+        sorter.push((set.get(ord).exact >> 32) << 32 | ord as u128)?;
     }
-    stats.spilled_runs += sorter.runs() as u64;
-    let mut is_exact_dup = vec![false; n as usize];
-    let mut first: Option<(u128, u32)> = None;
+    let spilled_runs = sorter.runs() as u64;
+    let mut pairs = Vec::new();
+    // The first member of the current 96-bit group, and the first member of each distinct
+    // full hash seen in it (a 96-bit collision between different hashes is harmless).
+    let mut group: Option<u128> = None;
+    let mut firsts: Vec<u32> = Vec::new();
     for e in sorter.finish()? {
         let e = e?;
         let (key, ord) = (e >> 32, e as u32);
-        match first {
-            Some((k, f)) if k == key => {
-                if docs.get(f).exact == docs.get(ord).exact {
-                    uf.union(f, ord);
-                    is_exact_dup[ord as usize] = true;
-                }
-            }
-            _ => first = Some((key, ord)),
+        if group != Some(key) {
+            group = Some(key);
+            firsts.clear();
+        }
+        let exact = set.get(ord).exact;
+        match firsts.iter().find(|&&f| set.get(f).exact == exact) {
+            Some(&first) => pairs.push((ord, first)),
+            None => firsts.push(ord),
         }
     }
+    pairs.sort_unstable();
+    Ok(ExactGroups {
+        docs: n,
+        pairs,
+        spilled_runs,
+    })
+}
 
-    // Near stage.
-    if params.near {
-        let (bands, rows) = (params.bands, params.rows);
-        let mut sorter = ExternalSorter::new(work_dir, params.memory_bytes);
-        let mut batch = Vec::new();
-        for start in (0..n).step_by(BATCH_DOCS) {
-            let end = start.saturating_add(BATCH_DOCS as u32).min(n);
-            batch.clear();
-            batch.par_extend((start..end).into_par_iter().flat_map_iter(|ord| {
-                let rec = docs.get(ord);
-                let live = !is_exact_dup[ord as usize] && rec.shingles > 0;
-                (0..if live { bands } else { 0 }).map(move |b| {
-                    (b as u128) << 96
-                        | (band_key(rec.minhash_le, b, rows) as u128) << 32
-                        | ord as u128
-                })
-            }));
-            for &e in &batch {
-                sorter.push(e)?;
-            }
-        }
-        drop(batch);
-        stats.spilled_runs += sorter.runs() as u64;
-        let mut bucket: Vec<u32> = Vec::new();
-        let mut bucket_key: Option<u128> = None;
-        for e in sorter.finish()? {
-            let e = e?;
-            let (key, ord) = (e >> 32, e as u32);
-            if bucket_key != Some(key) {
-                verify_bucket(&bucket, &docs, params.threshold, &mut uf, &mut stats);
-                bucket.clear();
-                bucket_key = Some(key);
-            }
-            bucket.push(ord);
-        }
-        verify_bucket(&bucket, &docs, params.threshold, &mut uf, &mut stats);
+/// Stage 2: the near-duplicate edges of bands `bands` (a range within `0..params.bands`),
+/// leaving out `exact`'s duplicates. Spill runs go to `work_dir`. Memory: the sorter's budget,
+/// a ~5 MB batch, 4 bytes a document (the partition's union-find) and 1 (the exact mask).
+pub fn band_edges(
+    set: &FingerprintSet,
+    exact: &ExactGroups,
+    bands: Range<usize>,
+    params: &DedupParams,
+    work_dir: &Path,
+) -> Result<BandEdges> {
+    let n = set.len() as u32;
+    if exact.docs != n {
+        return Err(Error::Spec(format!(
+            "dedup: the exact groups were computed over {} documents, the stores hold {n}",
+            exact.docs
+        )));
     }
+    if bands.start > bands.end || bands.end > params.bands {
+        return Err(Error::Spec(format!(
+            "dedup: band partition {bands:?} is outside 0..{} (dedup.bands)",
+            params.bands
+        )));
+    }
+    let is_dup = exact.duplicate_mask();
+    let rows = params.rows;
+    let mut sorter = ExternalSorter::new(work_dir, params.memory_bytes);
+    let mut batch = Vec::new();
+    for start in (0..n).step_by(BATCH_DOCS) {
+        let end = start.saturating_add(BATCH_DOCS as u32).min(n);
+        batch.clear();
+        let bands = bands.clone();
+        batch.par_extend((start..end).into_par_iter().flat_map_iter(|ord| {
+            let rec = set.get(ord);
+            let live = !is_dup[ord as usize] && rec.shingles > 0;
+            let range = if live { bands.clone() } else { 0..0 };
+            range.map(move |b| {
+                (b as u128) << 96 | (band_key(rec.minhash_le, b, rows) as u128) << 32 | ord as u128
+            })
+        }));
+        for &e in &batch {
+            sorter.push(e)?;
+        }
+    }
+    drop(batch);
+    drop(is_dup);
+    let mut out = BandEdges {
+        docs: n,
+        bands,
+        spilled_runs: sorter.runs() as u64,
+        ..Default::default()
+    };
+    let mut uf = UnionFind::new(n as usize);
+    let mut bucket: Vec<u32> = Vec::new();
+    let mut bucket_key: Option<u128> = None;
+    for e in sorter.finish()? {
+        let e = e?;
+        let (key, ord) = (e >> 32, e as u32);
+        if bucket_key != Some(key) {
+            verify_bucket(&bucket, set, params.threshold, &mut uf, &mut out);
+            bucket.clear();
+            bucket_key = Some(key);
+        }
+        bucket.push(ord);
+    }
+    verify_bucket(&bucket, set, params.threshold, &mut uf, &mut out);
+    Ok(out)
+}
 
-    // Keep rule: every document whose root is not itself is removed, pointing at the root
-    // (its component's earliest document).
+/// Every pair (earlier member within the window, member) whose estimated Jaccard passes is an
+/// edge; pairs already connected by this partition's edges are skipped (no new connection).
+fn verify_bucket(
+    bucket: &[u32],
+    set: &FingerprintSet,
+    threshold: f64,
+    uf: &mut UnionFind,
+    out: &mut BandEdges,
+) {
+    for (j, &mj) in bucket.iter().enumerate().skip(1) {
+        let sig_j = set.get(mj).minhash_le;
+        for &mi in &bucket[..j.min(VERIFY_WINDOW)] {
+            if uf.find(mi) == uf.find(mj) {
+                continue;
+            }
+            out.candidates_checked += 1;
+            if estimate_jaccard(set.get(mi).minhash_le, sig_j) as f64 >= threshold {
+                uf.union(mi, mj);
+                out.edges.push((mi, mj));
+                out.candidates_united += 1;
+            }
+        }
+    }
+}
+
+/// Stage 3: the components of the exact pairs and `edges` (every band partition's forest, in
+/// any order), the keep rule (each component keeps its earliest document) and the removals,
+/// sorted by removed document. `stats` carries the counters of the earlier stages.
+pub fn resolve(
+    set: &FingerprintSet,
+    exact: &ExactGroups,
+    edges: impl IntoIterator<Item = (u32, u32)>,
+    mut stats: DedupStats,
+) -> Result<DedupResult> {
+    let n = set.len() as u32;
+    let mut uf = UnionFind::new(n as usize);
+    for &(dup, first) in &exact.pairs {
+        uf.union(dup, first);
+    }
+    for (a, b) in edges {
+        if a >= n || b >= n {
+            return Err(Error::Spec(format!(
+                "dedup: a band edge ({a}, {b}) names a document beyond the {n} of the stores"
+            )));
+        }
+        uf.union(a, b);
+    }
+    stats.docs = n as u64;
     let mut removals = Vec::new();
     for ord in 0..n {
         let root = uf.find(ord);
         if root == ord {
             continue;
         }
-        let (r, k) = (docs.get(ord), docs.get(root));
+        let (r, k) = (set.get(ord), set.get(root));
         let (kind, jaccard) = if r.exact == k.exact {
             (Kind::Exact, 1.0)
         } else {
@@ -207,8 +344,8 @@ pub fn find_duplicates(
             Kind::Near => stats.near += 1,
         }
         removals.push(Removal {
-            removed: docs.id(ord),
-            kept: docs.id(root),
+            removed: set.id(ord),
+            kept: set.id(root),
             kind,
             jaccard,
         });
@@ -216,25 +353,29 @@ pub fn find_duplicates(
     Ok(DedupResult { removals, stats })
 }
 
-fn verify_bucket(
-    bucket: &[u32],
-    docs: &Docs,
-    threshold: f64,
-    uf: &mut UnionFind,
-    stats: &mut DedupStats,
-) {
-    for (j, &mj) in bucket.iter().enumerate().skip(1) {
-        let sig_j = docs.get(mj).minhash_le;
-        for &mi in &bucket[..j.min(VERIFY_WINDOW)] {
-            if uf.find(mi) == uf.find(mj) {
-                break;
-            }
-            stats.candidates_checked += 1;
-            if estimate_jaccard(docs.get(mi).minhash_le, sig_j) as f64 >= threshold {
-                uf.union(mi, mj);
-                stats.candidates_united += 1;
-                break;
-            }
-        }
-    }
+/// Finds exact and near duplicates among the documents of `stores` (fingerprint stores in
+/// input file order; `DocId::file` indexes this slice) in one process: the three stages with
+/// all bands in one partition. Spill runs go to `work_dir` (created if missing; its temporary
+/// files disappear when this returns or the process dies).
+pub fn find_duplicates(
+    stores: &[PathBuf],
+    params: &DedupParams,
+    work_dir: &Path,
+) -> Result<DedupResult> {
+    let set = FingerprintSet::open(stores, params)?;
+    let exact = exact_groups(&set, params, work_dir)?;
+    let mut stats = DedupStats {
+        spilled_runs: exact.spilled_runs,
+        ..Default::default()
+    };
+    let edges = if params.near {
+        let found = band_edges(&set, &exact, 0..params.bands, params, work_dir)?;
+        stats.candidates_checked = found.candidates_checked;
+        stats.candidates_united = found.candidates_united;
+        stats.spilled_runs += found.spilled_runs;
+        found.edges
+    } else {
+        Vec::new()
+    };
+    resolve(&set, &exact, edges, stats)
 }

@@ -34,16 +34,19 @@
 //! * Exact: documents with equal 128-bit exact hashes are united. Only the first of each exact
 //!   group goes on to the near stage.
 //! * Near: LSH with `bands` × `rows` (band `b` hashes signature values `b*rows..(b+1)*rows`).
-//!   Documents that collide in a band are candidates; a candidate is **verified** before it is
-//!   united: its estimated Jaccard (fraction of equal signature values over all
-//!   `permutations`) with an earlier member of the bucket must be `>= threshold` (each member
-//!   is tried against the earliest [`components::VERIFY_WINDOW`] members before it). This
-//!   removes the LSH false positives (at 9 × 13 a pair with J = 0.5 still collides with
-//!   probability 1.1 %) at the price of the estimate's noise around the threshold (±0.035 at
-//!   J = 0.8 with 128 permutations).
+//!   Documents that collide in a band are candidates; a candidate pair is an **edge** only once
+//!   **verified**: its estimated Jaccard (fraction of equal signature values over all
+//!   `permutations`) must be `>= threshold` (each member is paired with the earliest
+//!   [`components::VERIFY_WINDOW`] members of its bucket before it). This removes the LSH
+//!   false positives (at 9 × 13 a pair with J = 0.5 still collides with probability 1.1 %) at
+//!   the price of the estimate's noise around the threshold (±0.035 at J = 0.8 with 128
+//!   permutations).
+//! * The edges of a bucket depend on that bucket alone, so the bands can be processed in
+//!   separate partitions (separate processes or machines: [`components::band_edges`]) and the
+//!   components are the same whatever the partitioning ([`components::resolve`]).
 //! * Union-find links the larger root under the smaller, so each component's root is its
 //!   earliest document whatever the order of unions, and the result does not depend on thread
-//!   count or on spilling.
+//!   count, on spilling or on the band partitioning.
 //! * A removal's `kind` is `Exact` when its exact hash equals its kept document's, otherwise
 //!   `Near` with the estimated Jaccard between the two signatures.
 //!
@@ -61,9 +64,12 @@
 //! with an external sorter ([`spill`]): once the in-memory buffer reaches `memory_bytes` it is
 //! sorted and spilled as a run to `work_dir`, and the runs are k-way merged (64 KiB read buffer
 //! per run; at most 64 runs are open, more are merged into one first). Besides that budget
-//! and a fixed ~5 MB batch of band entries, memory is O(number of documents): the union-find
-//! parents (4 bytes a document) and an exact-duplicate flag (1 byte a document); the stores themselves are memory
-//! mapped (clean page cache, reclaimable) and read at random only to verify candidates.
+//! and a fixed ~5 MB batch of band entries, memory is O(number of documents): a union-find
+//! (4 bytes a document) in the band stage and another in the resolve stage, the exact-duplicate
+//! mask (1 byte a document) and the pairs and edges found (8 bytes each); the stores themselves
+//! are memory mapped (clean page cache, reclaimable) and read at random only to verify
+//! candidates. A band partition of `k` bands sorts `16 · k` bytes a document: partitioning the
+//! bands across machines divides that work and its disk spill.
 //! Ordinals are `u32`: one call handles at most `u32::MAX - 1` documents.
 
 pub mod components;
@@ -78,7 +84,10 @@ mod tests;
 
 use crate::error::{Error, Result};
 
-pub use components::find_duplicates;
+pub use components::{
+    band_edges, band_partitions, exact_groups, find_duplicates, resolve, BandEdges, ExactGroups,
+    FingerprintSet,
+};
 pub use minhash::{fingerprint, Fingerprint, Fingerprinter};
 pub use report::{read_report, write_report, ReportRow};
 pub use store::{FingerprintStore, FingerprintWriter};

@@ -663,3 +663,202 @@ fn write_sample_report() {
         .collect();
     write_report(Path::new(&out), &result.report_rows(&sources).unwrap()).unwrap();
 }
+
+/// Two real files, exact and lightly span-edited copies of the second's long documents, and
+/// chains of two edits.
+fn files_with_near_and_exact_duplicates() -> Vec<Vec<String>> {
+    let f1 = slim(1);
+    let origs = originals(&f1, 200);
+    let vocab_text = f1.join(" ");
+    let vocab: Vec<&str> = vocab_text.split_whitespace().collect();
+    let mut rng = Rng(11);
+    let edited: Vec<String> = origs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let n = t.split_whitespace().count();
+            // Every third one is an exact copy, the others edited by 1-4 %.
+            if i % 3 == 0 {
+                t.clone()
+            } else {
+                edit_words(t, n * (1 + i % 4) / 100, true, &vocab, &mut rng)
+            }
+        })
+        .collect();
+    // Chains a -> c -> b: c is a with one span edited, b is c with another; b comes before c
+    // in input order. With edits around the threshold, J(a, c) and J(b, c) can pass while
+    // J(a, b) does not: only the pair (b, c) joins b to the component.
+    let (mut bs, mut cs) = (Vec::new(), Vec::new());
+    for (i, a) in origs.iter().enumerate() {
+        let n = a.split_whitespace().count();
+        let k = n * (3 + i % 5) / 100;
+        let c = edit_words(a, k, true, &vocab, &mut rng);
+        bs.push(edit_words(&c, k, true, &vocab, &mut rng));
+        cs.push(c);
+    }
+    vec![slim(0), f1, edited, bs, cs]
+}
+
+/// Exact groups, then every band partition on its own (in any order), then the components:
+/// the same removals as the one-process run, whatever the partitioning, with or without spills.
+#[test]
+fn band_partitions_give_the_same_result() {
+    let files = files_with_near_and_exact_duplicates();
+    let params = DedupParams::default();
+    let dir = tempfile::tempdir().unwrap();
+    let stores = write_stores(dir.path(), &files, &params);
+    let single = find_duplicates(&stores, &params, &dir.path().join("work")).unwrap();
+    assert!(
+        single.stats.exact > 0 && single.stats.near > 0,
+        "{:?}",
+        single.stats
+    );
+    let tiny = DedupParams {
+        memory_bytes: 4096,
+        ..params.clone()
+    };
+    for (p, partitions) in [(&params, 1), (&params, 2), (&params, 4), (&tiny, 9)] {
+        let set = FingerprintSet::open(&stores, p).unwrap();
+        let work = dir.path().join(format!("work-{partitions}"));
+        let exact = exact_groups(&set, p, &work).unwrap();
+        let ranges = band_partitions(p.bands, partitions);
+        assert_eq!(ranges.len(), partitions);
+        let mut edges = Vec::new();
+        let mut spilled = 0;
+        // Last partition first: the order of the partitions does not matter.
+        for r in ranges.into_iter().rev() {
+            let found = band_edges(&set, &exact, r, p, &work).unwrap();
+            spilled += found.spilled_runs;
+            edges.extend(found.edges);
+        }
+        let got = resolve(&set, &exact, edges, DedupStats::default()).unwrap();
+        assert_eq!(got.removals, single.removals, "{partitions} partitions");
+        assert_eq!(
+            (got.stats.exact, got.stats.near),
+            (single.stats.exact, single.stats.near)
+        );
+        if p.memory_bytes == 4096 {
+            assert!(spilled > 9, "tiny budget should spill: {spilled}");
+        }
+    }
+}
+
+#[test]
+fn band_partitions_cover_the_bands() {
+    for bands in [1, 2, 9, 20] {
+        for parts in [1, 2, 3, 9, 50] {
+            let ranges = band_partitions(bands, parts);
+            assert_eq!(ranges.len(), parts.min(bands));
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, bands);
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(ranges.iter().all(|r| !r.is_empty()));
+        }
+    }
+}
+
+/// The definition, brute force: in every band, group the live documents by band key; in every
+/// bucket, pair each member with each of the first `VERIFY_WINDOW` earlier members; a pair
+/// with estimated Jaccard >= threshold is an edge. Components of (edges + exact pairs) keep
+/// their earliest member. The engine's result must be exactly that.
+#[test]
+fn components_match_the_brute_force_definition() {
+    use super::minhash::{band_key, estimate_jaccard};
+    let files = files_with_near_and_exact_duplicates();
+    let params = DedupParams::default();
+    let dir = tempfile::tempdir().unwrap();
+    let stores = write_stores(dir.path(), &files, &params);
+    let got = find_duplicates(&stores, &params, &dir.path().join("work")).unwrap();
+
+    let opened: Vec<FingerprintStore> = stores
+        .iter()
+        .map(|p| FingerprintStore::open(p, &params).unwrap())
+        .collect();
+    let docs: Vec<(DocId, super::store::FingerprintRef)> = opened
+        .iter()
+        .enumerate()
+        .flat_map(|(f, s)| {
+            (0..s.len()).map(move |i| {
+                let r = s.get(i);
+                (
+                    DocId {
+                        file: f as u32,
+                        row: r.row,
+                    },
+                    r,
+                )
+            })
+        })
+        .collect();
+    let n = docs.len();
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn root(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            x = p[x];
+        }
+        x
+    }
+    let mut unite = |a: usize, b: usize, p: &mut Vec<usize>| {
+        let (ra, rb) = (root(p, a), root(p, b));
+        p[ra.max(rb)] = ra.min(rb);
+    };
+    let mut first_of: HashMap<u128, usize> = HashMap::new();
+    let mut live = vec![true; n];
+    for (i, (_, r)) in docs.iter().enumerate() {
+        match first_of.get(&r.exact) {
+            Some(&f) => {
+                unite(f, i, &mut parent);
+                live[i] = false;
+            }
+            None => {
+                first_of.insert(r.exact, i);
+            }
+        }
+    }
+    for b in 0..params.bands {
+        let mut buckets: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, (_, r)) in docs.iter().enumerate() {
+            if live[i] && r.shingles > 0 {
+                buckets
+                    .entry(band_key(r.minhash_le, b, params.rows))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for members in buckets.values() {
+            for j in 1..members.len() {
+                for &i in &members[..j.min(components::VERIFY_WINDOW)] {
+                    let jac = estimate_jaccard(docs[i].1.minhash_le, docs[members[j]].1.minhash_le);
+                    if jac as f64 >= params.threshold {
+                        unite(i, members[j], &mut parent);
+                    }
+                }
+            }
+        }
+    }
+    let mut expected = Vec::new();
+    for i in 0..n {
+        let r = root(&mut parent, i);
+        if r != i {
+            expected.push((docs[i].0, docs[r].0));
+        }
+    }
+    let found: Vec<(DocId, DocId)> = got.removals.iter().map(|r| (r.removed, r.kept)).collect();
+    assert!(
+        expected.len() > 50,
+        "too few duplicates to mean anything: {}",
+        expected.len()
+    );
+    let differ: Vec<_> = found
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| a != b)
+        .take(3)
+        .collect();
+    assert!(
+        found.len() == expected.len() && differ.is_empty(),
+        "engine {} removals, definition {}; first differences: {differ:?}",
+        found.len(),
+        expected.len()
+    );
+}
