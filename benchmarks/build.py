@@ -2,12 +2,31 @@
 equivalents on the same scaled corpus and the same cores. Each contender runs in its own
 subprocess so peak RSS is its own.
 
-    python benchmarks/build.py [--mb 100] [--workers 2] [--peers datatrove,dolma]
+    python benchmarks/build.py [--mb 100] [--workers 2] [--peers datatrove,dolma] [--dolma-python PATH]
+
+dolma pins an old `tokenizers` (0.19), so it lives in a venv of its own (docs/benchmarks.md):
+`--dolma-python` (or $TINYLLAMA_BENCH_DOLMA_PYTHON) names that venv's interpreter, and the
+dolma contender runs `PATH -m dolma.cli tokens` (the `dolma` CLI) from it; without either, the
+interpreter beside a `dolma` executable on PATH or beside this Python is used. tinyllama and
+datatrove run in this interpreter.
+
+That `tokenizers` cannot parse the Llama 2 tokenizer.json as saved by newer versions (BPE merges
+stored as pairs); the parent then writes a copy with the merges as "a b" strings (a pure format
+change: same vocab, same merge ranks) into the work dir, says so, and after the run checks that
+the ids of 300 documents dolma wrote equal this interpreter's `tokenizers` on the original file.
+
+dolma writes raw uint16 memmaps (`part-N-0000K.npy`, no .npy header) with a `.csv.gz` of
+(start, end, id, src, line) per document beside each; tokens are counted from those rows, since a
+memmap that got no document keeps its preallocated size (1 Gi tokens, sparse). With `--tokenizer.bos_token_id 1
+--tokenizer.eos_token_id 2` each dolma document is BOS + text + EOS, as in a tinyllama mix, but
+dolma strips leading/trailing whitespace first and drops empty documents.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import os
 import shutil
@@ -17,21 +36,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, peak_rss_mb, scaled_corpus, single_corpus_spec
+from _data import SHARED, peak_rss_mb, read_docs, scaled_corpus, single_corpus_spec
 
 TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.json"
+DOLMA_PYTHON_ENV = "TINYLLAMA_BENCH_DOLMA_PYTHON"
+BOS, EOS = 1, 2  # Llama 2's <s> and </s>
 
 
-def run_tinyllama(data: Path, work: Path, workers: int) -> int:
+def run_tinyllama(data: Path, work: Path, workers: int) -> tuple[int, int | None]:
     import tinyllama
     from tinyllama.build import build_mix
 
     spec = single_corpus_spec(work, data, TOKENIZER)
     build_mix(spec, work / "mix", workers, progress=False)
-    return tinyllama.Mix(work / "mix").inspect()["corpora"]["c"]["tokens"]
+    totals = tinyllama.Mix(work / "mix").inspect()["corpora"]["c"]
+    return totals["tokens"], totals["docs_kept"]
 
 
-def run_datatrove(data: Path, work: Path, workers: int) -> int:
+def run_datatrove(data: Path, work: Path, workers: int) -> tuple[int, int | None]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.tokens import DocumentTokenizer
@@ -50,32 +72,104 @@ def run_datatrove(data: Path, work: Path, workers: int) -> int:
     total = 0
     for meta in (work / "out").rglob("*.metadata"):
         total += int(meta.read_text().split("\n")[1]) if meta.read_text().count("\n") else 0
-    return total
+    return total, None
 
 
-def run_dolma(data: Path, work: Path, workers: int) -> int:
-    exe = shutil.which("dolma") or str(Path(sys.executable).parent / "dolma")
-    subprocess.run([exe, "tokens", "--documents", *map(str, sorted(data.glob("*.jsonl.zst"))),
-                    "--destination", str(work / "out"), "--tokenizer.name_or_path", str(TOKENIZER),
-                    "--tokenizer.bos_token_id", "1", "--tokenizer.eos_token_id", "2",
-                    "--processes", str(workers), "--dtype", "uint16"], check=True,
-                   stdout=subprocess.DEVNULL)
+def find_dolma_python(given: str | None) -> Path | None:
+    """The interpreter of the venv dolma is installed in: `given`, else $TINYLLAMA_BENCH_DOLMA_PYTHON,
+    else the `python` beside a `dolma` executable on PATH or beside this interpreter."""
+    if given or os.environ.get(DOLMA_PYTHON_ENV):
+        return Path(given or os.environ[DOLMA_PYTHON_ENV])
+    beside = Path(sys.executable).parent / "dolma"
+    exe = shutil.which("dolma") or (str(beside) if beside.exists() else None)
+    return Path(exe).parent / "python" if exe else None
+
+
+def _parses(python: Path, tokenizer: Path) -> subprocess.CompletedProcess:
+    probe = "import sys; from tokenizers import Tokenizer; Tokenizer.from_file(sys.argv[1])"
+    return subprocess.run([str(python), "-c", probe, str(tokenizer)], capture_output=True, text=True)
+
+
+def dolma_tokenizer(python: Path, work: Path) -> tuple[Path, str]:
+    """The tokenizer.json dolma's own `tokenizers` can read, and a line saying which it is: the
+    original, or a copy in `work` with the BPE merges as "a b" strings instead of pairs."""
+    if _parses(python, TOKENIZER).returncode == 0:
+        return TOKENIZER, f"dolma read {TOKENIZER} as is"
+    spec = json.loads(TOKENIZER.read_text(encoding="utf-8"))
+    merges = spec["model"].get("merges") or []
+    if not merges or isinstance(merges[0], str):
+        raise RuntimeError(f"dolma's tokenizers cannot read {TOKENIZER}: {_parses(python, TOKENIZER).stderr}")
+    if any(" " in part for pair in merges for part in pair):
+        raise RuntimeError("a merge has a space in it: cannot write it as an 'a b' string")
+    spec["model"]["merges"] = [" ".join(pair) for pair in merges]
+    converted = work / "dolma-tokenizer.json"
+    converted.parent.mkdir(parents=True, exist_ok=True)
+    converted.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    if (probe := _parses(python, converted)).returncode != 0:
+        raise RuntimeError(f"dolma's tokenizers cannot read the converted {converted} either: {probe.stderr}")
+    version = subprocess.run([str(python), "-c", "import tokenizers; print(tokenizers.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    return converted, (f"dolma used a converted copy of the tokenizer ({converted}): its tokenizers {version} "
+                       "cannot parse BPE merges stored as pairs, so they were rewritten as 'a b' strings")
+
+
+def dolma_rows(out: Path) -> list[tuple[Path, int, int, str]]:
+    """(memmap, start, end, doc id) for every document dolma wrote under `out`."""
+    rows = []
+    for meta in sorted(out.rglob("*.csv.gz")):
+        with gzip.open(meta, "rt", newline="") as f:
+            rows += [(meta.with_name(meta.name.removesuffix(".csv.gz") + ".npy"), int(start), int(end), doc_id)
+                     for start, end, doc_id, *_ in csv.reader(f)]
+    return rows
+
+
+def run_dolma(data: Path, work: Path, workers: int, python: Path, tokenizer: Path) -> tuple[int, int | None]:
+    # dolma imports nltk, which tries to download `punkt` when it is not installed; the tokenizer
+    # does not use it, so an empty stand-in keeps the run offline.
+    (work / "nltk_data/tokenizers/punkt").mkdir(parents=True)
+    cmd = [str(python), "-m", "dolma.cli", "tokens", "--documents", *map(str, sorted(data.glob("*.jsonl.zst"))),
+           "--destination", str(work / "out"), "--tokenizer.name_or_path", str(tokenizer),
+           "--tokenizer.bos_token_id", str(BOS), "--tokenizer.eos_token_id", str(EOS),
+           "--processes", str(workers), "--dtype", "uint16",
+           "--work_dir.input", str(work / "dolma-in"), "--work_dir.output", str(work / "dolma-done")]
+    with open(work / "dolma.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "NLTK_DATA": str(work / "nltk_data")})
+    if proc.returncode != 0:
+        raise SystemExit(f"dolma tokens exited {proc.returncode}; see {work / 'dolma.log'}")
+    rows = dolma_rows(work / "out")
+    return sum(end - start for _, start, end, _ in rows), len(rows)
+
+
+def check_dolma_ids(work: Path, data: Path, docs: int = 300) -> str:
+    """Compare the ids of `docs` documents dolma wrote (spread over its output) with BOS + this
+    interpreter's `tokenizers` on the original tokenizer.json (of the stripped text, as dolma
+    tokenizes) + EOS."""
     import numpy as np
+    from tokenizers import Tokenizer
 
-    return sum(np.memmap(p, dtype=np.uint16, mode="r").shape[0] for p in (work / "out").rglob("*.npy"))
+    rows = dolma_rows(work / "out")
+    rows = rows[:: max(1, len(rows) // docs)][:docs]
+    texts = {d["id"]: d["text"] for f in sorted(data.glob("*.jsonl.zst")) for d in read_docs(f)}
+    hf = Tokenizer.from_file(str(TOKENIZER))
+    memmaps = {p: np.memmap(p, dtype=np.uint16, mode="r") for p in {r[0] for r in rows}}
+    same = sum(memmaps[p][start:end].tolist() == [BOS, *hf.encode(texts[i].strip(), add_special_tokens=False).ids,
+                                                  EOS] for p, start, end, i in rows)
+    return f"dolma ids: {same}/{len(rows)} sampled documents equal to tokenizers on the original tokenizer.json"
 
 
 RUNNERS = {"tinyllama": run_tinyllama, "datatrove": run_datatrove, "dolma": run_dolma}
 
 
-def child(name: str, data: Path, work: Path, workers: int) -> None:
+def child(name: str, data: Path, work: Path, workers: int, extra: tuple) -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    tokens = RUNNERS[name](data, work, workers)
+    tokens, docs = RUNNERS[name](data, work, workers, *extra)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"name": name, "seconds": seconds, "tokens": tokens, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"name": name, "seconds": seconds, "tokens": tokens, "docs": docs,
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def main() -> None:
@@ -84,19 +178,41 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--peers", default="datatrove,dolma")
     ap.add_argument("--work", type=Path, default=Path("bench-out/build"))
+    ap.add_argument("--dolma-python", help=f"python of the venv dolma is installed in (default: ${DOLMA_PYTHON_ENV}, "
+                                           "else the one beside a `dolma` executable on PATH or beside this python)")
+    ap.add_argument("--dolma-tokenizer", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.work = args.work.resolve()  # the mix spec resolves its paths against its own folder
     data, size = scaled_corpus(args.work / "data", args.mb)
     if args.child:
-        return child(args.child, args.work / "data", args.work / args.child, args.workers)
-    results = []
+        extra = (Path(args.dolma_python), Path(args.dolma_tokenizer)) if args.child == "dolma" else ()
+        return child(args.child, args.work / "data", args.work / args.child, args.workers, extra)
+    results, notes = [], []
     for name in ["tinyllama"] + [p for p in args.peers.split(",") if p]:
+        extra = []
+        if name == "dolma":
+            python = find_dolma_python(args.dolma_python)
+            has_dolma = "import importlib.util, sys; sys.exit(importlib.util.find_spec('dolma') is None)"
+            if not (python and python.exists()) or subprocess.run([str(python), "-c", has_dolma]).returncode:
+                print(f"dolma: skipped (no python with dolma {'at ' + str(python) if python else 'found'}: "
+                      f"pass --dolma-python or set ${DOLMA_PYTHON_ENV}, see docs/benchmarks.md)")
+                continue
+            try:
+                tokenizer, note = dolma_tokenizer(python, args.work)
+            except RuntimeError as e:
+                print(f"dolma: failed ({e})")
+                continue
+            notes.append(note)
+            extra = ["--dolma-python", str(python), "--dolma-tokenizer", str(tokenizer)]
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--mb", str(args.mb), "--workers",
-                               str(args.workers), "--work", str(args.work)], capture_output=True, text=True)
+                               str(args.workers), "--work", str(args.work), *extra], capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: failed ({proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
             continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if name == "dolma":
+            notes.append(check_dolma_ids(args.work / "dolma", args.work / "data"))
     print(f"\nmix build on {size / 1e6:.0f} MB of text ({len(data)} jsonl.zst files), {args.workers} workers\n")
     print(f"{'tool':<12}{'seconds':>9}{'MB/s':>9}{'Mtok/s':>9}{'tokens':>14}{'peak RSS MB':>13}{'speed vs':>10}")
     ours = results[0]["seconds"] if results and results[0]["name"] == "tinyllama" else None
@@ -105,6 +221,15 @@ def main() -> None:
         print(f"{r['name']:<12}{r['seconds']:>9.2f}{size / 1e6 / r['seconds']:>9.1f}"
               f"{r['tokens'] / 1e6 / r['seconds']:>9.2f}{r['tokens']:>14,}{r['peak_rss_mb']:>13.0f}{ratio:>10}")
     print("\n'speed vs' = that tool's time / tinyllama's time (how many times faster tinyllama is).")
+    by_name = {r["name"]: r for r in results}
+    if "tinyllama" in by_name and "dolma" in by_name:
+        tl, dm = by_name["tinyllama"], by_name["dolma"]
+        diff = dm["tokens"] - tl["tokens"]
+        notes.append(f"tokens per document: both store BOS + text + EOS; dolma strips leading/trailing whitespace "
+                     f"and drops empty documents: dolma {dm['docs']:,} docs, tinyllama {tl['docs']:,} docs, "
+                     f"dolma - tinyllama = {diff:+,} tokens ({diff / max(tl['docs'], 1):+.4f} per document)")
+    for note in notes:
+        print(f"- {note}")
 
 
 if __name__ == "__main__":
