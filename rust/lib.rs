@@ -254,6 +254,14 @@ fn work_dict(py: Python<'_>, w: build::FileWork) -> PyResult<PyObject> {
     Ok(d.into_any().unbind())
 }
 
+fn pairs_dict(py: Python<'_>, w: build::PairsWork) -> PyResult<PyObject> {
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("resumed", w.resumed)?;
+    d.set_item("docs", w.docs)?;
+    d.set_item("pairs", w.pairs)?;
+    Ok(d.into_any().unbind())
+}
+
 #[pymethods]
 impl PyBuildPlan {
     #[new]
@@ -302,8 +310,41 @@ impl PyBuildPlan {
         work_dict(py, w)
     }
 
-    fn dedup(&self, py: Python<'_>, corpus: usize) -> PyResult<PyObject> {
-        let w = self.run(py, |p| build::dedup_corpus(p, corpus))?;
+    /// The band ranges `(start, end)` of `partitions` band partitions of corpus `corpus`
+    /// (empty when it has no near-duplicate stage).
+    fn band_ranges(&self, corpus: usize, partitions: usize) -> PyResult<Vec<(usize, usize)>> {
+        let ranges = build::band_ranges(&self.plan, corpus, partitions).map_err(to_py_err)?;
+        Ok(ranges.into_iter().map(|r| (r.start, r.end)).collect())
+    }
+
+    /// The exact-groups stage of corpus `corpus` (after all its fingerprints).
+    fn dedup_exact(&self, py: Python<'_>, corpus: usize) -> PyResult<PyObject> {
+        let w = self.run(py, |p| build::dedup_exact(p, corpus))?;
+        pairs_dict(py, w)
+    }
+
+    /// The band stage of corpus `corpus` for bands `start..end` (after its exact stage).
+    fn dedup_bands(
+        &self,
+        py: Python<'_>,
+        corpus: usize,
+        start: usize,
+        end: usize,
+    ) -> PyResult<PyObject> {
+        let w = self.run(py, |p| build::dedup_bands(p, corpus, start..end))?;
+        pairs_dict(py, w)
+    }
+
+    /// Commit corpus `corpus`'s dedup decision: searched here when `partitions` is None,
+    /// otherwise resolved from the committed exact and band-partition stages.
+    #[pyo3(signature = (corpus, partitions = None))]
+    fn dedup(
+        &self,
+        py: Python<'_>,
+        corpus: usize,
+        partitions: Option<usize>,
+    ) -> PyResult<PyObject> {
+        let w = self.run(py, |p| build::dedup_corpus(p, corpus, partitions))?;
         let d = pyo3::types::PyDict::new(py);
         d.set_item("resumed", w.resumed)?;
         d.set_item("exact_duplicates", w.exact)?;

@@ -24,13 +24,16 @@ def mix_build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ray: bool = typer.Option(False, "--ray", help="Run the build's stages as Ray tasks (pip extra `ray`)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
+    band_partitions: Optional[int] = typer.Option(
+        None, "--band-partitions", help="With --ray: LSH band tables split into N tasks (default: one per band)."),
 ) -> None:
     """Build, or resume, a mix: raw corpora -> token shards + manifests + the locked schedule.
     With --ray the same stages run on a Ray cluster and give the same bytes."""
     if ray:
         from tinyllama.ray_build import build_mix_ray
 
-        s = build_mix_ray(spec, out, address, threads_per_task=workers or 1, progress=not quiet)
+        s = build_mix_ray(spec, out, address, threads_per_task=workers or 1, band_partitions=band_partitions,
+                          progress=not quiet)
     else:
         from tinyllama.build import build_mix
 

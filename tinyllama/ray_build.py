@@ -4,7 +4,12 @@ The build's stages run as Ray tasks, each calling the same Rust core as the loca
 (`_core.BuildPlan`, whose `build()` composition is the local path):
 
     fingerprint  one task per input file of a deduplicated corpus -> committed store
-    dedup        one task per deduplicated corpus (after its fingerprints) -> committed decision
+    exact        one task per deduplicated corpus (after its fingerprints) -> exact groups
+    bands        one task per band partition of a near-deduplicated corpus (after its exact
+                 groups): that partition's LSH band tables, sorted, spilled past
+                 `dedup.memory`, candidates verified -> committed near-duplicate edges
+    dedup        one task per deduplicated corpus (after its band partitions): connected
+                 components, keep the earliest -> committed decision + report
     tokenize     one task per input file (after its corpus's dedup) -> committed staged part
     finish       on the driver: pack parts in file order into shards + manifests, write the
                  schedule, the tokenizer and, last, mix.json
@@ -103,9 +108,24 @@ def _fingerprint_task(config_json: str, corpus: int, file: int, chaos: dict | No
     return out
 
 
-def _dedup_task(config_json: str, corpus: int, chaos: dict | None, *_fingerprints: dict) -> dict:
+def _exact_task(config_json: str, corpus: int, chaos: dict | None, *_fingerprints: dict) -> dict:
+    _inject(chaos, "exact", corpus, None)
+    out = _plan(config_json).dedup_exact(corpus)
+    _hang_if_armed(chaos)
+    return out
+
+
+def _bands_task(config_json: str, corpus: int, part: int, bands: tuple[int, int], chaos: dict | None,
+                _exact: dict) -> dict:
+    _inject(chaos, "bands", corpus, part)
+    out = _plan(config_json).dedup_bands(corpus, *bands)
+    _hang_if_armed(chaos)
+    return out
+
+
+def _dedup_task(config_json: str, corpus: int, partitions: int, chaos: dict | None, *_parts: dict) -> dict:
     _inject(chaos, "dedup", corpus, None)
-    out = _plan(config_json).dedup(corpus)
+    out = _plan(config_json).dedup(corpus, partitions)
     _hang_if_armed(chaos)
     return out
 
@@ -122,7 +142,7 @@ def _tokenize_task(config_json: str, corpus: int, file: int, chaos: dict | None,
 class _Stage:
     def __init__(self, name: str):
         self.name, self.total, self.done, self.resumed = name, 0, 0, 0
-        self.docs = self.tokens = self.bytes = self.removed = 0
+        self.docs = self.tokens = self.bytes = self.removed = self.pairs = 0
         self.started = time.monotonic()
         self.last = self.started
 
@@ -134,10 +154,15 @@ class _Stage:
         self.tokens += result.get("tokens", 0)
         self.bytes += result.get("bytes", 0)
         self.removed += result.get("exact_duplicates", 0) + result.get("near_duplicates", 0)
+        self.pairs += result.get("pairs", 0)
 
     def line(self) -> str:
         if self.name == "dedup":
             return f"dedup: {self.done} tasks ({self.resumed} resumed), {_human(self.removed)} duplicates removed"
+        if self.name == "exact":
+            return f"exact: {self.done} tasks ({self.resumed} resumed), {_human(self.pairs)} exact duplicates"
+        if self.name == "bands":
+            return f"bands: {self.done} tasks ({self.resumed} resumed), {_human(self.pairs)} near-duplicate edges"
         span = max(self.last - self.started, 1e-9)
         rate = f", {self.docs / span:,.0f} docs/s" + (f", {self.tokens / span / 1e6:.2f}M tok/s" if self.tokens else "")
         return (f"{self.name}: {self.done} tasks ({self.resumed} resumed), docs {_human(self.docs)}, "
@@ -150,6 +175,7 @@ def build_mix_ray(
     address: str | None = None,
     *,
     threads_per_task: int = 1,
+    band_partitions: int | None = None,
     num_cpus: int | None = None,
     max_retries: int = 3,
     progress: bool = True,
@@ -161,7 +187,9 @@ def build_mix_ray(
     `address`: the cluster to join (`ray.init(address=...)`, e.g. "auto" or "ray://head:10001");
     None starts a local Ray instance (`num_cpus` workers, default all cores) and shuts it down
     at the end. A Ray already initialised in this process is used as is. Each task runs the
-    Rust stage on `threads_per_task` threads and asks Ray for as many CPUs. A task whose worker
+    Rust stage on `threads_per_task` threads and asks Ray for as many CPUs. The LSH band tables
+    of a near-deduplicated corpus are split into `band_partitions` tasks (default: one per band;
+    the result does not depend on it). A task whose worker
     dies is retried up to `max_retries` times. Returns the build summary (as `build_mix`, plus
     per-stage counts under "stages").
     """
@@ -188,7 +216,9 @@ def build_mix_ray(
         ray.init(address=address, **kwargs)
     try:
         report = _reporter(stream, tty, every=5.0) if progress else None  # rates from here, not Ray's start
-        stages = _run_tasks(ray, config_json, corpora, threads_per_task, max_retries, _chaos, report, tty, stream)
+        ranges = [driver_plan.band_ranges(c, band_partitions or 1 << 30) for c in range(len(corpora))]
+        stages = _run_tasks(ray, config_json, corpora, ranges, threads_per_task, max_retries, _chaos, report, tty,
+                            stream)
         if progress:
             stream.write("finish: packing shards, writing the schedule and mix.json\n")
             stream.flush()
@@ -207,7 +237,8 @@ def build_mix_ray(
         "tokens": finished["tokens"],
         "seconds": seconds,
         "stages": {name: {"files": s.done, "resumed": s.resumed, "docs": s.docs, "tokens": s.tokens,
-                          "bytes": s.bytes, "duplicates": s.removed} for name, s in stages.items()},
+                          "bytes": s.bytes, "duplicates": s.removed, "pairs": s.pairs}
+                   for name, s in stages.items()},
     }
     if progress:
         for s in stages.values():
@@ -228,28 +259,33 @@ def build_mix_ray(
     return summary
 
 
-def _run_tasks(ray, config_json, corpora, threads, max_retries, chaos, report, tty, stream) -> dict:
+def _run_tasks(ray, config_json, corpora, ranges, threads, max_retries, chaos, report, tty, stream) -> dict:
     """Submit the whole task graph at once (Ray runs a task when its inputs are ready, so one
     corpus's tokenizing overlaps another's fingerprinting) and collect results as they come."""
     opts = {"num_cpus": threads, "max_retries": max_retries}
     fingerprint = ray.remote(**opts)(_fingerprint_task)
+    exact = ray.remote(**opts)(_exact_task)
+    bands = ray.remote(**opts)(_bands_task)
     dedup = ray.remote(**opts)(_dedup_task)
     tokenize = ray.remote(**opts)(_tokenize_task)
     cfg = ray.put(config_json)
-    stages = {name: _Stage(name) for name in ("fingerprint", "dedup", "tokenize")}
+    stages = {name: _Stage(name) for name in ("fingerprint", "exact", "bands", "dedup", "tokenize")}
     pending: dict[Any, str] = {}
+
+    def submit(stage: str, ref):
+        pending[ref] = stage
+        stages[stage].total += 1
+        return ref
+
     for c, (_name, n_files, deduped) in enumerate(corpora):
         gate = None
         if deduped:
-            fps = [fingerprint.remote(cfg, c, i, chaos) for i in range(n_files)]
-            pending.update((r, "fingerprint") for r in fps)
-            gate = dedup.remote(cfg, c, chaos, *fps)
-            pending[gate] = "dedup"
-            stages["fingerprint"].total += n_files
-            stages["dedup"].total += 1
-        toks = [tokenize.remote(cfg, c, i, chaos, gate) for i in range(n_files)]
-        pending.update((r, "tokenize") for r in toks)
-        stages["tokenize"].total += n_files
+            fps = [submit("fingerprint", fingerprint.remote(cfg, c, i, chaos)) for i in range(n_files)]
+            groups = submit("exact", exact.remote(cfg, c, chaos, *fps))
+            parts = [submit("bands", bands.remote(cfg, c, p, r, chaos, groups)) for p, r in enumerate(ranges[c])]
+            gate = submit("dedup", dedup.remote(cfg, c, max(len(parts), 1), chaos, groups, *parts))
+        for i in range(n_files):
+            submit("tokenize", tokenize.remote(cfg, c, i, chaos, gate))
 
     waiting = list(pending)
     while waiting:

@@ -13,7 +13,9 @@ import textwrap
 import pytest
 from conftest import tree_bytes, write_spec
 
+from tinyllama import _core
 from tinyllama.build import build_mix
+from tinyllama.errors import ShardError, StorageError
 from tinyllama.ray_build import build_mix_ray
 
 DEDUP = """
@@ -53,6 +55,71 @@ def test_missing_ray_names_the_extra(tmp_path):
     assert not (tmp_path / "out" / "mix.json").exists()
 
 
+def _config(spec, out) -> str:
+    from tinyllama.spec import load_spec
+
+    return json.dumps(load_spec(spec).build_config(out, 1), sort_keys=True)
+
+
+def _stages_by_hand(spec, out, partitions):
+    """The distributed build's stages run by hand, without Ray: two plans stand for two
+    processes, files and band partitions are taken in reverse order and alternate between
+    them. What a Ray worker runs is exactly these calls."""
+    a, b = _core.BuildPlan(_config(spec, out)), _core.BuildPlan(_config(spec, out))
+    assert not a.prepare()
+    for c, (_name, n_files, deduped) in enumerate(a.corpora()):
+        if deduped:
+            for i in reversed(range(n_files)):
+                (a if i % 2 else b).fingerprint(c, i)
+            assert a.dedup_exact(c)["resumed"] is False
+            assert b.dedup_exact(c)["resumed"] is True
+            ranges = a.band_ranges(c, partitions)
+            assert len(ranges) == min(partitions, 9) and ranges[0][0] == 0 and ranges[-1][1] == 9
+            for k, r in reversed(list(enumerate(ranges))):
+                (a if k % 2 else b).dedup_bands(c, *r)
+            b.dedup(c, partitions)
+        else:
+            assert a.band_ranges(c, partitions) == []
+        for i in range(n_files):
+            (b if i % 2 else a).tokenize(c, i)
+    a.finish()
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 9])
+def test_band_partitioned_stages_give_the_local_bytes(local, tmp_path, partitions):
+    spec, expected = local
+    _stages_by_hand(spec, tmp_path / "mix", partitions)
+    assert tree_bytes(tmp_path / "mix") == expected
+
+
+def test_missing_or_corrupt_band_partition_is_named(local, tmp_path):
+    spec, _ = local
+    out = tmp_path / "mix"
+    plan = _core.BuildPlan(_config(spec, out))
+    plan.prepare()
+    _name, n_files, deduped = plan.corpora()[0]
+    assert deduped
+    for i in range(n_files):
+        plan.fingerprint(0, i)
+    with pytest.raises(StorageError, match="exact stage has not run"):
+        plan.dedup_bands(0, 0, 3)
+    plan.dedup_exact(0)
+    plan.dedup_bands(0, 0, 3)
+    with pytest.raises(StorageError, match=r"band partition 3\.\.6 has not run"):
+        plan.dedup(0, 3)
+    plan.dedup_bands(0, 3, 6)
+    plan.dedup_bands(0, 6, 9)
+    part = out / ".staging/slimpajama/dedup/bands-003-006.bin"
+    data = bytearray(part.read_bytes())
+    data[-9] ^= 1
+    part.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="bands-003-006.bin.*checksum mismatch"):
+        plan.dedup(0, 3)
+    assert plan.dedup_bands(0, 3, 6)["resumed"] is False  # a bad output is redone, not trusted
+    assert plan.dedup(0, 3)["resumed"] is False
+    assert plan.dedup(0, 3)["resumed"] is True
+
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'tinyllama-forge[ray]')")
 
@@ -90,6 +157,8 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
     assert summary["files_processed"] > 0 and summary["files_resumed"] == 0
     stages = summary["stages"]
     assert stages["fingerprint"]["files"] > 0 and stages["dedup"]["files"] == 1
+    assert stages["exact"]["files"] == 1 and stages["bands"]["files"] == 9  # one task per band
+    assert stages["bands"]["pairs"] > 0
     totals = [json.loads(m.read_text())["totals"] for m in out.glob("corpora/*/manifest.json")]
     all_tokens = sum(t["tokens"] + t["holdout_tokens"] for t in totals)
     assert stages["tokenize"]["tokens"] == all_tokens  # the progress counts every committed token
@@ -100,8 +169,17 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
 
 @pytest.mark.slow
 @needs_ray
-@pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("dedup", 0, None), ("tokenize", 0, 1),
-                                               ("tokenize", 2, 0)])
+def test_band_partitions_do_not_change_the_bytes(cluster, local, tmp_path):
+    spec, expected = local
+    summary = build_mix_ray(spec, tmp_path / "mix", band_partitions=2, progress=False)
+    assert summary["stages"]["bands"]["files"] == 2
+    assert tree_bytes(tmp_path / "mix") == expected
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("exact", 0, None), ("bands", 0, 4),
+                                               ("dedup", 0, None), ("tokenize", 0, 1), ("tokenize", 2, 0)])
 def test_killed_worker_is_retried(cluster, local, tmp_path, stage, corpus, file):
     spec, expected = local
     marker = tmp_path / "killed"
@@ -132,7 +210,8 @@ def test_failed_build_resumes(cluster, local, tmp_path):
     summary = build_mix_ray(spec, out, progress=False)
     stages = summary["stages"]
     assert stages["fingerprint"]["resumed"] == stages["fingerprint"]["files"] == 2
-    assert stages["dedup"]["resumed"] == 1
+    assert stages["exact"]["resumed"] == stages["dedup"]["resumed"] == 1
+    assert stages["bands"]["resumed"] == stages["bands"]["files"] == 9
     assert summary["files_resumed"] == committed
     assert tree_bytes(out) == expected
 

@@ -7,15 +7,20 @@
 use super::{
     display_path, BuildConfig, CorpusConfig, Ctx, DedupMode, DedupWork, FileWork, Removed,
 };
-use crate::dedup::{self, DedupParams, FingerprintStore, FingerprintWriter, Fingerprinter, Kind};
+use crate::dedup::{
+    self, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
+    Fingerprinter, Kind,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::shard::write_atomic;
 use crate::source::{self, Record, SourceOptions};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// The spec's `[dedup]` table (as resolved by Python) -> the engine's parameters.
 pub fn params(table: &serde_json::Value, mode: DedupMode) -> Result<DedupParams> {
@@ -56,13 +61,32 @@ pub fn report_path(dir: &Path) -> PathBuf {
     dir.join("dedup_report.parquet")
 }
 
+/// The corpus's fingerprint stores, in file order; a missing one is a stage run out of order,
+/// not something to silently skip.
+fn store_paths(dir: &Path, files: &[PathBuf], params: &DedupParams) -> Result<Vec<PathBuf>> {
+    let fp_dir = dir.join("fingerprints");
+    let mut stores = Vec::with_capacity(files.len());
+    for i in 0..files.len() {
+        let path = store_path(&fp_dir, i);
+        FingerprintStore::open(&path, params)?;
+        stores.push(path);
+    }
+    Ok(stores)
+}
+
 /// Find the corpus's duplicates (keep the earliest) from its committed fingerprint stores and
 /// commit the decision and the report under `dir` (the corpus's staging dir).
+///
+/// `partitions: None` runs the whole search here (the local build). `Some(ranges)` resolves
+/// the components from the committed outputs of [`decide_exact`] and of [`decide_bands`] for
+/// each of `ranges` (which must cover the bands in order): the distributed build, which ran
+/// those stages as separate tasks. Both give the same bytes (see `dedup::components`).
 pub fn decide(
     cfg: &BuildConfig,
     corpus: &CorpusConfig,
     dir: &Path,
     files: &[PathBuf],
+    partitions: Option<&[Range<usize>]>,
 ) -> Result<DedupWork> {
     let decision = dir.join(DECISION);
     if let Ok(map) = Decision::open(&decision) {
@@ -74,16 +98,32 @@ pub fn decide(
         });
     }
     let params = params(&cfg.dedup, corpus.dedup)?;
-    let fp_dir = dir.join("fingerprints");
-    let mut stores = Vec::with_capacity(files.len());
-    for i in 0..files.len() {
-        let path = store_path(&fp_dir, i);
-        // A missing store is a stage run out of order, not something to silently skip.
-        FingerprintStore::open(&path, &params)?;
-        stores.push(path);
-    }
+    let stores = store_paths(dir, files, &params)?;
     let work = dir.join("dedup-work");
-    let result = dedup::find_duplicates(&stores, &params, &work)?;
+    let result = match partitions {
+        None => dedup::find_duplicates(&stores, &params, &work)?,
+        Some(ranges) => {
+            let set = FingerprintSet::open(&stores, &params)?;
+            let exact = read_pairs(&exact_path(dir), PairsKind::Exact, set.len())?;
+            let exact = ExactGroups {
+                docs: set.len() as u32,
+                pairs: exact,
+                spilled_runs: 0,
+            };
+            let mut edges = Vec::new();
+            if params.near {
+                check_cover(ranges, params.bands)?;
+                for r in ranges {
+                    edges.extend(read_pairs(
+                        &bands_path(dir, r),
+                        PairsKind::Bands(r.clone()),
+                        set.len(),
+                    )?);
+                }
+            }
+            dedup::resolve(&set, &exact, edges, Default::default())?
+        }
+    };
     let _ = std::fs::remove_dir_all(&work);
     let sources: Vec<String> = files.iter().map(|f| display_path(corpus, f)).collect();
     crate::dedup::write_report(&report_path(dir), &result.report_rows(&sources)?)?;
@@ -115,6 +155,208 @@ pub fn decide(
         exact: rows.len() as u64 - near,
         near,
     })
+}
+
+/// What one exact or band-partition task did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairsWork {
+    pub resumed: bool,
+    /// Documents the stores hold.
+    pub docs: u64,
+    /// Exact pairs, or near-duplicate edges of the partition.
+    pub pairs: u64,
+}
+
+/// The distributed build's first search stage: the corpus's exact groups, committed to
+/// `dir/dedup/exact.bin` (a no-op when committed).
+pub fn decide_exact(
+    cfg: &BuildConfig,
+    corpus: &CorpusConfig,
+    dir: &Path,
+    files: &[PathBuf],
+) -> Result<PairsWork> {
+    let path = exact_path(dir);
+    let params = params(&cfg.dedup, corpus.dedup)?;
+    let stores = store_paths(dir, files, &params)?;
+    let set = FingerprintSet::open(&stores, &params)?;
+    if let Ok(pairs) = read_pairs(&path, PairsKind::Exact, set.len()) {
+        return Ok(PairsWork {
+            resumed: true,
+            docs: set.len() as u64,
+            pairs: pairs.len() as u64,
+        });
+    }
+    let work = dir.join("dedup-work").join("exact");
+    let exact = dedup::exact_groups(&set, &params, &work)?;
+    let _ = std::fs::remove_dir_all(&work);
+    write_pairs(&path, PairsKind::Exact, exact.docs, &exact.pairs)?;
+    Ok(PairsWork {
+        resumed: false,
+        docs: set.len() as u64,
+        pairs: exact.pairs.len() as u64,
+    })
+}
+
+/// The distributed build's second search stage, one task per band partition: the near-duplicate
+/// edges of bands `bands`, committed to `dir/dedup/bands-LLL-HHH.bin` (a no-op when committed).
+/// Needs the committed exact groups (their duplicates stay out of the band tables).
+pub fn decide_bands(
+    cfg: &BuildConfig,
+    corpus: &CorpusConfig,
+    dir: &Path,
+    files: &[PathBuf],
+    bands: Range<usize>,
+) -> Result<PairsWork> {
+    let params = params(&cfg.dedup, corpus.dedup)?;
+    if !params.near {
+        return Err(Error::Spec(format!(
+            "corpora.{}: dedup = \"exact\" has no band stage",
+            corpus.name
+        )));
+    }
+    let path = bands_path(dir, &bands);
+    let stores = store_paths(dir, files, &params)?;
+    let set = FingerprintSet::open(&stores, &params)?;
+    if let Ok(edges) = read_pairs(&path, PairsKind::Bands(bands.clone()), set.len()) {
+        return Ok(PairsWork {
+            resumed: true,
+            docs: set.len() as u64,
+            pairs: edges.len() as u64,
+        });
+    }
+    let exact = ExactGroups {
+        docs: set.len() as u32,
+        pairs: read_pairs(&exact_path(dir), PairsKind::Exact, set.len())?,
+        spilled_runs: 0,
+    };
+    let work = dir
+        .join("dedup-work")
+        .join(format!("bands-{:03}-{:03}", bands.start, bands.end));
+    let found = dedup::band_edges(&set, &exact, bands.clone(), &params, &work)?;
+    let _ = std::fs::remove_dir_all(&work);
+    write_pairs(&path, PairsKind::Bands(bands), found.docs, &found.edges)?;
+    Ok(PairsWork {
+        resumed: false,
+        docs: set.len() as u64,
+        pairs: found.edges.len() as u64,
+    })
+}
+
+/// `ranges` must be contiguous, non-empty and cover `0..bands` exactly, or some band's
+/// candidates would be missed (or counted twice).
+fn check_cover(ranges: &[Range<usize>], bands: usize) -> Result<()> {
+    let mut next = 0;
+    for r in ranges {
+        if r.start != next || r.end <= r.start {
+            break;
+        }
+        next = r.end;
+    }
+    if next != bands || ranges.iter().map(|r| r.len()).sum::<usize>() != bands {
+        return Err(Error::Spec(format!(
+            "dedup: band partitions {ranges:?} do not cover the bands 0..{bands} in order"
+        )));
+    }
+    Ok(())
+}
+
+fn exact_path(dir: &Path) -> PathBuf {
+    dir.join("dedup").join("exact.bin")
+}
+
+fn bands_path(dir: &Path, bands: &Range<usize>) -> PathBuf {
+    dir.join("dedup")
+        .join(format!("bands-{:03}-{:03}.bin", bands.start, bands.end))
+}
+
+/// A committed list of ordinal pairs: `magic, u32 docs, u32 band start, u32 band end,
+/// u32 0, u64 count, count × (u32, u32), u64 xxh3_64 of everything before it`, little-endian.
+/// `docs` and the band range are checked on reading, so a file from another partitioning or
+/// other stores is refused rather than mixed in.
+#[derive(Clone, Debug, PartialEq)]
+enum PairsKind {
+    Exact,
+    Bands(Range<usize>),
+}
+
+impl PairsKind {
+    fn magic(&self) -> &'static [u8; 8] {
+        match self {
+            PairsKind::Exact => b"TLEXACT1",
+            PairsKind::Bands(_) => b"TLBANDS1",
+        }
+    }
+    fn range(&self) -> (u32, u32) {
+        match self {
+            PairsKind::Exact => (0, 0),
+            PairsKind::Bands(r) => (r.start as u32, r.end as u32),
+        }
+    }
+}
+
+const PAIRS_HEADER: usize = 32;
+
+fn write_pairs(path: &Path, kind: PairsKind, docs: u32, pairs: &[(u32, u32)]) -> Result<()> {
+    let mut bytes = Vec::with_capacity(PAIRS_HEADER + 8 * pairs.len() + 8);
+    let (lo, hi) = kind.range();
+    bytes.extend_from_slice(kind.magic());
+    for v in [docs, lo, hi, 0] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
+    for &(a, b) in pairs {
+        bytes.extend_from_slice(&a.to_le_bytes());
+        bytes.extend_from_slice(&b.to_le_bytes());
+    }
+    let sum = xxh3_64(&bytes);
+    bytes.extend_from_slice(&sum.to_le_bytes());
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).ctx(parent)?;
+    }
+    write_atomic(path, &bytes)
+}
+
+fn read_pairs(path: &Path, kind: PairsKind, docs: usize) -> Result<Vec<(u32, u32)>> {
+    let stage = match &kind {
+        PairsKind::Exact => "the exact stage".to_string(),
+        PairsKind::Bands(r) => format!("the band partition {r:?}"),
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(path, format!("{e} ({stage} has not run)")))?;
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    let corrupt = |why: &str| {
+        Error::shard(
+            path,
+            format!("corrupt dedup stage output: {why} (delete it to redo {stage})"),
+        )
+    };
+    if bytes.len() < PAIRS_HEADER + 8 || &bytes[..8] != kind.magic() {
+        return Err(corrupt("bad magic or truncated"));
+    }
+    let count = u64_at(24) as usize;
+    if bytes.len() != PAIRS_HEADER + 8 * count + 8 {
+        return Err(corrupt("truncated"));
+    }
+    let body = bytes.len() - 8;
+    if xxh3_64(&bytes[..body]) != u64_at(body) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    if (u32_at(12), u32_at(16)) != kind.range() {
+        return Err(corrupt("made for another band partition"));
+    }
+    if u32_at(8) as usize != docs {
+        return Err(corrupt(&format!(
+            "made over {} documents, the stores hold {docs}",
+            u32_at(8)
+        )));
+    }
+    Ok((0..count)
+        .map(|i| {
+            let at = PAIRS_HEADER + 8 * i;
+            (u32_at(at), u32_at(at + 4))
+        })
+        .collect())
 }
 
 /// The rows of input file `file` that the committed decision removes. Memory-maps the

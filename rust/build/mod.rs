@@ -25,7 +25,7 @@ use crate::shard::{write_atomic, Dtype, Shard, ShardWriter, Source};
 use crate::source::{self, Record};
 use crate::tokenize::Tokenizer;
 pub use config::{BuildConfig, CorpusConfig, DedupMode};
-pub use dedup_stage::{dedup_files, params as dedup_params, FilesDedup};
+pub use dedup_stage::{dedup_files, params as dedup_params, FilesDedup, PairsWork};
 use manifest::{
     CorpusManifest, FileStats, ShardEntry, SkippedRow, Totals, MIX_FORMAT, MIX_FORMAT_VERSION,
 };
@@ -33,6 +33,7 @@ pub use progress::{Progress, Snapshot};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -297,17 +298,62 @@ pub fn fingerprint_one(
 /// Find corpus `corpus`'s duplicates from its fingerprint stores (all must be committed) and
 /// commit the decision (removed rows + report) to staging, where the tokenize stage of any
 /// process reads it. A no-op when the decision is committed; nothing to do without dedup.
-pub fn dedup_corpus(plan: &Plan, corpus: usize) -> Result<DedupWork> {
+///
+/// `partitions: None` searches here, in one process (the local build). `Some(p)` resolves the
+/// components from the committed outputs of [`dedup_exact`] and of [`dedup_bands`] for each
+/// of [`band_ranges`]`(plan, corpus, p)` (the distributed build). Same bytes either way.
+pub fn dedup_corpus(plan: &Plan, corpus: usize, partitions: Option<usize>) -> Result<DedupWork> {
     plan.check_staging()?;
     let c = plan.corpus(corpus)?;
     if c.dedup == DedupMode::None {
         return Ok(DedupWork::default());
     }
+    let ranges = partitions
+        .map(|p| band_ranges(plan, corpus, p))
+        .transpose()?;
     dedup_stage::decide(
         &plan.cfg,
         c,
         &plan.staging().join(&c.name),
         plan.files(corpus),
+        ranges.as_deref(),
+    )
+}
+
+/// The band ranges of `partitions` band partitions of corpus `corpus` (none when the corpus
+/// has no near-duplicate stage; at most one partition per band).
+pub fn band_ranges(plan: &Plan, corpus: usize, partitions: usize) -> Result<Vec<Range<usize>>> {
+    let c = plan.corpus(corpus)?;
+    if c.dedup != DedupMode::Near {
+        return Ok(Vec::new());
+    }
+    let params = dedup_stage::params(&plan.cfg.dedup, c.dedup)?;
+    Ok(crate::dedup::band_partitions(params.bands, partitions))
+}
+
+/// The distributed build's exact-groups stage of corpus `corpus` (after all its fingerprints).
+pub fn dedup_exact(plan: &Plan, corpus: usize) -> Result<PairsWork> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    dedup_stage::decide_exact(
+        &plan.cfg,
+        c,
+        &plan.staging().join(&c.name),
+        plan.files(corpus),
+    )
+}
+
+/// The distributed build's band stage of corpus `corpus` for the bands `bands` (after
+/// [`dedup_exact`]); partitions run independently, on any machines.
+pub fn dedup_bands(plan: &Plan, corpus: usize, bands: Range<usize>) -> Result<PairsWork> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    dedup_stage::decide_bands(
+        &plan.cfg,
+        c,
+        &plan.staging().join(&c.name),
+        plan.files(corpus),
+        bands,
     )
 }
 
@@ -445,7 +491,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
                     .collect()
             });
             done.into_iter().collect::<Result<Vec<_>>>()?;
-            dedup_corpus(&plan, c)?;
+            dedup_corpus(&plan, c, None)?;
         }
         progress.start_stage(&format!("tokenize {}", corpus.name), n as u64);
         let done: Vec<Result<FileWork>> = pool.install(|| {
