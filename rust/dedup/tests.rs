@@ -798,7 +798,7 @@ fn components_match_the_brute_force_definition() {
         }
         x
     }
-    let mut unite = |a: usize, b: usize, p: &mut Vec<usize>| {
+    let unite = |a: usize, b: usize, p: &mut [usize]| {
         let (ra, rb) = (root(p, a), root(p, b));
         p[ra.max(rb)] = ra.min(rb);
     };
