@@ -359,6 +359,30 @@ impl PyBuildPlan {
         work_dict(py, w)
     }
 
+    /// The shard layout of corpus `corpus` (after all its parts), one JSON object per shard:
+    /// `{"name", "slices": [[part, start, end]...], "docs", "tokens"}`.
+    fn pack_layout(&self, py: Python<'_>, corpus: usize) -> PyResult<Vec<String>> {
+        let shards = self.run(py, |p| build::pack_layout(p, corpus))?;
+        Ok(shards
+            .iter()
+            .map(|s| serde_json::to_string(s).expect("a shard plan serialises"))
+            .collect())
+    }
+
+    /// Write one shard of the layout (a JSON object from `pack_layout`) into staging.
+    fn pack_shard(&self, py: Python<'_>, corpus: usize, shard_json: &str) -> PyResult<PyObject> {
+        let shard: build::ShardPlan = serde_json::from_str(shard_json)
+            .map_err(|e| SpecError::new_err(format!("pack: invalid shard plan: {e}")))?;
+        let w = self.run(py, |p| {
+            build::pack_shard(p, corpus, &shard, &build::Progress::default())
+        })?;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("resumed", w.resumed)?;
+        d.set_item("docs", w.docs)?;
+        d.set_item("tokens", w.tokens)?;
+        Ok(d.into_any().unbind())
+    }
+
     /// Pack, write the schedule, the tokenizer and the lock; drop the staging.
     fn finish(&self, py: Python<'_>) -> PyResult<PyObject> {
         let s = self.run(py, |p| build::finish(p, &build::Progress::default()))?;

@@ -11,8 +11,11 @@ The build's stages run as Ray tasks, each calling the same Rust core as the loca
     dedup        one task per deduplicated corpus (after its band partitions): connected
                  components, keep the earliest -> committed decision + report
     tokenize     one task per input file (after its corpus's dedup) -> committed staged part
-    finish       on the driver: pack parts in file order into shards + manifests, write the
-                 schedule, the tokenizer and, last, mix.json
+    layout       one task per corpus (after its parts): cut the parts' document sequence, in
+                 file order, into training and holdout shards (document lengths only)
+    pack         one task per output shard (after its corpus's layout) -> committed staged shard
+    finish       on the driver: move the shards into place, write the manifests, the schedule,
+                 the tokenizer and, last, mix.json
 
 Every per-file output is a pure function of (file, spec, tokenizer) and packing walks the
 files in sorted order, so the result does not depend on the number of workers or on which
@@ -137,6 +140,20 @@ def _tokenize_task(config_json: str, corpus: int, file: int, chaos: dict | None,
     return out
 
 
+def _layout_task(config_json: str, corpus: int, chaos: dict | None, *_parts: dict) -> list[str]:
+    _inject(chaos, "layout", corpus, None)
+    out = _plan(config_json).pack_layout(corpus)
+    _hang_if_armed(chaos)
+    return out
+
+
+def _pack_task(config_json: str, corpus: int, index: int, shard_json: str, chaos: dict | None) -> dict:
+    _inject(chaos, "pack", corpus, index)
+    out = _plan(config_json).pack_shard(corpus, shard_json)
+    _hang_if_armed(chaos)
+    return out
+
+
 # ---- the driver -----------------------------------------------------------------------------
 
 class _Stage:
@@ -159,6 +176,8 @@ class _Stage:
     def line(self) -> str:
         if self.name == "dedup":
             return f"dedup: {self.done} tasks ({self.resumed} resumed), {_human(self.removed)} duplicates removed"
+        if self.name == "layout":
+            return f"layout: {self.done} tasks"
         if self.name == "exact":
             return f"exact: {self.done} tasks ({self.resumed} resumed), {_human(self.pairs)} exact duplicates"
         if self.name == "bands":
@@ -220,7 +239,7 @@ def build_mix_ray(
         stages = _run_tasks(ray, config_json, corpora, ranges, threads_per_task, max_retries, _chaos, report, tty,
                             stream)
         if progress:
-            stream.write("finish: packing shards, writing the schedule and mix.json\n")
+            stream.write("finish: moving shards into place, writing manifests, the schedule and mix.json\n")
             stream.flush()
         finished = driver_plan.finish()
         cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -268,36 +287,45 @@ def _run_tasks(ray, config_json, corpora, ranges, threads, max_retries, chaos, r
     bands = ray.remote(**opts)(_bands_task)
     dedup = ray.remote(**opts)(_dedup_task)
     tokenize = ray.remote(**opts)(_tokenize_task)
+    layout = ray.remote(**opts)(_layout_task)
+    pack = ray.remote(**opts)(_pack_task)
     cfg = ray.put(config_json)
-    stages = {name: _Stage(name) for name in ("fingerprint", "exact", "bands", "dedup", "tokenize")}
-    pending: dict[Any, str] = {}
+    names = ("fingerprint", "exact", "bands", "dedup", "tokenize", "layout", "pack")
+    stages = {name: _Stage(name) for name in names}
+    pending: dict[Any, tuple[str, int]] = {}
 
-    def submit(stage: str, ref):
-        pending[ref] = stage
+    def submit(stage: str, corpus: int, ref):
+        pending[ref] = (stage, corpus)
         stages[stage].total += 1
         return ref
 
     for c, (_name, n_files, deduped) in enumerate(corpora):
         gate = None
         if deduped:
-            fps = [submit("fingerprint", fingerprint.remote(cfg, c, i, chaos)) for i in range(n_files)]
-            groups = submit("exact", exact.remote(cfg, c, chaos, *fps))
-            parts = [submit("bands", bands.remote(cfg, c, p, r, chaos, groups)) for p, r in enumerate(ranges[c])]
-            gate = submit("dedup", dedup.remote(cfg, c, max(len(parts), 1), chaos, groups, *parts))
-        for i in range(n_files):
-            submit("tokenize", tokenize.remote(cfg, c, i, chaos, gate))
+            fps = [submit("fingerprint", c, fingerprint.remote(cfg, c, i, chaos)) for i in range(n_files)]
+            groups = submit("exact", c, exact.remote(cfg, c, chaos, *fps))
+            parts = [submit("bands", c, bands.remote(cfg, c, p, r, chaos, groups)) for p, r in enumerate(ranges[c])]
+            gate = submit("dedup", c, dedup.remote(cfg, c, max(len(parts), 1), chaos, groups, *parts))
+        toks = [submit("tokenize", c, tokenize.remote(cfg, c, i, chaos, gate)) for i in range(n_files)]
+        submit("layout", c, layout.remote(cfg, c, chaos, *toks))
 
     waiting = list(pending)
     while waiting:
         ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
         for ref in ready:
+            stage, c = pending[ref]
             try:
                 result = ray.get(ref)
             except Exception as e:
                 for r in waiting:
                     ray.cancel(r)
-                raise _task_error(ray, e, pending[ref]) from None
-            stages[pending[ref]].add(result)
+                raise _task_error(ray, e, stage) from None
+            if stage == "layout":
+                # The shards are known once the corpus's parts are: one pack task each.
+                stages[stage].add({"resumed": False})
+                waiting += [submit("pack", c, pack.remote(cfg, c, k, shard, chaos)) for k, shard in enumerate(result)]
+            else:
+                stages[stage].add(result)
         if report:
             parts = [f"{s.name} {s.done}/{s.total}" for s in stages.values() if s.total]
             tok = stages["tokenize"]

@@ -82,6 +82,11 @@ def _stages_by_hand(spec, out, partitions):
             assert a.band_ranges(c, partitions) == []
         for i in range(n_files):
             (b if i % 2 else a).tokenize(c, i)
+        shards = b.pack_layout(c)
+        assert shards, "every corpus of the slice has shards"
+        for k, shard in reversed(list(enumerate(shards))):
+            assert (a if k % 2 else b).pack_shard(c, shard)["resumed"] is False
+        assert a.pack_shard(c, shards[0])["resumed"] is True
     a.finish()
 
 
@@ -159,6 +164,9 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
     assert stages["fingerprint"]["files"] > 0 and stages["dedup"]["files"] == 1
     assert stages["exact"]["files"] == 1 and stages["bands"]["files"] == 9  # one task per band
     assert stages["bands"]["pairs"] > 0
+    shards = sum(len(m["shards"]) + len(m["holdout_shards"])
+                 for m in (json.loads(p.read_text()) for p in out.glob("corpora/*/manifest.json")))
+    assert stages["layout"]["files"] == 3 and stages["pack"]["files"] == shards
     totals = [json.loads(m.read_text())["totals"] for m in out.glob("corpora/*/manifest.json")]
     all_tokens = sum(t["tokens"] + t["holdout_tokens"] for t in totals)
     assert stages["tokenize"]["tokens"] == all_tokens  # the progress counts every committed token
@@ -179,7 +187,8 @@ def test_band_partitions_do_not_change_the_bytes(cluster, local, tmp_path):
 @pytest.mark.slow
 @needs_ray
 @pytest.mark.parametrize("stage,corpus,file", [("fingerprint", 0, 1), ("exact", 0, None), ("bands", 0, 4),
-                                               ("dedup", 0, None), ("tokenize", 0, 1), ("tokenize", 2, 0)])
+                                               ("dedup", 0, None), ("tokenize", 0, 1), ("tokenize", 2, 0),
+                                               ("layout", 1, None), ("pack", 0, 0)])
 def test_killed_worker_is_retried(cluster, local, tmp_path, stage, corpus, file):
     spec, expected = local
     marker = tmp_path / "killed"

@@ -17,18 +17,18 @@
 pub mod config;
 mod dedup_stage;
 pub mod manifest;
+mod pack;
 pub mod progress;
 
 use crate::error::{Error, IoContext, Result};
 use crate::mix::{CorpusSize, Schedule, StageSpec};
-use crate::shard::{write_atomic, Dtype, Shard, ShardWriter, Source};
+use crate::shard::{write_atomic, Dtype, ShardWriter, Source};
 use crate::source::{self, Record};
 use crate::tokenize::Tokenizer;
 pub use config::{BuildConfig, CorpusConfig, DedupMode};
 pub use dedup_stage::{dedup_files, params as dedup_params, FilesDedup, PairsWork};
-use manifest::{
-    CorpusManifest, FileStats, ShardEntry, SkippedRow, Totals, MIX_FORMAT, MIX_FORMAT_VERSION,
-};
+use manifest::{FileStats, SkippedRow, MIX_FORMAT, MIX_FORMAT_VERSION};
+pub use pack::ShardPlan;
 pub use progress::{Progress, Snapshot};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -384,6 +384,46 @@ pub fn tokenize_one(
     })
 }
 
+/// The shard layout of corpus `corpus` (all its parts must be committed): what
+/// [`pack_shard`] tasks write, one shard each, before [`finish`].
+pub fn pack_layout(plan: &Plan, corpus: usize) -> Result<Vec<ShardPlan>> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    let dir = plan.staging().join(&c.name);
+    let n = plan.files(corpus).len();
+    for index in 0..n {
+        read_part_stats(&dir, index)?;
+    }
+    pack::layout(&dir, n, plan.cfg.shard_tokens, c.holdout_docs)
+}
+
+/// What one [`pack_shard`] task did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PackWork {
+    pub resumed: bool,
+    pub docs: u64,
+    pub tokens: u64,
+}
+
+/// Write shard `shard` of corpus `corpus`'s layout into staging (a no-op when it is there);
+/// [`finish`] moves it into the mix. Shards are independent: any process can write any.
+pub fn pack_shard(
+    plan: &Plan,
+    corpus: usize,
+    shard: &ShardPlan,
+    progress: &Progress,
+) -> Result<PackWork> {
+    plan.check_staging()?;
+    let c = plan.corpus(corpus)?;
+    let dir = plan.staging().join(&c.name);
+    let (entry, resumed) = pack::write_shard(&plan.ctx(progress), &dir, shard)?;
+    Ok(PackWork {
+        resumed,
+        docs: entry.docs,
+        tokens: entry.tokens,
+    })
+}
+
 /// Pack every corpus's committed parts into shards + manifest, write the schedule, the
 /// tokenizer and, last, the lock `mix.json`; then drop the staging. Every part must be there.
 pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
@@ -402,8 +442,7 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
         for index in 0..files.len() {
             parts.push(read_part_stats(&dir, index)?);
         }
-        progress.start_stage(&format!("pack {}", corpus.name), files.len() as u64);
-        let manifest = pack(&ctx, corpus, &dir, parts)?;
+        let manifest = pack::pack(&ctx, corpus, &dir, parts)?;
         if corpus.dedup != DedupMode::None {
             // Copied, not moved: a finish killed after this point must find it again.
             let staged = dedup_stage::report_path(&dir);
@@ -508,7 +547,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
             }
         }
     }
-    let mut summary = finish(&plan, progress)?;
+    let mut summary = pool.install(|| finish(&plan, progress))?;
     summary.files_resumed = resumed;
     summary.files_processed = processed;
     Ok(summary)
@@ -702,118 +741,4 @@ fn flush(
         .fetch_add(stats.tokens - tokens_before, Relaxed);
     batch.clear();
     Ok(())
-}
-
-/// Cut a corpus's parts, in file order, into shards of about `shard_tokens` tokens; the last
-/// `holdout_docs` kept documents go to holdout shards for `tinyllama eval`.
-fn pack(
-    ctx: &Ctx,
-    corpus: &CorpusConfig,
-    dir: &Path,
-    parts: Vec<PartStats>,
-) -> Result<CorpusManifest> {
-    let out_dir = ctx.cfg.out.join("corpora").join(&corpus.name);
-    if out_dir.exists() {
-        std::fs::remove_dir_all(&out_dir).ctx(&out_dir)?;
-    }
-    std::fs::create_dir_all(&out_dir).ctx(&out_dir)?;
-    let mut totals = Totals::default();
-    for p in &parts {
-        totals.add_file(&p.stats);
-    }
-    let holdout_from = totals.docs_kept.saturating_sub(corpus.holdout_docs);
-    let mut train = Packer::new(&out_dir, "shard", ctx);
-    let mut holdout = Packer::new(&out_dir, "holdout", ctx);
-    let mut k = 0u64;
-    for index in 0..parts.len() {
-        let (part_path, _) = part_paths(dir, index);
-        let part = Shard::open(&part_path)?;
-        for d in 0..part.n_docs() {
-            let ids = part.doc(d);
-            let packer = if k >= holdout_from {
-                &mut holdout
-            } else {
-                &mut train
-            };
-            packer.push(&ids, part.doc_source(d))?;
-            k += 1;
-        }
-        ctx.progress.files_done.fetch_add(1, Relaxed);
-    }
-    let shards = train.finish()?;
-    let holdout_shards = holdout.finish()?;
-    totals.docs_holdout = holdout_shards.iter().map(|s| s.docs).sum();
-    totals.tokens = shards.iter().map(|s| s.tokens).sum();
-    totals.holdout_tokens = holdout_shards.iter().map(|s| s.tokens).sum();
-    totals.shards = shards.len() as u64;
-    let (files, skipped): (Vec<_>, Vec<_>) =
-        parts.into_iter().map(|p| (p.stats, p.skipped)).unzip();
-    let manifest = CorpusManifest {
-        name: corpus.name.clone(),
-        totals,
-        files,
-        shards,
-        holdout_shards,
-        skipped: skipped.into_iter().flatten().collect(),
-    };
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n";
-    write_atomic(&out_dir.join("manifest.json"), text.as_bytes())?;
-    Ok(manifest)
-}
-
-/// Writes numbered shards, starting a new one when the next document would overflow.
-struct Packer<'a> {
-    dir: &'a Path,
-    prefix: &'static str,
-    ctx: &'a Ctx<'a>,
-    current: Option<(String, ShardWriter)>,
-    done: Vec<ShardEntry>,
-}
-
-impl<'a> Packer<'a> {
-    fn new(dir: &'a Path, prefix: &'static str, ctx: &'a Ctx<'a>) -> Self {
-        Packer {
-            dir,
-            prefix,
-            ctx,
-            current: None,
-            done: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, ids: &[u32], source: Source) -> Result<()> {
-        let full = self.current.as_ref().is_some_and(|(_, w)| {
-            w.n_tokens() > 0 && w.n_tokens() + ids.len() as u64 > self.ctx.cfg.shard_tokens
-        });
-        if full {
-            self.close()?;
-        }
-        if self.current.is_none() {
-            let name = format!("{}-{:05}.bin", self.prefix, self.done.len());
-            let w =
-                ShardWriter::create(&self.dir.join(&name), self.ctx.dtype, self.ctx.fingerprint)?;
-            self.current = Some((name, w));
-        }
-        let (_, w) = self.current.as_mut().expect("just opened");
-        w.push(ids, source)
-    }
-
-    fn close(&mut self) -> Result<()> {
-        if let Some((name, w)) = self.current.take() {
-            let (docs, tokens) = (w.n_docs() as u64, w.n_tokens());
-            let checksum = w.finish()?;
-            self.done.push(ShardEntry {
-                name,
-                docs,
-                tokens,
-                checksum,
-            });
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<Vec<ShardEntry>> {
-        self.close()?;
-        Ok(self.done)
-    }
 }
