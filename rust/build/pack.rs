@@ -289,7 +289,8 @@ mod tests {
         ] {
             c.push(part, doc, tokens);
         }
-        let got: Vec<(String, Vec<(usize, usize, usize)>, u64, u64)> = c
+        type Row = (String, Vec<(usize, usize, usize)>, u64, u64);
+        let got: Vec<Row> = c
             .finish()
             .into_iter()
             .map(|s| (s.name, s.slices, s.docs, s.tokens))
