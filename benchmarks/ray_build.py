@@ -6,6 +6,11 @@ give the same bytes; the benchmark checks that too.
 
 Each contender runs in its own subprocess. Ray's cluster start-up is timed apart from the
 build (a real cluster is already running when a build is submitted).
+
+Then the band stage alone (`--bands-mb`, 0 to skip): one band-partition task over the same
+committed fingerprint stores with 9, 3 and 1 of the 9 bands, each in a fresh process, with its
+time and peak RSS over the process's own baseline (plan and tokenizer loaded): what one task
+of a band-partitioned dedup costs per document.
 """
 
 from __future__ import annotations
@@ -62,14 +67,76 @@ def child(kind: str, workers: int, spec: Path, out: Path) -> None:
                       "docs": info["docs_read"], "tokens": info["tokens"], "digest": tree_digest(out)}))
 
 
+def _vm(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bands_child(spec: Path, out: Path, bands: int) -> None:
+    """One band-partition task (bands 0..`bands`) over committed stores; `bands` = 0 sets up."""
+    from tinyllama import _core
+    from tinyllama.spec import load_spec
+
+    plan = _core.BuildPlan(json.dumps(load_spec(spec).build_config(out, 1), sort_keys=True))
+    if bands == 0:
+        shutil.rmtree(out, ignore_errors=True)
+        plan.prepare()
+        _name, n_files, _ = plan.corpora()[0]
+        for i in range(n_files):
+            plan.fingerprint(0, i)
+        print(json.dumps(plan.dedup_exact(0)))
+        return
+    for f in out.glob(".staging/c/dedup/bands-*.bin"):
+        f.unlink()
+    base = _vm("VmRSS")
+    t = time.perf_counter()
+    result = plan.dedup_bands(0, 0, bands)
+    seconds = time.perf_counter() - t
+    print(json.dumps({"bands": bands, "seconds": seconds, "peak_mb": _vm("VmHWM"), "over_base_mb": _vm("VmHWM") - base,
+                      **result}))
+
+
+def band_table(args) -> None:
+    data = args.work / f"data-{args.bands_mb}-{args.files}"
+    _, size = scaled_corpus(data, args.bands_mb, args.files, shared=args.shared)
+    work = args.work / "bands"
+    work.mkdir(parents=True, exist_ok=True)
+    spec = single_corpus_spec(work, data, args.shared / "tokenizers/llama2/tokenizer.json", dedup="near")
+    rows = []
+    for bands in (0, 9, 3, 1):
+        proc = subprocess.run([sys.executable, __file__, "--bands-child", str(bands), str(spec), str(work / "mix")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"band stage ({bands} bands): failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            return
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    docs = rows[0]["docs"]
+    print(f"\nband stage alone: one task over {docs:,} documents ({size / 1e6:.0f} MB of text), "
+          f"{rows[0]['pairs']:,} exact duplicates left out\n")
+    print(f"{'bands':>6}{'seconds':>9}{'docs/s':>12}{'edges':>8}{'peak RSS MB':>13}{'over base MB':>14}"
+          f"{'bytes/doc':>11}")
+    for r in rows[1:]:
+        print(f"{r['bands']:>6}{r['seconds']:>9.2f}{docs / r['seconds']:>12,.0f}{r['pairs']:>8,}{r['peak_mb']:>13.0f}"
+              f"{r['over_base_mb']:>14.1f}{r['over_base_mb'] * 2**20 / docs:>11.1f}")
+    print("\n'over base' = peak RSS minus the RSS of the same process before the task (plan + tokenizer loaded);"
+          "\nthe edges of a partition are a spanning forest, so fewer bands can find as many components.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=40, help="MB of text to build")
     ap.add_argument("--files", type=int, default=16, help="input files (= tasks per stage)")
     ap.add_argument("--shared", type=Path, default=SHARED if SHARED.exists() else Path("/work/shared/data"))
     ap.add_argument("--work", type=Path, default=Path("bench-out/ray_build"))
+    ap.add_argument("--bands-mb", type=int, default=100, help="MB of text for the band-stage table (0: skip)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--bands-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bands_child:
+        bands, spec, out = args.bands_child
+        return bands_child(Path(spec), Path(out), int(bands))
     data = args.work / f"data-{args.mb}-{args.files}"
     paths, size = scaled_corpus(data, args.mb, args.files, shared=args.shared)
     spec = single_corpus_spec(args.work, data, args.shared / "tokenizers/llama2/tokenizer.json", dedup="near")
@@ -101,6 +168,8 @@ def main() -> None:
           f"\nall outputs byte-identical: {same}")
     if not same:
         sys.exit(1)
+    if args.bands_mb:
+        band_table(args)
 
 
 if __name__ == "__main__":
