@@ -75,6 +75,8 @@ def single_corpus_spec(work: Path, data: Path, tokenizer: Path, dedup: str = "no
     """A mix spec over the scaled .jsonl.zst files in `data`, one corpus `c`, long enough a
     schedule that any corpus size fits."""
     spec = work / "spec.toml"
+    # Absolute: the spec resolves relative paths from its own folder.
+    data, tokenizer = data.resolve(), tokenizer.resolve()
     spec.write_text(f"""name = "bench"
 tokenizer = "{tokenizer}"
 seq_len = 2048

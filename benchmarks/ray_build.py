@@ -21,6 +21,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def child(kind: str, workers: int, spec: Path, out: Path) -> None:
         from tinyllama.build import build_mix
 
         t = time.perf_counter()
-        build_mix(spec, out, workers, progress=False)
+        summary = build_mix(spec, out, workers, progress=False)
         seconds = time.perf_counter() - t
     else:
         import ray
@@ -59,12 +60,14 @@ def child(kind: str, workers: int, spec: Path, out: Path) -> None:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - t
         t = time.perf_counter()
-        build_mix_ray(spec, out, progress=False)
+        summary = build_mix_ray(spec, out, progress=False)
         seconds = time.perf_counter() - t
         ray.shutdown()
+    tasks = sum(s["files"] for s in summary["stages"].values()) if kind == "ray" else 0
     info = tinyllama.Mix(out).inspect()["corpora"]["c"]
     print(json.dumps({"kind": kind, "workers": workers, "seconds": seconds, "startup": startup,
-                      "docs": info["docs_read"], "tokens": info["tokens"], "digest": tree_digest(out)}))
+                      "docs": info["docs_read"], "tokens": info["tokens"], "digest": tree_digest(out),
+                      "tasks": tasks}))
 
 
 def _vm(field: str) -> float:
@@ -90,12 +93,28 @@ def bands_child(spec: Path, out: Path, bands: int) -> None:
         return
     for f in out.glob(".staging/c/dedup/bands-*.bin"):
         f.unlink()
-    base = _vm("VmRSS")
+    # Anonymous memory (the sort buffers, union-find, edges) and file-backed memory (the
+    # memory-mapped stores: clean page cache, reclaimable) are sampled apart while the task
+    # runs (the Rust stage releases the GIL, so this thread keeps sampling).
+    base_anon, base_file = _vm("RssAnon"), _vm("RssFile")
+    peak = {"anon": base_anon, "file": base_file}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["anon"] = max(peak["anon"], _vm("RssAnon"))
+            peak["file"] = max(peak["file"], _vm("RssFile"))
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     t = time.perf_counter()
     result = plan.dedup_bands(0, 0, bands)
     seconds = time.perf_counter() - t
-    print(json.dumps({"bands": bands, "seconds": seconds, "peak_mb": _vm("VmHWM"), "over_base_mb": _vm("VmHWM") - base,
-                      **result}))
+    done.set()
+    sampler.join()
+    print(json.dumps({"bands": bands, "seconds": seconds, "peak_mb": _vm("VmHWM"),
+                      "anon_mb": peak["anon"] - base_anon, "file_mb": peak["file"] - base_file, **result}))
 
 
 def band_table(args) -> None:
@@ -115,13 +134,14 @@ def band_table(args) -> None:
     docs = rows[0]["docs"]
     print(f"\nband stage alone: one task over {docs:,} documents ({size / 1e6:.0f} MB of text), "
           f"{rows[0]['pairs']:,} exact duplicates left out\n")
-    print(f"{'bands':>6}{'seconds':>9}{'docs/s':>12}{'edges':>8}{'peak RSS MB':>13}{'over base MB':>14}"
-          f"{'bytes/doc':>11}")
+    print(f"{'bands':>6}{'seconds':>9}{'docs/s':>12}{'edges':>8}{'peak RSS MB':>13}{'anon +MB':>10}"
+          f"{'anon B/doc':>12}{'mapped +MB':>12}")
     for r in rows[1:]:
         print(f"{r['bands']:>6}{r['seconds']:>9.2f}{docs / r['seconds']:>12,.0f}{r['pairs']:>8,}{r['peak_mb']:>13.0f}"
-              f"{r['over_base_mb']:>14.1f}{r['over_base_mb'] * 2**20 / docs:>11.1f}")
-    print("\n'over base' = peak RSS minus the RSS of the same process before the task (plan + tokenizer loaded);"
-          "\nthe edges of a partition are a spanning forest, so fewer bands can find as many components.")
+              f"{r['anon_mb']:>10.1f}{r['anon_mb'] * 2**20 / docs:>12.0f}{r['file_mb']:>12.1f}")
+    print("\n'anon +MB' = peak anonymous memory (sort buffers, union-find, edges) above the process's own before the"
+          "\ntask (plan + tokenizer loaded); 'mapped +MB' = store pages mapped in (page cache, reclaimable)."
+          "\nA partition's edges are a spanning forest of what its bands found: the counts differ, the components not.")
 
 
 def main() -> None:
@@ -155,16 +175,20 @@ def main() -> None:
     print(f"\nmix build (near dedup + tokenize + pack) on {size / 1e6:.0f} MB of text, {len(paths)} jsonl.zst "
           f"files\n")
     print(f"{'build':<10}{'workers':>8}{'seconds':>9}{'docs/s':>10}{'Mtok/s':>8}{'vs local':>10}"
-          f"{'ray start s':>12}")
+          f"{'ray start s':>12}{'tasks':>7}{'ms/task':>9}")
     base = {r["workers"]: r["seconds"] for r in results if r["kind"] == "local"}
     for r in results:
         ratio = f"{base[r['workers']] / r['seconds']:.2f}x" if r["workers"] in base else "-"
         start = f"{r['startup']:.1f}" if r["kind"] == "ray" else "-"
+        tasks = r["tasks"] or "-"
+        per_task = (f"{(r['seconds'] - base[r['workers']]) * r['workers'] / r['tasks'] * 1e3:.1f}"
+                    if r["tasks"] and r["workers"] in base else "-")
         print(f"{r['kind']:<10}{r['workers']:>8}{r['seconds']:>9.2f}{r['docs'] / r['seconds']:>10,.0f}"
               f"{r['tokens'] / r['seconds'] / 1e6:>8.2f}{ratio:>10}"
-              f"{start:>12}")
+              f"{start:>12}{tasks:>7}{per_task:>9}")
     same = len({r["digest"] for r in results}) == 1
-    print(f"\n'vs local' = local seconds / this build's seconds at the same worker count (1.00x = no overhead)."
+    print(f"\n'vs local' = local seconds / this build's seconds at the same worker count (1.00x = no overhead);"
+          f"\n'ms/task' = the extra time x workers / tasks: the cost of a task on this box."
           f"\nall outputs byte-identical: {same}")
     if not same:
         sys.exit(1)
