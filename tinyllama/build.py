@@ -32,6 +32,8 @@ def _reporter(stream, tty: bool, every: float) -> Callable:
     start = time.monotonic()
 
     def report(stage: str, done: int, total: int, docs: int, tokens: int, nbytes: int) -> None:
+        if not stage:  # polled before the first stage started
+            return
         now = time.monotonic()
         elapsed = max(now - start, 1e-9)
         line = (f"{stage}: files {done}/{total}  docs {_human(docs)}  tokens {_human(tokens)}"

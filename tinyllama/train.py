@@ -10,7 +10,9 @@ One optimizer step at schedule step `s`:
   4. clip, AdamW step at the cosine learning rate of step `s` (which ignores batch-size changes).
 
 Because the data is a pure function of the step and everything else is in the checkpoint, a
-resumed run repeats an uninterrupted one exactly, on any world size.
+resumed run repeats an uninterrupted one exactly, on any world size. SIGTERM / SIGUSR1 (Slurm's
+warning before a time limit or a preemption) end the run after the current step with a
+checkpoint (`preempt.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tinyllama.parallel import (
     shard_model,
     shutdown,
 )
+from tinyllama.preempt import StopOnSignal
 
 
 class BatchSource(Protocol):
@@ -155,13 +158,14 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
     torch.set_float32_matmul_precision("high")
     d = init_distributed()
     try:
-        return _train(cfg, resume, source if source is not None else open_data(cfg), d)
+        with StopOnSignal() as stop:
+            return _train(cfg, resume, source if source is not None else open_data(cfg), d, stop)
     finally:
         if d.owns_group:
             shutdown()
 
 
-def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path:
+def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: StopOnSignal) -> Path:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     total = cfg.run.max_steps or source.num_steps()
@@ -261,7 +265,8 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
             window_losses, window_corpora, window_steps, window_tokens = [], [], [], 0
             t0 = time.perf_counter()
 
-        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == end:
+        stopping = stop.requested(d)
+        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == end or stopping:
             if step != saved:
                 state = {"tokens": tokens_seen, "total_steps": total, "lr": lr, "config": cfg.to_dict()}
                 path = ckpt.save(
@@ -278,6 +283,9 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist) -> Path
                 saved = step
                 log.message(f"saved {path}")
             t0 = time.perf_counter()  # do not count the save in tokens/s
+        if stopping:
+            log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
+            break
     log.close()
     return out
 

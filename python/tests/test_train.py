@@ -404,6 +404,81 @@ def test_resume_world_size_1_to_2(baseline, streams, tmp_path):
         assert loss == pytest.approx(base[step], rel=1e-4, abs=1e-4), step
 
 
+def _wait_for_steps(proc: subprocess.Popen, out: Path, steps: int, timeout: float = 300) -> None:
+    import time
+
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run did not reach the step in time"
+        time.sleep(0.05)
+
+
+def _trainer_process(config: Path, streams: Path, nproc: int, pid_dir: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if pid_dir is not None:
+        env["TINYLLAMA_TEST_PID_DIR"] = str(pid_dir)
+    if nproc == 1:
+        cmd = [sys.executable, __file__, str(config), str(streams)]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+               f"--master-port={port}", __file__, str(config), str(streams)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_saves_and_stops_then_resume_continues(baseline, streams, tmp_path):
+    """Slurm's SIGTERM before a time limit: the step in flight ends, a checkpoint is committed
+    (save_every is far away), the process exits 0; --resume repeats the uninterrupted run."""
+    import signal
+
+    from tinyllama.checkpoint import committed_steps
+
+    cfg = write_config(tmp_path)
+    proc = _trainer_process(cfg, streams, 1)
+    _wait_for_steps(proc, tmp_path / "run", 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    steps = committed_steps(tmp_path / "run/checkpoints")
+    assert len(steps) == 1 and 3 <= steps[0] < 12, steps
+    assert f"stopped by SIGTERM after step {steps[0]}" in err
+    resumed = run_inproc(cfg, streams, resume=True)
+    assert [m["step"] for m in resumed] == list(range(1, 13))
+    base = losses(baseline)
+    for step, loss in losses(resumed).items():
+        assert loss == pytest.approx(base[step], rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_both_at_the_same_step(baseline, streams, tmp_path):
+    """A signal that reaches only rank 1: both ranks agree to stop after the same step (rank 0
+    would otherwise hang in the next collective) and save; a 1-process resume continues."""
+    import signal
+
+    from tinyllama.checkpoint import committed_steps
+
+    cfg = write_config(tmp_path)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = _trainer_process(cfg, streams, 2, pids)
+    _wait_for_steps(proc, tmp_path / "run", 3)
+    os.kill(int((pids / "rank-1").read_text()), signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    steps = committed_steps(tmp_path / "run/checkpoints")
+    assert len(steps) == 1 and 3 <= steps[0] < 12, steps
+    assert f"stopped by a signal on another rank after step {steps[0]}" in err  # rank 0 logs
+    resumed = run_inproc(cfg, streams, resume=True)
+    base = losses(baseline)
+    assert [m["step"] for m in resumed] == list(range(1, 13))
+    for step, loss in losses(resumed).items():
+        assert loss == pytest.approx(base[step], rel=1e-4, abs=1e-4), step
+
+
 if __name__ == "__main__":  # torchrun entry point
     import argparse
 
@@ -416,6 +491,8 @@ if __name__ == "__main__":  # torchrun entry point
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     a = ap.parse_args()
+    if os.environ.get("TINYLLAMA_TEST_PID_DIR"):  # lets a test signal one rank
+        Path(os.environ["TINYLLAMA_TEST_PID_DIR"], f"rank-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     from tinyllama.config import load_config
     from tinyllama.train import train
 
