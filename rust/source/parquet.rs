@@ -14,17 +14,45 @@ use parquet::data_type::{ByteArray, ByteArrayType};
 use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::SerializedFileReader;
 use parquet::schema::types::{ColumnDescriptor, SchemaDescriptor};
+use std::cell::Cell;
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 /// Rows decoded per call: enough to amortise the call, few enough to keep pages short-lived.
 const BATCH_ROWS: usize = 128;
 
+thread_local! {
+    /// Set while a guarded parquet call runs on this thread: its panics are expected input
+    /// errors, reported (or counted) by the caller, so the panic hook keeps quiet about them.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wraps the process's panic hook (once) so that panics inside [`guard`] print nothing; every
+/// other panic still goes to the previous hook.
+fn quiet_guarded_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(wrap_panic_hook);
+}
+
+fn wrap_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !GUARDED.with(Cell::get) {
+            previous(info);
+        }
+    }));
+}
+
 /// Run a parquet call, turning both its errors and its panics (the crate asserts on some
 /// malformed inputs) into a message: input must never crash the process.
 fn guard<T>(f: impl FnOnce() -> parquet::errors::Result<T>) -> std::result::Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    quiet_guarded_panics();
+    let was = GUARDED.with(|g| g.replace(true));
+    let out = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    match out {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(panic) => Err(panic
@@ -368,5 +396,30 @@ impl Iterator for ParquetReader {
             self.done = true;
             return None;
         }
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    thread_local! {
+        static REPORTED: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// A decoder panic becomes the error message and reaches no panic hook (nothing printed);
+    /// a panic outside a guarded call still does.
+    #[test]
+    fn guarded_panics_are_errors_and_stay_quiet() {
+        let original = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| REPORTED.with(|r| r.set(r.get() + 1))));
+        wrap_panic_hook();
+        let err = guard::<()>(|| panic!("decoder assertion")).unwrap_err();
+        let quiet = REPORTED.with(Cell::get);
+        let _ = catch_unwind(|| panic!("a real bug"));
+        let loud = REPORTED.with(Cell::get);
+        std::panic::set_hook(original);
+        assert_eq!(err, "decoder assertion");
+        assert_eq!((quiet, loud), (0, 1));
     }
 }
