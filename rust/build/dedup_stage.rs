@@ -8,8 +8,8 @@ use super::{
     display_path, BuildConfig, CorpusConfig, Ctx, DedupMode, DedupWork, FileWork, Removed,
 };
 use crate::dedup::{
-    self, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
-    Fingerprinter, Kind,
+    self, keys_path, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
+    Fingerprinter, KeyIndex, KeyIndexWriter, Kind,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::shard::write_atomic;
@@ -449,8 +449,13 @@ pub fn fingerprint_file(
 ) -> Result<FileWork> {
     let path = store_path(dir, index);
     let bytes = std::fs::metadata(file).ctx(file)?.len();
-    // A committed store made with these parameters is this file's finished work.
-    if let Ok(store) = FingerprintStore::open(&path, params) {
+    // A committed store made with these parameters, and its key index, are this file's
+    // finished work.
+    let done = FingerprintStore::open(&path, params).and_then(|store| {
+        KeyIndex::open(keys_path(&path), params, store.len())?;
+        Ok(store)
+    });
+    if let Ok(store) = done {
         ctx.progress.files_done.fetch_add(1, Relaxed);
         return Ok(FileWork {
             resumed: true,
@@ -537,14 +542,19 @@ fn write_store(
     mut on_doc: impl FnMut(),
 ) -> Result<u64> {
     let mut writer = FingerprintWriter::create(store, params)?;
+    let mut keys = KeyIndexWriter::new(keys_path(store), params);
     let mut hasher = Fingerprinter::new(params);
     for record in source::open(file, options)? {
         // Bad records are reported (or counted) by the tokenize pass, which reads the same rows.
         if let Record::Doc { row, text } = record? {
-            writer.push(row, &hasher.fingerprint(&text))?;
+            let fp = hasher.fingerprint(&text);
+            writer.push(row, &fp)?;
+            keys.push(&fp);
             on_doc();
         }
     }
+    // The index first: a committed store marks the file as done, so its index must be there.
+    keys.finish()?;
     writer.finish()
 }
 

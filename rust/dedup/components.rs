@@ -20,6 +20,7 @@
 //!    components are the connected components of `E` ∪ exact pairs, whatever the partitioning,
 //!    and each keeps its smallest ordinal (the earliest document).
 
+use super::keys::{keys_path, KeyIndex};
 use super::minhash::{band_key, estimate_jaccard};
 use super::spill::ExternalSorter;
 use super::store::{FingerprintRef, FingerprintStore};
@@ -74,6 +75,9 @@ impl UnionFind {
 /// by its ordinal in input order (stores in the given order, then records).
 pub struct FingerprintSet {
     stores: Vec<FingerprintStore>,
+    /// The stores' key indexes, when every store has one (see [`super::keys`]); otherwise
+    /// exact hashes and band keys come from the stores' records.
+    keys: Option<Vec<KeyIndex>>,
     /// `starts[f]` = ordinal of the first record of store `f`; one extra entry = total.
     starts: Vec<usize>,
 }
@@ -100,7 +104,63 @@ impl FingerprintSet {
                 u32::MAX - 1
             )));
         }
-        Ok(FingerprintSet { stores, starts })
+        // Every store's index or none: a missing one means an engine user without indexes
+        // (or stores from before them); an index that is there but does not match is an error.
+        let paths: Vec<PathBuf> = paths.iter().map(|p| keys_path(p)).collect();
+        let keys = if paths.iter().all(|p| p.exists()) && !paths.is_empty() {
+            let opened: Vec<KeyIndex> = paths
+                .par_iter()
+                .zip(&stores)
+                .map(|(p, s)| KeyIndex::open(p, params, s.len()))
+                .collect::<Result<_>>()?;
+            Some(opened)
+        } else {
+            None
+        };
+        Ok(FingerprintSet {
+            stores,
+            keys,
+            starts,
+        })
+    }
+
+    /// Whether the exact hashes and band keys are read from key indexes.
+    pub fn has_key_indexes(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Check the index sections a stage reads (nothing to check without indexes).
+    fn verify_keys(&self, exact: bool, bands: Range<usize>) -> Result<()> {
+        if let Some(keys) = &self.keys {
+            keys.par_iter()
+                .try_for_each(|k| k.verify(exact, bands.clone()))?;
+        }
+        Ok(())
+    }
+
+    fn exact(&self, ord: u32) -> u128 {
+        let (f, i) = self.locate(ord);
+        match &self.keys {
+            Some(keys) => keys[f].exact(i),
+            None => self.stores[f].get(i).exact,
+        }
+    }
+
+    /// Whether the document has shingles, i.e. takes part in the near stage.
+    fn live(&self, ord: u32) -> bool {
+        let (f, i) = self.locate(ord);
+        match &self.keys {
+            Some(keys) => keys[f].live(i),
+            None => self.stores[f].get(i).shingles > 0,
+        }
+    }
+
+    fn band_key(&self, ord: u32, band: usize, rows: usize) -> u64 {
+        let (f, i) = self.locate(ord);
+        match &self.keys {
+            Some(keys) => keys[f].band_key(band, i),
+            None => band_key(self.stores[f].get(i).minhash_le, band, rows),
+        }
     }
 
     /// Number of documents.
@@ -180,9 +240,10 @@ pub fn exact_groups(
     work_dir: &Path,
 ) -> Result<ExactGroups> {
     let n = set.len() as u32;
+    set.verify_keys(true, 0..0)?;
     let mut sorter = ExternalSorter::new(work_dir, params.memory_bytes);
     for ord in 0..n {
-        sorter.push((set.get(ord).exact >> 32) << 32 | ord as u128)?;
+        sorter.push((set.exact(ord) >> 32) << 32 | ord as u128)?;
     }
     let spilled_runs = sorter.runs() as u64;
     let mut pairs = Vec::new();
@@ -197,8 +258,8 @@ pub fn exact_groups(
             group = Some(key);
             firsts.clear();
         }
-        let exact = set.get(ord).exact;
-        match firsts.iter().find(|&&f| set.get(f).exact == exact) {
+        let exact = set.exact(ord);
+        match firsts.iter().find(|&&f| set.exact(f) == exact) {
             Some(&first) => pairs.push((ord, first)),
             None => firsts.push(ord),
         }
@@ -234,6 +295,7 @@ pub fn band_edges(
             params.bands
         )));
     }
+    set.verify_keys(false, bands.clone())?;
     let is_dup = exact.duplicate_mask();
     let rows = params.rows;
     let mut sorter = ExternalSorter::new(work_dir, params.memory_bytes);
@@ -243,11 +305,10 @@ pub fn band_edges(
         batch.clear();
         let bands = bands.clone();
         batch.par_extend((start..end).into_par_iter().flat_map_iter(|ord| {
-            let rec = set.get(ord);
-            let live = !is_dup[ord as usize] && rec.shingles > 0;
+            let live = !is_dup[ord as usize] && set.live(ord);
             let range = if live { bands.clone() } else { 0..0 };
             range.map(move |b| {
-                (b as u128) << 96 | (band_key(rec.minhash_le, b, rows) as u128) << 32 | ord as u128
+                (b as u128) << 96 | (set.band_key(ord, b, rows) as u128) << 32 | ord as u128
             })
         }));
         for &e in &batch {

@@ -73,6 +73,7 @@
 //! Ordinals are `u32`: one call handles at most `u32::MAX - 1` documents.
 
 pub mod components;
+pub mod keys;
 pub mod minhash;
 pub mod normalize;
 pub mod report;
@@ -88,6 +89,7 @@ pub use components::{
     band_edges, band_partitions, exact_groups, find_duplicates, resolve, BandEdges, ExactGroups,
     FingerprintSet,
 };
+pub use keys::{keys_path, KeyIndex, KeyIndexWriter};
 pub use minhash::{fingerprint, Fingerprint, Fingerprinter};
 pub use report::{read_report, write_report, ReportRow};
 pub use store::{FingerprintStore, FingerprintWriter};

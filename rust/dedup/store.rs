@@ -30,7 +30,7 @@ const VERSION: u32 = 1;
 const HEADER: usize = 24;
 const FOOTER: usize = 24;
 
-fn params_key(p: &DedupParams) -> u64 {
+pub(crate) fn params_key(p: &DedupParams) -> u64 {
     let mut b = Vec::with_capacity(40);
     b.extend_from_slice(&(p.ngram as u64).to_le_bytes());
     b.extend_from_slice(&(p.permutations as u64).to_le_bytes());

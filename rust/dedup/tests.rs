@@ -862,3 +862,68 @@ fn components_match_the_brute_force_definition() {
         expected.len()
     );
 }
+
+/// Key indexes beside the stores (what the build writes): the same removals as from the
+/// stores alone, whatever the partitioning; a corrupt section names the index file.
+#[test]
+fn key_indexes_give_the_same_result_and_are_checked() {
+    let files = files_with_near_and_exact_duplicates();
+    let params = DedupParams::default();
+    let plain = tempfile::tempdir().unwrap();
+    let stores = write_stores(plain.path(), &files, &params);
+    let expected = find_duplicates(&stores, &params, &plain.path().join("work")).unwrap();
+
+    let indexed = tempfile::tempdir().unwrap();
+    let stores = write_stores(indexed.path(), &files, &params);
+    for (path, texts) in stores.iter().zip(&files) {
+        let mut w = KeyIndexWriter::new(keys_path(path), &params);
+        let mut fp = Fingerprinter::new(&params);
+        for t in texts {
+            w.push(&fp.fingerprint(t));
+        }
+        assert_eq!(w.finish().unwrap(), texts.len() as u64);
+    }
+    let set = FingerprintSet::open(&stores, &params).unwrap();
+    assert!(set.has_key_indexes());
+    let work = indexed.path().join("work");
+    let got = find_duplicates(&stores, &params, &work).unwrap();
+    assert_eq!(got.removals, expected.removals);
+    let exact = exact_groups(&set, &params, &work).unwrap();
+    let mut edges = Vec::new();
+    for r in band_partitions(params.bands, 3) {
+        edges.extend(band_edges(&set, &exact, r, &params, &work).unwrap().edges);
+    }
+    let parts = resolve(&set, &exact, edges, DedupStats::default()).unwrap();
+    assert_eq!(parts.removals, expected.removals);
+    drop(set);
+
+    // Flip one byte of band 5's keys in file 1's index: the partition reading band 5 fails
+    // naming the file, the others do not read that section.
+    let index = keys_path(&stores[1]);
+    let n = files[1].len();
+    let band5 = 48 + 16 * n + n.div_ceil(8) * 8 + 8 * n * 5 + 3;
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[band5] ^= 0x40;
+    std::fs::write(&index, &bytes).unwrap();
+    let set = FingerprintSet::open(&stores, &params).unwrap();
+    let exact = exact_groups(&set, &params, &work).unwrap();
+    band_edges(&set, &exact, 0..5, &params, &work).unwrap();
+    let err = band_edges(&set, &exact, 3..6, &params, &work)
+        .expect_err("a flipped key must be detected")
+        .to_string();
+    assert!(
+        err.contains("0001.keys") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+
+    // An index made with other parameters is refused, not mixed in.
+    let other = DedupParams {
+        rows: 12,
+        ..params.clone()
+    };
+    let err = match FingerprintSet::open(&stores, &other) {
+        Ok(_) => panic!("an index of other parameters was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("other dedup parameters"), "{err}");
+}
