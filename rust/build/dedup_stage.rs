@@ -68,7 +68,7 @@ fn store_paths(dir: &Path, files: &[PathBuf], params: &DedupParams) -> Result<Ve
     let mut stores = Vec::with_capacity(files.len());
     for i in 0..files.len() {
         let path = store_path(&fp_dir, i);
-        FingerprintStore::open(&path, params)?;
+        FingerprintStore::open_lazy(&path, params)?; // header only: the stage reads what it needs
         stores.push(path);
     }
     Ok(stores)
@@ -178,7 +178,7 @@ pub fn decide_exact(
     let path = exact_path(dir);
     let params = params(&cfg.dedup, corpus.dedup)?;
     let stores = store_paths(dir, files, &params)?;
-    let set = FingerprintSet::open(&stores, &params)?;
+    let set = FingerprintSet::open_indexed(&stores, &params)?;
     if let Ok(pairs) = read_pairs(&path, PairsKind::Exact, set.len()) {
         return Ok(PairsWork {
             resumed: true,
@@ -216,7 +216,7 @@ pub fn decide_bands(
     }
     let path = bands_path(dir, &bands);
     let stores = store_paths(dir, files, &params)?;
-    let set = FingerprintSet::open(&stores, &params)?;
+    let set = FingerprintSet::open_indexed(&stores, &params)?;
     if let Ok(edges) = read_pairs(&path, PairsKind::Bands(bands.clone()), set.len()) {
         return Ok(PairsWork {
             resumed: true,

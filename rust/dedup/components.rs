@@ -83,12 +83,38 @@ pub struct FingerprintSet {
 }
 
 impl FingerprintSet {
-    /// Opens (and verifies) `paths`, in this order; `DocId::file` indexes this slice.
+    /// Opens (and verifies: reads every store in full) `paths`, in this order; `DocId::file`
+    /// indexes this slice. Key indexes beside the stores are used when all are there.
     pub fn open(paths: &[PathBuf], params: &DedupParams) -> Result<Self> {
+        Self::open_with(paths, params, true)
+    }
+
+    /// Opens `paths` without reading the stores' records (header checks only) and with their
+    /// key indexes, which must all be there: the exact and band stages read the indexes'
+    /// columns and only the candidates' signatures. The resolve stage verifies the stores.
+    pub fn open_indexed(paths: &[PathBuf], params: &DedupParams) -> Result<Self> {
+        let set = Self::open_with(paths, params, false)?;
+        if set.keys.is_none() && !paths.is_empty() {
+            let missing = paths.iter().map(|p| keys_path(p)).find(|k| !k.exists());
+            return Err(Error::io(
+                missing.as_deref().unwrap_or(Path::new("?")),
+                "missing key index (its fingerprint store was written without one: delete the store to redo it)",
+            ));
+        }
+        Ok(set)
+    }
+
+    fn open_with(paths: &[PathBuf], params: &DedupParams, verify: bool) -> Result<Self> {
         params.validate()?;
         let stores: Vec<FingerprintStore> = paths
             .par_iter()
-            .map(|p| FingerprintStore::open(p, params))
+            .map(|p| {
+                if verify {
+                    FingerprintStore::open(p, params)
+                } else {
+                    FingerprintStore::open_lazy(p, params)
+                }
+            })
             .collect::<Result<_>>()?;
         let mut starts = Vec::with_capacity(stores.len() + 1);
         let mut total = 0usize;
