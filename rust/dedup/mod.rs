@@ -6,7 +6,9 @@
 //!    [`fingerprint`] turn a text into a [`Fingerprint`] (a 128-bit exact hash and a MinHash
 //!    signature). The build writes one fingerprint store per input file with
 //!    [`FingerprintWriter`]; a store is committed atomically (tmp + fsync + rename), so a store
-//!    that exists is complete and a killed build just redoes the files without one.
+//!    that exists is complete and a killed build just redoes the files without one. Beside it,
+//!    a [`KeyIndex`] holds the exact hashes and band keys column by column (see [`keys`]), so
+//!    the exact and band stages read a few bytes a document instead of whole signatures.
 //! 2. **Finding duplicates** (per corpus, or across corpora): [`find_duplicates`] reads all
 //!    stores in file order and returns the [`Removal`]s; [`write_report`] writes them as a
 //!    parquet file readable with polars.
