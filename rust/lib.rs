@@ -154,8 +154,8 @@ impl PyTokenizer {
 }
 
 /// Run `mix build` from a resolved JSON config. `progress`, if given, is called about every
-/// `interval` seconds with a dict of counters; Ctrl-C cancels the build cleanly (committed
-/// parts stay, so a rerun resumes).
+/// `interval` seconds as `progress(stage, files_done, files_total, docs, tokens, bytes)`;
+/// Ctrl-C cancels the build cleanly (committed parts stay, so a rerun resumes).
 #[pyfunction]
 #[pyo3(signature = (config_json, progress = None, interval = 0.25))]
 fn build_mix(
@@ -396,7 +396,7 @@ impl PyBuildPlan {
 /// Dedup `paths` (in this order: the earliest duplicate is kept) outside a build, with the
 /// spec's `[dedup]` table as JSON (defaults: SlimPajama's parameters) on `workers` threads.
 /// Returns `{docs, exact, near, removed: [(file index, row)], fingerprint_seconds,
-/// find_seconds}`. Scratch files go under `work_dir` and are removed.
+/// find_seconds, spilled_runs}`. Scratch files go under `work_dir` and are removed.
 #[pyfunction]
 #[pyo3(signature = (paths, text, params_json, work_dir, workers, max_doc_bytes = 64 << 20))]
 fn dedup_files(

@@ -1,0 +1,202 @@
+"""`tinyllama._core`: the Python bindings of the Rust core (type stubs for rust/lib.rs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "TinyllamaError",
+    "InputError",
+    "SpecError",
+    "TokenizerError",
+    "ShardError",
+    "StorageError",
+    "Tokenizer",
+    "MixSampler",
+    "Loader",
+    "Slot",
+    "BuildPlan",
+    "build_mix",
+    "dedup_files",
+    "verify_shard",
+    "__version__",
+]
+
+__version__: str
+
+# Exceptions. Every Rust `Error` surfaces as one of these (an interrupted build as
+# KeyboardInterrupt). Note: at run time their `__module__` is "_core".
+
+class TinyllamaError(Exception):
+    """Base class of every tinyllama error."""
+
+class InputError(TinyllamaError):
+    """A bad record in an input corpus file (names the file and line/row)."""
+
+class SpecError(TinyllamaError):
+    """An invalid spec or config (names the key)."""
+
+class TokenizerError(TinyllamaError):
+    """A missing or unusable tokenizer."""
+
+class ShardError(TinyllamaError):
+    """A corrupt shard or manifest (names the shard)."""
+
+class StorageError(TinyllamaError):
+    """An OS-level read/write failure (names the path)."""
+
+@final
+class Tokenizer:
+    """A Hugging Face `tokenizer.json`, encoded by the Rust core."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> Tokenizer: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def encode(self, text: str, add_special_tokens: bool = False) -> npt.NDArray[np.uint32]: ...
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[npt.NDArray[np.uint32]]: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+def build_mix(
+    config_json: str,
+    progress: Callable[[str, int, int, int, int, int], object] | None = None,
+    interval: float = 0.25,
+) -> dict[str, Any]:
+    """Run `mix build` from a resolved JSON config.
+
+    Returns {up_to_date, files_resumed, files_processed, docs_kept, tokens}. `progress` is called
+    as progress(stage, files_done, files_total, docs, tokens, bytes).
+    """
+
+@final
+class BuildPlan:
+    """One build's plan, for running its stages separately (the Ray build: one task a file)."""
+
+    def __new__(cls, config_json: str) -> BuildPlan: ...
+    @property
+    def identity(self) -> str: ...
+    def corpora(self) -> list[tuple[str, int, bool]]:
+        """(name, number of input files, whether it is deduplicated) of each corpus, in order."""
+    def prepare(self) -> bool:
+        """Ready the output dir (run once, by the driver).
+
+        Returns True when the mix is already complete.
+        """
+    def fingerprint(self, corpus: int, file: int) -> dict[str, Any]:
+        """Returns {resumed, bytes, docs, docs_kept, tokens}."""
+    def band_ranges(self, corpus: int, partitions: int) -> list[tuple[int, int]]:
+        """The band ranges `(start, end)` of `partitions` band partitions of corpus `corpus` (empty when it has
+        no near-duplicate stage)."""
+    def dedup_exact(self, corpus: int) -> dict[str, Any]:
+        """The exact-groups stage of corpus `corpus` (after all its fingerprints).
+
+        Returns {resumed, docs, pairs}.
+        """
+    def dedup_bands(self, corpus: int, start: int, end: int) -> dict[str, Any]:
+        """The band stage of corpus `corpus` for bands `start..end` (after its exact stage).
+
+        Returns {resumed, docs, pairs}.
+        """
+    def dedup(self, corpus: int, partitions: int | None = None) -> dict[str, Any]:
+        """Commit corpus `corpus`'s dedup decision: searched here when `partitions` is None, otherwise resolved
+        from the committed exact and band-partition stages.
+
+        Returns {resumed, exact_duplicates, near_duplicates}.
+        """
+    def tokenize(self, corpus: int, file: int) -> dict[str, Any]:
+        """Returns {resumed, bytes, docs, docs_kept, tokens}."""
+    def pack_layout(self, corpus: int) -> list[str]:
+        """The shard layout of corpus `corpus` (after all its parts), one JSON object per shard:
+        `{"name", "slices": [[part, start, end]...], "docs", "tokens"}`."""
+    def pack_shard(self, corpus: int, shard_json: str) -> dict[str, Any]:
+        """Write one shard of the layout (a JSON object from `pack_layout`) into staging.
+
+        Returns {resumed, docs, tokens}.
+        """
+    def finish(self) -> dict[str, Any]:
+        """Pack, write the schedule, the tokenizer and the lock; drop the staging.
+
+        Returns {docs_kept, tokens}.
+        """
+
+def dedup_files(
+    paths: list[str | os.PathLike[str]],
+    text: str,
+    params_json: str,
+    work_dir: str | os.PathLike[str],
+    workers: int,
+    max_doc_bytes: int = 67108864,  # 64 << 20
+) -> dict[str, Any]:
+    """Dedup `paths` (in this order: the earliest duplicate is kept) outside a build, with the spec's `[dedup]`
+    table as JSON (defaults: SlimPajama's parameters) on `workers` threads.
+
+    Returns {docs, exact, near, removed: list[(file index, row)], spilled_runs, fingerprint_seconds,
+    find_seconds}.
+    """
+
+def verify_shard(path: str | os.PathLike[str]) -> None:
+    """Check a shard's structure and checksum; raises `ShardError` naming it when corrupt."""
+
+@final
+class MixSampler:
+    """The sampler of a built mix: step -> that rank's slice of the global batch."""
+
+    def __new__(cls, mix_dir: str | os.PathLike[str]) -> MixSampler: ...
+    def num_steps(self) -> int: ...
+    def seq_len(self) -> int: ...
+    def batch_sequences(self, step: int) -> int: ...
+    def tokens_before(self, step: int) -> int: ...
+    def stage_of(self, step: int) -> int: ...
+    def weights_at(self, step: int) -> list[float]: ...
+    def counts_at(self, step: int) -> list[int]: ...
+    def cursors_at(self, step: int) -> list[int]: ...
+    def epochs(self) -> list[int]: ...
+    def stage_steps(self) -> list[tuple[int, int]]: ...
+    def samples(self, step: int, rank: int = 0, world: int = 1) -> list[tuple[int, int, int]]:
+        """(corpus index, epoch, window) of each sequence of rank's slice at `step`."""
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[npt.NDArray[np.uint32], list[int]]:
+        """Rank's slice at `step`: (tokens uint32 [n, seq_len + 1], corpus index of each row)."""
+
+@final
+class Loader:
+    """The ring-buffer loader: Rust threads gather rank's batches ahead of the trainer."""
+
+    def __new__(
+        cls,
+        mix_dir: str | os.PathLike[str],
+        rank: int = 0,
+        world: int = 1,
+        start_step: int = 0,
+        end_step: int | None = None,
+        slots: int = 4,
+        threads: int = 1,
+    ) -> Loader: ...
+    def next(self) -> Slot | None:
+        """The next step's slot (blocks until filled), or None past the last step."""
+    def seek(self, step: int) -> None: ...
+    @property
+    def position(self) -> int: ...
+    def buffer_regions(self) -> list[tuple[int, int]]:
+        """(address, bytes) of each ring buffer, for page-locking them with cudaHostRegister."""
+
+@final
+class Slot:
+    """One filled ring slot."""
+
+    # No constructor: slots come only from `Loader.next()`.
+    @property
+    def step(self) -> int: ...
+    @property
+    def corpora(self) -> list[int]:
+        """Corpus index of each row."""
+    @property
+    def tokens(self) -> npt.NDArray[np.uint32]:
+        """The tokens as a read-only numpy uint32 array [rows, seq_len + 1] viewing the ring buffer itself (no
+        copy)."""
