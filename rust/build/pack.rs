@@ -188,9 +188,7 @@ pub fn write_shard(ctx: &Ctx, dir: &Path, plan: &ShardPlan) -> Result<(ShardEntr
                 part.n_docs()
             )));
         }
-        for d in start..end {
-            writer.push(&part.doc(d), part.doc_source(d))?;
-        }
+        writer.push_docs_from(&part, start..end)?;
     }
     if (writer.n_docs() as u64, writer.n_tokens()) != (plan.docs, plan.tokens) {
         return Err(Error::Spec(format!(

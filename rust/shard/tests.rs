@@ -99,3 +99,35 @@ fn dropped_writer_leaves_nothing() {
     }
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+/// Copying documents from a shard gives the bytes of pushing them one by one; a dtype
+/// mismatch or a range past the end is an error.
+#[test]
+fn push_docs_from_equals_pushing_each_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = vec![vec![1, 5, 31999, 2], vec![], vec![1, 2, 3], vec![9, 9]];
+    for dtype in [Dtype::U16, Dtype::U32] {
+        let (src, _) = write(dir.path(), dtype, &docs);
+        let from = Shard::open(&src).unwrap();
+        let (one, two) = (dir.path().join("one.bin"), dir.path().join("two.bin"));
+        let mut w = ShardWriter::create(&one, dtype, [7u8; 32]).unwrap();
+        for d in 1..4 {
+            w.push(&from.doc(d), from.doc_source(d)).unwrap();
+        }
+        w.finish().unwrap();
+        let mut w = ShardWriter::create(&two, dtype, [7u8; 32]).unwrap();
+        w.push_docs_from(&from, 1..3).unwrap();
+        w.push_docs_from(&from, 3..3).unwrap();
+        w.push_docs_from(&from, 3..4).unwrap();
+        assert!(w.push_docs_from(&from, 3..5).is_err());
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+        let other = if dtype == Dtype::U16 {
+            Dtype::U32
+        } else {
+            Dtype::U16
+        };
+        let mut w = ShardWriter::create(&dir.path().join("x.bin"), other, [7u8; 32]).unwrap();
+        assert!(w.push_docs_from(&from, 0..1).is_err());
+    }
+}

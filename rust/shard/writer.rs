@@ -2,6 +2,7 @@ use super::{Dtype, Source, FOOTER_MAGIC, MAGIC, VERSION};
 use crate::error::{Error, IoContext, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -81,6 +82,43 @@ impl ShardWriter {
         self.n_tokens += ids.len() as u64;
         self.offsets.push(self.n_tokens);
         self.sources.push(source);
+        Ok(())
+    }
+
+    /// Append documents `docs` of shard `from` as they are: one copy of their token bytes (no
+    /// decode / re-encode), their offsets and their provenance. The dtypes must match (the
+    /// ids were checked when `from` was written).
+    pub fn push_docs_from(&mut self, from: &super::Shard, docs: Range<usize>) -> Result<()> {
+        if from.dtype() != self.dtype {
+            return Err(Error::shard(
+                &self.path,
+                format!(
+                    "cannot copy {:?} tokens of {} into a {:?} shard",
+                    from.dtype(),
+                    from.path().display(),
+                    self.dtype
+                ),
+            ));
+        }
+        if docs.start > docs.end || docs.end > from.n_docs() {
+            return Err(Error::shard(
+                from.path(),
+                format!("documents {docs:?} asked of a shard with {}", from.n_docs()),
+            ));
+        }
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let first = from.doc_range(docs.start).start;
+        let end = from.doc_range(docs.end - 1).end;
+        let width = self.dtype.width();
+        self.write(&from.token_bytes()[first * width..end * width])?;
+        for d in docs {
+            let r = from.doc_range(d);
+            self.n_tokens += r.len() as u64;
+            self.offsets.push(self.n_tokens);
+            self.sources.push(from.doc_source(d));
+        }
         Ok(())
     }
 
