@@ -23,12 +23,21 @@ def mix_build(
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ray: bool = typer.Option(False, "--ray", help="Run the build's stages as Ray tasks (pip extra `ray`)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
+    ray_address: Optional[str] = typer.Argument(
+        None, metavar="ADDRESS", help="With --ray: the Ray cluster (`auto`, `ray://head:10001`); default a local Ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Same as ADDRESS."),
     band_partitions: Optional[int] = typer.Option(
         None, "--band-partitions", help="With --ray: LSH band tables split into N tasks (default: one per band)."),
 ) -> None:
     """Build, or resume, a mix: raw corpora -> token shards + manifests + the locked schedule.
-    With --ray the same stages run on a Ray cluster and give the same bytes."""
+    With --ray [ADDRESS] the same stages run on a Ray cluster and give the same bytes."""
+    if ray_address and address and ray_address != address:
+        raise typer.BadParameter(f"two Ray addresses given: {ray_address!r} and --address {address!r}")
+    address = address or ray_address
+    if address and not ray:
+        raise typer.BadParameter(f"a Ray address ({address!r}) only makes sense with --ray")
+    if band_partitions is not None and not ray:
+        raise typer.BadParameter("--band-partitions only makes sense with --ray")
     if ray:
         from tinyllama.ray_build import build_mix_ray
 

@@ -125,6 +125,20 @@ def test_missing_or_corrupt_band_partition_is_named(local, tmp_path):
     assert plan.dedup(0, 3)["resumed"] is True
 
 
+@pytest.mark.parametrize("args,message", [(["auto"], "only makes sense with --ray"),
+                                          (["--band-partitions", "3"], "only makes sense with --ray"),
+                                          (["--ray", "auto", "--address", "ray://h:1"], "two Ray addresses")])
+def test_cli_ray_arguments_are_checked(tmp_path, args, message):
+    """`mix build --spec F --ray [ADDRESS]`: an address or band partitions without --ray, or two
+    different addresses, are refused before anything is built."""
+    spec = _spec(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec),
+                           "--out", str(tmp_path / "out"), *args], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'tinyllama-forge[ray]')")
 
