@@ -184,8 +184,9 @@ class _Stage:
             return f"bands: {self.done} tasks ({self.resumed} resumed), {_human(self.pairs)} near-duplicate edges"
         span = max(self.last - self.started, 1e-9)
         rate = f", {self.docs / span:,.0f} docs/s" + (f", {self.tokens / span / 1e6:.2f}M tok/s" if self.tokens else "")
+        size = f", {_human(self.bytes)}B" if self.bytes else ""
         return (f"{self.name}: {self.done} tasks ({self.resumed} resumed), docs {_human(self.docs)}, "
-                f"tokens {_human(self.tokens)}, {_human(self.bytes)}B{rate} (since submission)")
+                f"tokens {_human(self.tokens)}{size}{rate} (since submission)")
 
 
 def build_mix_ray(
