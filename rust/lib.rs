@@ -176,6 +176,28 @@ fn build_mix(
                 }))
             });
             let tick = std::time::Duration::from_secs_f64(interval.max(0.01));
+            // Every ended stage's final counts, then the current stage's (after the build
+            // ends: the last stage's final counts).
+            let report = |py: Python<'_>, interrupt: &mut Option<PyErr>| {
+                let Some(cb) = &progress else { return };
+                let mut snaps = counters.take_finished();
+                snaps.push(counters.snapshot());
+                for snap in snaps {
+                    let args = (
+                        snap.stage,
+                        snap.files_done,
+                        snap.files_total,
+                        snap.docs,
+                        snap.tokens,
+                        snap.bytes,
+                    );
+                    if let Err(e) = cb.call1(py, args) {
+                        counters.cancel();
+                        interrupt.get_or_insert(e);
+                        return;
+                    }
+                }
+            };
             while !worker.is_finished() {
                 std::thread::sleep(tick);
                 Python::with_gil(|py| {
@@ -183,24 +205,14 @@ fn build_mix(
                         counters.cancel();
                         interrupt.get_or_insert(e);
                     }
-                    if let Some(cb) = &progress {
-                        let snap = counters.snapshot();
-                        let args = (
-                            snap.stage,
-                            snap.files_done,
-                            snap.files_total,
-                            snap.docs,
-                            snap.tokens,
-                            snap.bytes,
-                        );
-                        if let Err(e) = cb.call1(py, args) {
-                            counters.cancel();
-                            interrupt.get_or_insert(e);
-                        }
-                    }
+                    report(py, &mut interrupt);
                 });
             }
-            worker.join().unwrap_or_else(Err)
+            let out = worker.join().unwrap_or_else(Err);
+            if interrupt.is_none() && matches!(out, Ok(Ok(_))) {
+                Python::with_gil(|py| report(py, &mut interrupt));
+            }
+            out
         })
     });
     if let Some(e) = interrupt {

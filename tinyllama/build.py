@@ -27,7 +27,10 @@ def _human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def _reporter(stream, tty: bool, every: float) -> Callable:
+def _reporter(stream, tty: bool, every: float, keep_stages: bool = False) -> Callable:
+    """A progress callback: on a terminal one line redrawn in place (with `keep_stages`, each
+    stage's last line stays when the next stage starts); otherwise a line every `every` seconds
+    and one when a stage completes."""
     last = {"t": 0.0, "line": ""}
     start = time.monotonic()
 
@@ -41,8 +44,11 @@ def _reporter(stream, tty: bool, every: float) -> Callable:
         if tty:
             width = 24
             filled = int(width * done / total) if total else width
-            stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
+            # A new stage starts on a new line: the ended stage's final counts stay visible.
+            newline = "\n" if keep_stages and last.get("stage") not in (None, stage) else ""
+            stream.write(f"{newline}\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
             stream.flush()
+            last["stage"] = stage
         elif line != last["line"] and (now - last["t"] >= every or done == total):
             stream.write(line + "\n")
             stream.flush()
@@ -66,7 +72,7 @@ def build_mix(
     out_dir.mkdir(parents=True, exist_ok=True)
     stream = stream or sys.stderr
     tty = hasattr(stream, "isatty") and stream.isatty()
-    reporter = _reporter(stream, tty, every=5.0) if progress else None
+    reporter = _reporter(stream, tty, every=5.0, keep_stages=True) if progress else None
     started = time.time()
     summary = _core.build_mix(json.dumps(config), reporter)
     if tty and reporter:

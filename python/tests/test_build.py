@@ -89,6 +89,24 @@ def test_same_bytes_whatever_the_workers_and_the_directory(tmp_path, built):
     assert not any(str(tmp_path).encode() in b for b in one.values())
 
 
+def test_progress_shows_every_stage_complete(tmp_path):
+    """Without a terminal the build prints plain lines, and every stage's final counts appear,
+    however fast the stage was (a stage may start and end between two polls)."""
+    import io
+
+    spec = write_spec(tmp_path, '[dedup]\nngram = 5\n')
+    spec.write_text(spec.read_text().replace("holdout_docs = 10\n", 'holdout_docs = 10\ndedup = "near"\n', 1))
+    out = io.StringIO()
+    build_mix(spec, tmp_path / "mix", workers=2, stream=out)
+    lines = out.getvalue().splitlines()
+    for stage in ["dedup slimpajama", "tokenize slimpajama", "tokenize skypile", "tokenize starcoder",
+                  "pack slimpajama", "pack skypile", "pack starcoder"]:
+        done = [ln for ln in lines if ln.startswith(stage + ":")]
+        assert done, f"no line for {stage}: {lines}"
+        counts = done[-1].split("files ")[1].split()[0]
+        assert counts.split("/")[0] == counts.split("/")[1], done[-1]  # its final line: all files done
+
+
 def test_rebuild_is_a_no_op_and_verify_passes(built):
     summary = build_mix(Path(built).parent / "spec.toml", built, workers=2, progress=False)
     assert summary["up_to_date"]

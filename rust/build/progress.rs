@@ -8,6 +8,9 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Progress {
     stage: Mutex<String>,
+    /// The last snapshot of every stage that has ended, not yet taken by the display (a fast
+    /// stage can start and end between two polls; its final counts must still be shown).
+    finished: Mutex<Vec<Snapshot>>,
     pub files_total: AtomicU64,
     pub files_done: AtomicU64,
     pub docs: AtomicU64,
@@ -28,19 +31,32 @@ pub struct Snapshot {
 
 impl Progress {
     pub fn start_stage(&self, name: &str, files_total: u64) {
-        *self.stage.lock().expect("progress lock") = name.to_string();
+        let mut stage = self.stage.lock().expect("progress lock");
+        if !stage.is_empty() {
+            let last = self.snapshot_of(&stage);
+            self.finished.lock().expect("progress lock").push(last);
+        }
+        *stage = name.to_string();
         self.files_total.store(files_total, Relaxed);
         self.files_done.store(0, Relaxed);
     }
-    pub fn snapshot(&self) -> Snapshot {
+    fn snapshot_of(&self, stage: &str) -> Snapshot {
         Snapshot {
-            stage: self.stage.lock().expect("progress lock").clone(),
+            stage: stage.to_string(),
             files_total: self.files_total.load(Relaxed),
             files_done: self.files_done.load(Relaxed),
             docs: self.docs.load(Relaxed),
             tokens: self.tokens.load(Relaxed),
             bytes: self.bytes.load(Relaxed),
         }
+    }
+    pub fn snapshot(&self) -> Snapshot {
+        let stage = self.stage.lock().expect("progress lock");
+        self.snapshot_of(&stage)
+    }
+    /// The final snapshots of the stages that ended since the last call, in order.
+    pub fn take_finished(&self) -> Vec<Snapshot> {
+        std::mem::take(&mut *self.finished.lock().expect("progress lock"))
     }
     pub fn cancel(&self) {
         self.cancel.store(true, Relaxed);
