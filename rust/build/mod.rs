@@ -219,6 +219,14 @@ impl Plan {
         })
     }
 
+    /// What every per-corpus stage starts with: the staging must be this build's (see
+    /// [`Plan::check_staging`]); returns the corpus's config and its staging dir.
+    fn staged(&self, corpus: usize) -> Result<(&CorpusConfig, PathBuf)> {
+        self.check_staging()?;
+        let c = self.corpus(corpus)?;
+        Ok((c, self.staging().join(&c.name)))
+    }
+
     fn file(&self, corpus: usize, file: usize) -> Result<&Path> {
         let c = self.corpus(corpus)?;
         self.files(corpus)
@@ -287,12 +295,17 @@ pub fn fingerprint_one(
     file: usize,
     progress: &Progress,
 ) -> Result<FileWork> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
+    let (c, dir) = plan.staged(corpus)?;
     let f = plan.file(corpus, file)?;
     let params = dedup_stage::params(&plan.cfg.dedup, c.dedup)?;
-    let dir = plan.staging().join(&c.name).join("fingerprints");
-    dedup_stage::fingerprint_file(&plan.ctx(progress), c, &params, &dir, file, f)
+    dedup_stage::fingerprint_file(
+        &plan.ctx(progress),
+        c,
+        &params,
+        &dir.join("fingerprints"),
+        file,
+        f,
+    )
 }
 
 /// Find corpus `corpus`'s duplicates from its fingerprint stores (all must be committed) and
@@ -303,21 +316,14 @@ pub fn fingerprint_one(
 /// components from the committed outputs of [`dedup_exact`] and of [`dedup_bands`] for each
 /// of [`band_ranges`]`(plan, corpus, p)` (the distributed build). Same bytes either way.
 pub fn dedup_corpus(plan: &Plan, corpus: usize, partitions: Option<usize>) -> Result<DedupWork> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
+    let (c, dir) = plan.staged(corpus)?;
     if c.dedup == DedupMode::None {
         return Ok(DedupWork::default());
     }
     let ranges = partitions
         .map(|p| band_ranges(plan, corpus, p))
         .transpose()?;
-    dedup_stage::decide(
-        &plan.cfg,
-        c,
-        &plan.staging().join(&c.name),
-        plan.files(corpus),
-        ranges.as_deref(),
-    )
+    dedup_stage::decide(&plan.cfg, c, &dir, plan.files(corpus), ranges.as_deref())
 }
 
 /// The band ranges of `partitions` band partitions of corpus `corpus` (none when the corpus
@@ -333,28 +339,15 @@ pub fn band_ranges(plan: &Plan, corpus: usize, partitions: usize) -> Result<Vec<
 
 /// The distributed build's exact-groups stage of corpus `corpus` (after all its fingerprints).
 pub fn dedup_exact(plan: &Plan, corpus: usize) -> Result<PairsWork> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
-    dedup_stage::decide_exact(
-        &plan.cfg,
-        c,
-        &plan.staging().join(&c.name),
-        plan.files(corpus),
-    )
+    let (c, dir) = plan.staged(corpus)?;
+    dedup_stage::decide_exact(&plan.cfg, c, &dir, plan.files(corpus))
 }
 
 /// The distributed build's band stage of corpus `corpus` for the bands `bands` (after
 /// [`dedup_exact`]); partitions run independently, on any machines.
 pub fn dedup_bands(plan: &Plan, corpus: usize, bands: Range<usize>) -> Result<PairsWork> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
-    dedup_stage::decide_bands(
-        &plan.cfg,
-        c,
-        &plan.staging().join(&c.name),
-        plan.files(corpus),
-        bands,
-    )
+    let (c, dir) = plan.staged(corpus)?;
+    dedup_stage::decide_bands(&plan.cfg, c, &dir, plan.files(corpus), bands)
 }
 
 /// Tokenize input file `file` of corpus `corpus` into its committed staged part, skipping the
@@ -365,10 +358,8 @@ pub fn tokenize_one(
     file: usize,
     progress: &Progress,
 ) -> Result<FileWork> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
+    let (c, dir) = plan.staged(corpus)?;
     let f = plan.file(corpus, file)?;
-    let dir = plan.staging().join(&c.name);
     let removed = match c.dedup {
         DedupMode::None => HashMap::new(),
         DedupMode::Exact | DedupMode::Near => dedup_stage::removed_rows(&dir, file)?,
@@ -387,9 +378,7 @@ pub fn tokenize_one(
 /// The shard layout of corpus `corpus` (all its parts must be committed): what
 /// [`pack_shard`] tasks write, one shard each, before [`finish`].
 pub fn pack_layout(plan: &Plan, corpus: usize) -> Result<Vec<ShardPlan>> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
-    let dir = plan.staging().join(&c.name);
+    let (c, dir) = plan.staged(corpus)?;
     let n = plan.files(corpus).len();
     for index in 0..n {
         read_part_stats(&dir, index)?;
@@ -413,9 +402,7 @@ pub fn pack_shard(
     shard: &ShardPlan,
     progress: &Progress,
 ) -> Result<PackWork> {
-    plan.check_staging()?;
-    let c = plan.corpus(corpus)?;
-    let dir = plan.staging().join(&c.name);
+    let (_, dir) = plan.staged(corpus)?;
     let (entry, resumed) = pack::write_shard(&plan.ctx(progress), &dir, shard)?;
     Ok(PackWork {
         resumed,
