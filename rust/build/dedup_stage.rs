@@ -104,12 +104,7 @@ pub fn decide(
         None => dedup::find_duplicates(&stores, &params, &work)?,
         Some(ranges) => {
             let set = FingerprintSet::open(&stores, &params)?;
-            let exact = read_pairs(&exact_path(dir), PairsKind::Exact, set.len())?;
-            let exact = ExactGroups {
-                docs: set.len() as u32,
-                pairs: exact,
-                spilled_runs: 0,
-            };
+            let exact = read_exact(dir, &set)?;
             let mut edges = Vec::new();
             if params.near {
                 check_cover(ranges, params.bands)?;
@@ -224,11 +219,7 @@ pub fn decide_bands(
             pairs: edges.len() as u64,
         });
     }
-    let exact = ExactGroups {
-        docs: set.len() as u32,
-        pairs: read_pairs(&exact_path(dir), PairsKind::Exact, set.len())?,
-        spilled_runs: 0,
-    };
+    let exact = read_exact(dir, &set)?;
     let work = dir
         .join("dedup-work")
         .join(format!("bands-{:03}-{:03}", bands.start, bands.end));
@@ -258,6 +249,15 @@ fn check_cover(ranges: &[Range<usize>], bands: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The exact groups [`decide_exact`] committed for the documents of `set`.
+fn read_exact(dir: &Path, set: &FingerprintSet) -> Result<ExactGroups> {
+    Ok(ExactGroups {
+        docs: set.len() as u32,
+        pairs: read_pairs(&exact_path(dir), PairsKind::Exact, set.len())?,
+        spilled_runs: 0,
+    })
 }
 
 fn exact_path(dir: &Path) -> PathBuf {
