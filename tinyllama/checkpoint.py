@@ -4,19 +4,28 @@
       step-1000/            a committed checkpoint
         .metadata, __*.distcp   model + optimizer state (DCP: resharded on load, so a run may
                                 resume on a different world size)
-        trainer.json        step, tokens, lr-schedule position, world size, the train config
+        trainer.json        step, tokens, lr-schedule position, world size, the train config,
+                            the mix's identity
         rng/rank-R.pt       each rank's RNG states
+        checksums.json      size and BLAKE2b of every file above but trainer.json (written last)
       step-2000.tmp/        a save in progress (ignored and removed on the next start)
       latest                "step-2000": the newest committed checkpoint
 
-A save writes everything into `step-N.tmp/`; after a barrier (all ranks done), rank 0 renames
-it to `step-N/` and then replaces `latest` via a temp file + rename. A kill at any instant
-leaves the previous `latest` pointing at a complete checkpoint.
+A save writes everything into `step-N.tmp/`; after a barrier (all ranks done), rank 0 checks
+that every weight is finite (a diverged model is never committed), records the checksums,
+renames it to `step-N/` and then replaces `latest` via a temp file + rename. A kill at any
+instant leaves the previous `latest` pointing at a complete checkpoint. Keep-last prunes only
+checkpoints older than the one just committed, so the newest good checkpoint always survives.
+
+Loading verifies the checksums first: `resume_candidates` lists committed checkpoints newest
+first with the reason each damaged one is skipped, so `--resume` falls back to the newest one
+that verifies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -29,11 +38,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from tinyllama.errors import CheckpointError, StorageError
 from tinyllama.model import Llama, ModelConfig
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+CHECKSUMS = "checksums.json"
+_HASH_CHUNK = 8 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,50 +134,161 @@ def save(
     world: int,
     keep_last: int,
     barrier,
+    all_finite=None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the committed directory."""
+    """Collective: every rank calls it. Returns the committed directory.
+
+    Refuses (`CheckpointError`, nothing committed) when a weight is not finite; `all_finite`
+    reduces this rank's verdict over all ranks (default: this rank's alone). A failed write
+    (no space, no permission) is a `StorageError` naming the path and the intact previous
+    checkpoint, and leaves no partial save behind."""
     ckpt_dir = Path(ckpt_dir)
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        (tmp / "rng").mkdir()
-    barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / "rng" / f"rank-{rank}.pt")
-    if rank == 0:
-        _write_atomic(
-            tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1)
+    finite = weights_finite(model)
+    if not (all_finite(finite) if all_finite is not None else finite):
+        raise CheckpointError(
+            f"step {step}: the model has non-finite weights; not saved (the last good checkpoint "
+            f"is {_name(latest_checkpoint(ckpt_dir))})"
         )
-    barrier()  # every rank's shards are on disk
+    try:
+        if rank == 0:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            (tmp / "rng").mkdir()
+        barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(_rng_state(), tmp / "rng" / f"rank-{rank}.pt")
+        if rank == 0:
+            _write_atomic(
+                tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1)
+            )
+        barrier()  # every rank's shards are on disk
+        if rank == 0:
+            sums = {}
+            for p in sorted(tmp.rglob("*")):
+                if p.is_file():
+                    with open(p, "rb") as f:
+                        os.fsync(f.fileno())
+                    if p.name != "trainer.json":  # see `verify`
+                        sums[p.relative_to(tmp).as_posix()] = _file_digest(p)
+            _write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
+    except (OSError, RuntimeError, CheckpointException) as e:
+        # torch reports a full disk as "enforce fail at inline_container.cc", wrapped by DCP.
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own partial save
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed; is the disk full?"
+        raise StorageError(
+            f"{tmp}: cannot write checkpoint step-{step} ({why}); nothing was committed, the last "
+            f"good checkpoint is {_name(latest_checkpoint(ckpt_dir))}"
+        ) from None
     if rank == 0:
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
         if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(ckpt_dir)
         _write_atomic(ckpt_dir / "latest", final.name + "\n")
-        for old in committed_steps(ckpt_dir)[:-keep_last]:
+        # Only checkpoints older than this one are pruned: after a fall-back resume, a newer
+        # (damaged) checkpoint must not count against keep_last and push this one out.
+        older = [s for s in committed_steps(ckpt_dir) if s < step]
+        for old in older[: max(0, len(older) - (keep_last - 1))]:
             shutil.rmtree(ckpt_dir / f"step-{old}", ignore_errors=True)
     barrier()
     return final
 
 
+def weights_finite(model) -> bool:
+    """True when every parameter (this rank's shards of it) is finite."""
+    with torch.no_grad():
+        for p in model.parameters():
+            t = p.to_local() if hasattr(p, "to_local") else p
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                return False
+    return True
+
+
+def _name(path: Path | None) -> str:
+    return path.name if path is not None else "none"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return text[-1] if text else type(e).__name__
+
+
+def _file_digest(path: Path) -> dict:
+    h = hashlib.blake2b(digest_size=16)
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "blake2b": h.hexdigest()}
+
+
+def verify(path: str | os.PathLike[str]) -> str | None:
+    """None when checkpoint `path` is intact, else why not (one line). A checkpoint written
+    before checksums existed only has its files' presence checked. `trainer.json` is not
+    summed: it is small JSON that is parsed and checked on use, and users legitimately edit it
+    (e.g. the mix path after moving a mix)."""
+    path = Path(path)
+    if not (path / "trainer.json").is_file():
+        return "no trainer.json"
+    try:
+        json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"trainer.json unreadable ({e})"
+    if not (path / ".metadata").is_file():
+        return "no .metadata (DCP index)"
+    sums_path = path / CHECKSUMS
+    if not sums_path.is_file():
+        return None
+    try:
+        sums = json.loads(sums_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{CHECKSUMS} unreadable ({e})"
+    for rel, want in sorted(sums.items()):
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != want["size"]:
+            return f"{rel} has {f.stat().st_size} bytes, {want['size']} were written"
+        if _file_digest(f) != want:
+            return f"{rel} does not match its checksum (damaged)"
+    return None
+
+
+def resume_candidates(ckpt_dir: str | os.PathLike[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Committed checkpoints newest first, split into (intact, [(damaged, why)])."""
+    ckpt_dir = Path(ckpt_dir)
+    good, bad = [], []
+    for s in reversed(committed_steps(ckpt_dir)):
+        p = ckpt_dir / f"step-{s}"
+        why = verify(p)
+        if why is None:
+            good.append(p)
+        else:
+            bad.append((p, why))
+    return good, bad
+
+
 def load(path: str | os.PathLike[str], model, optimizer, *, rank: int) -> dict:
     """Collective: restore model + optimizer (resharded to this world) and this rank's RNG.
-    Returns the trainer state (step, tokens, ...)."""
+    Returns the trainer state (step, tokens, ...). A checkpoint DCP cannot read is a
+    `CheckpointError` naming it."""
     path = Path(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with _quiet():
-        dcp.load(state, checkpoint_id=str(path))
+    try:
+        with _quiet():
+            dcp.load(state, checkpoint_id=str(path))
+    except Exception as e:  # noqa: BLE001  (DCP raises many kinds on a damaged dir: name it)
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_short(e)})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     rng = path / "rng" / f"rank-{rank}.pt"
@@ -173,7 +297,106 @@ def load(path: str | os.PathLike[str], model, optimizer, *, rank: int) -> dict:
     return trainer
 
 
-def _resolve(path: Path) -> Path:
+class Checkpointer:
+    """The run's checkpoints: when to save, saving, and what `--resume` may continue from.
+
+    `restore` picks the newest committed checkpoint that verifies (checksums, then finite
+    weights after loading), skipping damaged ones with a note; it refuses, with one line, a
+    checkpoint of another model shape, or of another mix unless `allow_mix_change`."""
+
+    def __init__(self, ckpt_dir: Path, cfg, d):
+        self.dir, self.cfg, self.d = Path(ckpt_dir), cfg, d
+        self.notes: list[str] = []  # what restore skipped or decided, for the run's log
+        self.saved = -1
+
+    def latest_name(self) -> str:
+        return _name(latest_checkpoint(self.dir))
+
+    def refuse_existing(self) -> None:
+        last = latest_checkpoint(self.dir)
+        if last is not None:
+            # Starting over would interleave new checkpoints with the old ones (and keep_last
+            # would prune by step number): refuse rather than lose a run.
+            raise CheckpointError(
+                f"{self.dir} already holds checkpoints (latest: {last.name}): pass --resume to continue "
+                f"that run, or choose another out dir"
+            )
+
+    def clean_partial(self) -> None:
+        clean_partial(self.dir)
+
+    def due(self, step: int, end: int, stopping: bool) -> bool:
+        every = self.cfg.run.save_every
+        return step != self.saved and ((every and step % every == 0) or step == end or stopping)
+
+    def save(self, step: int, model, opt, state: dict) -> Path:
+        from tinyllama.parallel import all_gather_objects
+
+        d = self.d
+        path = save(self.dir, step, model, opt, state, rank=d.rank, world=d.world,
+                    keep_last=self.cfg.run.keep_last, barrier=d.barrier,
+                    all_finite=lambda ok: all(all_gather_objects(ok)))
+        self.saved = step
+        return path
+
+    def restore(self, model, opt, mix: dict | None, allow_mix_change: bool) -> tuple[int, int]:
+        """(step, tokens) of the checkpoint loaded into `model` and `opt`; (0, 0) when there
+        is none. Collective."""
+        from tinyllama.parallel import all_gather_objects
+
+        d = self.d
+        # Rank 0 reads every file once to check the sums; the verdict is shared.
+        good, bad = all_gather_objects(resume_candidates(self.dir) if d.is_main else None)[0]
+        self.notes += [f"--resume: skipped {p.name}: {why}" for p, why in bad]
+        for path in good:
+            trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+            check_compatible(path, trainer, self.cfg, mix, allow_mix_change)
+            try:
+                state = load(path, model, opt, rank=d.rank)
+                why = None if weights_finite(model) else "non-finite weights"
+            except CheckpointError as e:
+                state, why = None, str(e)
+            whys = [w for w in all_gather_objects(why) if w]
+            if not whys:
+                self.saved = int(state["step"])
+                self.notes.append(f"resumed from {path}")
+                return int(state["step"]), int(state["tokens"])
+            self.notes.append(f"--resume: skipped {path.name}: {whys[0]}")
+        if good or bad:
+            raise CheckpointError(
+                f"{self.dir}: no checkpoint can be resumed: "
+                + "; ".join(n.removeprefix("--resume: skipped ") for n in self.notes)
+            )
+        self.notes.append(f"--resume: no checkpoint in {self.dir}, starting fresh")
+        return 0, 0
+
+
+def mix_identity(lock: dict) -> dict:
+    """What a checkpoint records of the mix it was trained on (from the mix's `mix.json`)."""
+    return {k: lock.get(k) for k in ("identity", "name", "seed", "seq_len", "tokenizer_sha256")}
+
+
+def check_compatible(path: Path, trainer: dict, cfg, mix: dict | None, allow_mix_change: bool) -> None:
+    """Refuse to resume a checkpoint onto another model shape, or (unless allowed) another mix."""
+    import dataclasses
+
+    have = (trainer.get("config") or {}).get("model") or {}
+    want = dataclasses.asdict(cfg.model)
+    diff = [f"{k}: checkpoint {have.get(k)} vs config {want[k]}" for k in want if k in have and have[k] != want[k]]
+    if diff:
+        raise CheckpointError(f"{path}: the model differs from the config ({', '.join(diff)}); resume needs the "
+                              f"same model shape (use another out dir, or import-hf for a deliberate change)")
+    old = trainer.get("mix")
+    if old and mix and not allow_mix_change:
+        diff = [f"{k}: checkpoint {old.get(k)!r} vs now {mix.get(k)!r}" for k in mix if old.get(k) != mix.get(k)]
+        if diff:
+            raise CheckpointError(
+                f"{path}: trained on another mix ({'; '.join(diff)}): pass --allow-mix-change to continue on "
+                f"{cfg.mix} deliberately"
+            )
+
+
+def resolve(path: Path) -> Path:
     """Accept a run dir, its checkpoints dir, or one step-N dir."""
     if (path / "trainer.json").is_file():
         return path
@@ -181,7 +404,7 @@ def _resolve(path: Path) -> Path:
         found = latest_checkpoint(cand)
         if found is not None:
             return found
-    raise FileNotFoundError(f"{path}: no committed training checkpoint (step-N/ with trainer.json) found")
+    raise CheckpointError(f"{path}: no committed training checkpoint (step-N/ with trainer.json) found")
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
@@ -191,12 +414,18 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     process group needed: DCP reads the shards of any world size). Hugging Face dirs are read by
     `tinyllama.hf.load_model`, which also takes these.
     """
-    ckpt = _resolve(Path(path))
+    ckpt = resolve(Path(path))
+    why = verify(ckpt)
+    if why is not None:
+        raise CheckpointError(f"{ckpt}: {why}")
     trainer = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
     model = empty_model(ModelConfig(**trainer["config"]["model"]), device)
     sd = {"model": model.state_dict()}
-    with _quiet():
-        dcp.load(sd, checkpoint_id=str(ckpt))
+    try:
+        with _quiet():
+            dcp.load(sd, checkpoint_id=str(ckpt))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{ckpt}: unreadable checkpoint ({_short(e)})") from None
     model.load_state_dict(sd["model"])
     return model.eval()
 
@@ -210,4 +439,7 @@ def empty_model(cfg: ModelConfig, device) -> Llama:
     return model
 
 
-__all__ = ["clean_partial", "committed_steps", "empty_model", "latest_checkpoint", "load", "load_model", "save"]
+__all__ = [
+    "Checkpointer", "check_compatible", "clean_partial", "committed_steps", "empty_model", "latest_checkpoint",
+    "load", "load_model", "mix_identity", "resolve", "resume_candidates", "save", "verify", "weights_finite",
+]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tinyllama.errors import SpecError
+from tinyllama.errors import SpecError, StorageError
 
 PROMPT = "The history of the"
 
@@ -35,6 +35,24 @@ def find_root(root: str | os.PathLike[str] | None = None) -> Path:
         f"python/tests/data (looked in {', '.join(str(c) for c in cands)}): run it from a clone "
         f"of the repository"
     )
+
+
+MARKER = "tinyllama-demo.json"  # marks a dir the demo made (a rerun resumes in it)
+
+
+def claim_out_dir(out: Path) -> None:
+    """`out` must be new, empty, or a previous demo's dir: the demo never writes into (or
+    replaces anything in) a directory it did not make."""
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"{out}: exists and is not a directory; demo refused")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise StorageError(f"{out}: not empty and not a previous demo dir; demo refused (nothing was changed): "
+                           f"choose a new --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"format": "tinyllama-demo"}) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise StorageError(f"{out}: cannot create the demo dir: {e.strerror or e}") from None
 
 
 def run_demo(
@@ -62,7 +80,7 @@ def run_demo(
 
     root = find_root(root)
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out)
     t0 = time.perf_counter()
 
     def mark() -> str:
@@ -90,7 +108,7 @@ def run_demo(
 
     ckpt = latest_checkpoint(out / "run/checkpoints")
     echo(f"{mark()} 4/5 export {ckpt} -> {out / 'hf'}")
-    export(ckpt, out / "hf")
+    export(ckpt, out / "hf", force=True)  # the previous run's export, if any, is the demo's own
 
     echo(f"{mark()} 5/5 generate and evaluate")
     sample = generate(out / "hf", prompt, Sampling(max_new_tokens=48, temperature=0.7, top_k=50, top_p=0.95,

@@ -5,7 +5,11 @@ TinyllamaError
 ├── SpecError       an invalid spec or train config (names the key)
 ├── TokenizerError  a missing or unusable tokenizer
 ├── ShardError      a corrupt shard or manifest (names the shard)
-└── StorageError    an OS-level read/write failure (names the path)
+├── StorageError    an OS-level read/write failure (names the path)
+│   └── LockedError another process holds the output dir's lock (names the holder)
+├── CheckpointError a checkpoint that cannot be used: damaged, non-finite, or of another
+│                   run (another mix, model shape or masking) — names the checkpoint and why
+└── TrainingError   the run cannot go on (a non-finite loss or gradient) — names the step
 """
 
 from tinyllama._core import (
@@ -17,4 +21,18 @@ from tinyllama._core import (
     TokenizerError,
 )
 
-__all__ = ["InputError", "ShardError", "SpecError", "StorageError", "TinyllamaError", "TokenizerError"]
+
+class LockedError(StorageError):
+    """A second process wanted an output dir that another process holds (`tinyllama.lock`)."""
+
+
+class CheckpointError(TinyllamaError):
+    """A training checkpoint that cannot be used (damaged, non-finite, or of another run)."""
+
+
+class TrainingError(TinyllamaError):
+    """Training stopped: a step's loss or gradient norm was not finite (names the step)."""
+
+
+__all__ = ["CheckpointError", "TrainingError", "InputError", "LockedError", "ShardError", "SpecError", "StorageError",
+           "TinyllamaError", "TokenizerError"]

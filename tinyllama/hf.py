@@ -14,10 +14,12 @@ both directions are a renaming: no tensor is changed, and ours -> HF -> ours is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,11 @@ from typing import Any
 import torch
 
 from tinyllama import checkpoint as ckpt
-from tinyllama.errors import InputError, SpecError, TinyllamaError
+from tinyllama.errors import CheckpointError, InputError, SpecError, StorageError, TinyllamaError
+from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
 from tinyllama.model import Llama, ModelConfig, config_from_hf, from_hf_state_dict, hf_config, hf_state_dict
 
+EXPORT_MARKER = "tinyllama-export.json"  # marks a dir this command wrote (and may replace with --force)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -153,16 +157,12 @@ def _load_strict(model: Llama, sd: dict[str, torch.Tensor], src: Path) -> None:
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A run dir, its checkpoints/ dir or a step-N/ dir -> the committed step-N/ dir."""
-    path = Path(path)
-    if (path / "trainer.json").is_file():
-        return path
-    for cand in (path, path / "checkpoints"):
-        found = ckpt.latest_checkpoint(cand)
-        if found is not None:
-            return found
-    raise InputError(
-        f"{path}: neither a training checkpoint (step-N/ with trainer.json) nor a Hugging Face dir (config.json)"
-    )
+    try:
+        return ckpt.resolve(Path(path))
+    except CheckpointError:
+        raise InputError(
+            f"{path}: neither a training checkpoint (step-N/ with trainer.json) nor a Hugging Face dir (config.json)"
+        ) from None
 
 
 def trainer_state(path: str | os.PathLike[str]) -> dict:
@@ -220,14 +220,17 @@ def export(
     out: str | os.PathLike[str],
     tokenizer: str | os.PathLike[str] | None = None,
     dtype: str = "float32",
+    force: bool = False,
 ) -> Path:
     """Write the HF Llama layout for `checkpoint` into `out`; returns `out`.
 
     `tokenizer` defaults to the mix's tokenizer.json (found via the checkpoint's trainer.json).
     `dtype` is the safetensors dtype (float32 keeps the logits bit-comparable with ours).
+    `out` must not exist or be empty; a previous export there is replaced only with `force`.
     """
     if dtype not in _DTYPES:
         raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    check_export_target(out, force)
     src = Path(checkpoint)
     model = load_model(src)
     tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(src)
@@ -237,17 +240,34 @@ def export(
             if tokenizer is None
             else f"{tok_path}: tokenizer not found"
         )
-    return save_hf(model, out, tok_path, dtype)
+    return save_hf(model, out, tok_path, dtype, force=force)
+
+
+def check_export_target(out: str | os.PathLike[str], force: bool) -> None:
+    """`out` may be missing or empty; a previous export (it has the marker file) only with
+    `force`; anything else is refused: an export never deletes what it did not create."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"{out}: exists and is not a directory; export refused")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise StorageError(f"{out}: not empty and not a previous export; export refused (nothing was changed): "
+                           f"choose a new --out")
+    if not force:
+        raise StorageError(f"{out}: holds a previous export; pass --force to replace it")
 
 
 def save_hf(
-    model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathLike[str], dtype: str = "float32"
+    model: Llama, out: str | os.PathLike[str], tokenizer: str | os.PathLike[str], dtype: str = "float32",
+    force: bool = False,
 ) -> Path:
     """Write `model` (a plain `Llama`) and `tokenizer` (tokenizer.json, or .json.zst) in the HF
-    layout into `out`, atomically (a temp dir renamed into place)."""
+    layout into `out`, atomically: into a fresh temp dir beside `out`, renamed into place. `out`
+    must be missing or empty, or hold a previous export and `force` be given."""
     if dtype not in _DTYPES:
         raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    cfg = model.config
+    check_export_target(out, force)
     tok_path = Path(tokenizer)
     tok_bytes = _read_tokenizer_bytes(tok_path)
     try:
@@ -258,11 +278,50 @@ def save_hf(
     bos, eos, unk = special.get("<s>", 1), special.get("</s>", 2), special.get("<unk>", 0)
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an export is an ordinary dir
+    except OSError as e:
+        raise StorageError(f"{out}: cannot create the export dir: {e.strerror or e}") from None
+    try:
+        _write_export(model, tmp, tok_bytes, bos, eos, unk, dtype)
+        _replace_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # only our own temp dir
+        raise StorageError(f"{out}: export failed: {e.strerror or e} (nothing was replaced)") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished export `tmp` to `out`: a plain rename when `out` is missing or empty;
+    a previous export (checked by the caller) is first renamed aside, then removed."""
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    _fsync_dir(out.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_export(model: Llama, tmp: Path, tok_bytes: bytes, bos: int, eos: int, unk: int, dtype: str) -> None:
+    cfg = model.config
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to(_DTYPES[dtype]).contiguous() for k, v in hf_state_dict(model).items()}
@@ -309,10 +368,8 @@ def save_hf(
         },
     )
     _write_json(tmp / "special_tokens_map.json", specials)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    # Written last: a dir with this file is a complete export (`--force` may replace it).
+    _write_json(tmp / EXPORT_MARKER, {"format": "tinyllama-hf-export", "dtype": dtype})
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -344,8 +401,6 @@ def import_hf(
     a stage-1 model (e.g. TinyLlama's own) to continue with the v1.1 recipe's second stage.
     """
     from tinyllama.config import TrainConfig, load_config
-    from tinyllama.parallel import Dist
-    from tinyllama.train import build, lr_at
 
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if step < 0:
@@ -364,16 +419,28 @@ def import_hf(
         cfg = dataclasses.replace(cfg, out=str(run_dir))
     else:
         cfg = TrainConfig(mix="", out=str(run_dir), model=mcfg)
+    if stage is not None and config is None:
+        raise SpecError("--stage needs --config (the train config whose mix holds the schedule)")
+    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        last = ckpt.latest_checkpoint(run_dir / "checkpoints")
+        held = f"checkpoints (latest: {last.name})" if last is not None else "files"
+        raise StorageError(f"{run_dir}: already holds {held}; import-hf refused (nothing was changed): "
+                           f"choose a new --out")
+    with exclusive_dir_lock(run_dir, "import-hf"):
+        return _import_into(hf_dir, run_dir, cfg, config, step, tokens, stage)
+
+
+def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: int | None, stage: str | None) -> Path:
+    from tinyllama.parallel import Dist
+    from tinyllama.train import init_model_and_optimizer, lr_at
+
     ckpt_dir = run_dir / "checkpoints"
-    last = ckpt.latest_checkpoint(ckpt_dir)
-    if last is not None:
-        raise FileExistsError(f"{ckpt_dir} already holds checkpoints (latest: {last.name}): choose another dir")
 
     # The trainer's own build (same parameter groups / hyper-parameters as at resume), single
     # process, CPU; compile is irrelevant for a save.
     build_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, compile=False))
     d = Dist(rank=0, world=1, local_rank=0, local_world=1, device=torch.device("cpu"), mesh=None)
-    model, opt, _ = build(build_cfg, d)
+    model, opt, _ = init_model_and_optimizer(build_cfg, d)
     try:
         sd = from_hf_state_dict(read_hf_state_dict(hf_dir))
     except KeyError as e:
@@ -389,10 +456,8 @@ def import_hf(
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
 
-    total, n_tokens = cfg.run.max_steps, tokens
+    total, n_tokens, mix_id = cfg.run.max_steps, tokens, None
     if stage is not None:
-        if config is None:
-            raise SpecError("--stage needs --config (the train config whose mix holds the schedule)")
         import tinyllama
 
         step = stage_start_step(tinyllama.Mix(cfg.mix), stage)
@@ -401,6 +466,7 @@ def import_hf(
             import tinyllama
 
             mix = tinyllama.Mix(cfg.mix)
+            mix_id = ckpt.mix_identity(mix.lock)
             if hasattr(mix, "num_steps"):
                 total = total or mix.num_steps()
                 if n_tokens is None and hasattr(mix, "tokens_before"):
@@ -413,6 +479,7 @@ def import_hf(
         "lr": lr_at(step, cfg, total) if total else cfg.optim.lr,
         "config": cfg.to_dict(),
         "imported_from": str(hf_dir.resolve()),
+        "mix": mix_id,
     }
     return ckpt.save(
         ckpt_dir, step, model, opt, state, rank=0, world=1, keep_last=max(1, cfg.run.keep_last), barrier=lambda: None

@@ -36,6 +36,10 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
+def _fmt(v, spec: str) -> str:
+    return "nan" if v is None else format(v, spec)
+
+
 class MetricsLogger:
     def __init__(self, out: str | os.PathLike[str], enabled: bool, resume_step: int = 0):
         self.enabled = enabled
@@ -57,17 +61,23 @@ class MetricsLogger:
         self.start = time.time()
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint (the run repeats those steps)."""
+        """On resume, drop lines logged after the checkpoint (the run repeats those steps), and
+        a torn last line (a kill mid-write), saying so."""
         if not self.path.is_file():
             return
-        if step == 0:
-            keep = []
-        else:
-            keep = [
-                ln
-                for ln in self.path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step
-            ]
+        keep, torn = [], 0
+        if step:
+            for n, ln in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if not ln.strip():
+                    continue
+                try:
+                    rec = json.loads(ln)
+                except ValueError:
+                    torn += 1
+                    sys.stderr.write(f"{self.path}: line {n} is not valid JSON (torn by a kill?): dropped\n")
+                    continue
+                if isinstance(rec, dict) and (rec.get("step") or 0) <= step:
+                    keep.append(ln)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -75,20 +85,19 @@ class MetricsLogger:
     def log(self, record: dict, total_steps: int) -> None:
         if not self.enabled:
             return
-        record = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v)
-            for k, v in record.items()
-        }
+        # JSON has no NaN / inf: a non-finite value is written as null (the line stays valid JSON).
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["step"])
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
         line = (
-            f"step {record['step']}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-            f"gnorm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s{mfu}"
+            f"step {record['step']}/{total_steps} loss {_fmt(record.get('loss'), '.4f')} "
+            f"lr {_fmt(record.get('lr'), '.2e')} gnorm {_fmt(record.get('grad_norm'), '.3f')} "
+            f"{_fmt(record.get('tokens_per_s'), ',.0f')} tok/s{mfu}"
         )
         if self.tty:
             sys.stderr.write("\r\x1b[2K" + line)
@@ -106,3 +115,70 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class MetricsWindow:
+    """The steps since the last log line: per-sequence losses with their corpus, per-step loss
+    sums and gradient norms, tokens and time. `flush` reduces them over the ranks (one
+    all-reduce and one all-gather every `log_every` steps, none in between) into the record
+    `metrics.jsonl` gets."""
+
+    def __init__(self, cfg, d):
+        self.cfg, self.d = cfg, d
+        self.peak = peak_flops(d.device)
+        self.restart_clock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.seq_losses: list[torch.Tensor] = []
+        self.corpora: list[str] = []
+        self.step_sums: list[torch.Tensor] = []
+        self.grad_norm = None
+        self.tokens = 0
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def add(self, result: dict, corpora: list[str], n_global: int, seq_len: int) -> None:
+        """One optimizer step: its `train_step` result, this rank's rows' corpora, the global
+        batch in sequences and the sequence length."""
+        self.seq_losses.append(result["seq_losses"])
+        self.corpora.extend(corpora)
+        self.step_sums.append(result["seq_losses"].sum())
+        self.grad_norm = result["grad_norm"]
+        self.tokens += n_global * seq_len
+        self.seq_len = seq_len
+
+    def flush(self, step: int, lr: float, tokens_seen: int, n_global: int) -> dict:
+        from tinyllama.parallel import all_gather_objects, all_reduce_sum
+
+        d, cfg = self.d, self.cfg
+        losses = torch.cat(self.seq_losses).float().cpu().tolist()
+        step_sums = all_reduce_sum(torch.stack(self.step_sums).double())  # per step: the global batch's sum
+        gathered = all_gather_objects((self.corpora, losses))
+        per_corpus: dict[str, list[float]] = {}
+        n_seq = 0
+        for names, ls in gathered:
+            n_seq += len(ls)
+            for name, lv in zip(names, ls):
+                per_corpus.setdefault(name, []).append(lv)
+        dt = time.perf_counter() - self.t0
+        tps = self.tokens / dt
+        seq_len = self.seq_len
+        rec = {
+            "step": step,
+            "loss": float(step_sums.sum()) / n_seq,
+            "lr": lr,
+            "tokens": tokens_seen,
+            "tokens_per_s": tps,
+            "grad_norm": float(self.grad_norm),
+            "mfu": tps * cfg.model.flops_per_token(seq_len) / (self.peak * d.world) if self.peak else None,
+            "batch_sequences": n_global,
+            "accum_steps": n_global // (d.world * cfg.micro_batch),
+        }
+        if d.device.type == "cuda":
+            rec["max_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+        rec.update({f"loss/{c}": sum(v) / len(v) for c, v in sorted(per_corpus.items())})
+        self._clear()
+        self.restart_clock()
+        return rec

@@ -88,6 +88,21 @@ def shard_model(model: nn.Module, mesh, bf16: bool) -> nn.Module:
     return model
 
 
+def parallelize(model: nn.Module, d: Dist, *, compile: bool, activation_checkpointing: bool, bf16: bool) -> bool:
+    """Everything that changes how the model runs, applied in one place (torchtitan's order):
+    activation checkpointing, then `torch.compile` per block (small graphs; FSDP hooks stay
+    outside them), then FSDP2 per block when there is more than one rank. Returns whether FSDP
+    handles bf16 itself (mixed-precision policy on CUDA); otherwise the caller autocasts."""
+    model.activation_checkpointing = activation_checkpointing
+    if compile:
+        for block in model.layers:
+            block.compile()
+    fsdp_bf16 = bf16 and d.mesh is not None and d.device.type == "cuda"
+    if d.mesh is not None:
+        shard_model(model, d.mesh, bf16=fsdp_bf16)
+    return fsdp_bf16
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

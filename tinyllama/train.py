@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,19 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyllama import checkpoint as ckpt
+from tinyllama.checkpoint import Checkpointer, mix_identity
 from tinyllama.config import TrainConfig, load_config
-from tinyllama.errors import SpecError
-from tinyllama.metrics import MetricsLogger, peak_flops
+from tinyllama.errors import SpecError, TinyllamaError, TrainingError
+from tinyllama.lock import exclusive_dir_lock
+from tinyllama.metrics import MetricsLogger, MetricsWindow
 from tinyllama.model import Llama
-from tinyllama.parallel import (
-    Dist,
-    all_gather_objects,
-    all_reduce_sum,
-    init_distributed,
-    shard_model,
-    shutdown,
-)
+from tinyllama.parallel import Dist, all_gather_objects, init_distributed, parallelize, shutdown
 from tinyllama.preempt import StopOnSignal
 
 
@@ -61,6 +56,25 @@ def open_data(cfg: TrainConfig) -> BatchSource:
     return tinyllama.Mix(cfg.mix)
 
 
+@contextlib.contextmanager
+def lock_out_dir(out: str, d: Dist) -> Iterator[None]:
+    """Rank 0 holds the out dir's exclusive lock for the run; every rank learns whether it got
+    it, so a refused second submit stops on all ranks before any of them writes."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if d.is_main:
+            try:
+                stack.enter_context(exclusive_dir_lock(out, "train"))
+            except TinyllamaError as e:
+                error = e
+        first = all_gather_objects(None if error is None else (type(error).__name__, str(error)))[0]
+        if error is not None:
+            raise error
+        if first is not None:
+            raise TinyllamaError(first[1])
+        yield
+
+
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """Linear warmup to `lr`, then cosine to `min_lr` at the last step of the schedule."""
     o = cfg.optim
@@ -69,39 +83,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     decay_steps = max(1, total_steps - o.warmup_steps)
     ratio = min(1.0, (step - o.warmup_steps) / decay_steps)
     return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o.lr - o.min_lr)
-
-
-def build(
-    cfg: TrainConfig, d: Dist
-) -> tuple[Llama, torch.optim.Optimizer, contextlib.AbstractContextManager]:
-    """Model built on the meta device, sharded, materialised on the device, initialised."""
-    bf16 = cfg.run.precision == "bf16"
-    with torch.device("meta"):
-        model = Llama(cfg.model)
-    model.activation_checkpointing = cfg.run.activation_checkpointing
-    if cfg.run.compile:
-        for block in model.layers:
-            block.compile()  # per block: small graphs, and FSDP hooks stay outside them
-    fsdp_mp = bf16 and d.mesh is not None and d.device.type == "cuda"
-    if d.mesh is not None:
-        shard_model(model, d.mesh, bf16=fsdp_mp)
-    model.to_empty(device=d.device)
-    model.init_weights(cfg.run.seed)
-    # Weight decay on matrices only (not on RMSNorm gains).
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(
-        groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8, fused=d.device.type == "cuda"
-    )
-    amp = (
-        torch.autocast(d.device.type, dtype=torch.bfloat16)
-        if bf16 and not fsdp_mp
-        else contextlib.nullcontext()
-    )
-    return model, opt, amp
 
 
 def iter_batches(source: BatchSource, start: int, end: int, d: Dist):
@@ -132,6 +113,8 @@ def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp) -
         x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
         if d.device.type == "cuda":
             x = x.pin_memory().to(d.device, non_blocking=True)
+    if n_local % mb:
+        raise RuntimeError(f"the data source gave {n_local} sequences, not a multiple of micro_batch {mb}")
     hsdp = d.mesh is not None and d.mesh.ndim == 2
     seq_losses = []
     for i in range(accum):
@@ -148,26 +131,54 @@ def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp) -
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
-    opt.step()
+    # A non-finite loss anywhere makes the (global) gradient norm non-finite: such an update is
+    # never applied. The check costs one host sync per step, small next to a step's compute.
+    applied = bool(torch.isfinite(grad_norm))
+    if applied:
+        opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"seq_losses": torch.cat(seq_losses), "grad_norm": grad_norm.detach()}
+    return {"seq_losses": torch.cat(seq_losses), "grad_norm": grad_norm.detach(), "applied": applied}
 
 
-def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = None) -> Path:
-    """Run (or resume) training; returns the out dir. Works alone or under torchrun."""
-    torch.set_float32_matmul_precision("high")
-    d = init_distributed()
-    try:
-        with StopOnSignal() as stop:
-            return _train(cfg, resume, source if source is not None else open_data(cfg), d, stop)
-    finally:
-        if d.owns_group:
-            shutdown()
+def init_model_and_optimizer(
+    cfg: TrainConfig, d: Dist
+) -> tuple[Llama, torch.optim.Optimizer, contextlib.AbstractContextManager]:
+    """The model built on the meta device, parallelized, materialised on the device and
+    initialised; AdamW over it; the autocast context of a micro-step."""
+    with torch.device("meta"):
+        model = Llama(cfg.model)
+    bf16 = cfg.run.precision == "bf16"
+    fsdp_bf16 = parallelize(model, d, compile=cfg.run.compile,
+                            activation_checkpointing=cfg.run.activation_checkpointing, bf16=bf16)
+    model.to_empty(device=d.device)
+    model.init_weights(cfg.run.seed)
+    # Weight decay on matrices only (not on RMSNorm gains).
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(
+        groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8, fused=d.device.type == "cuda"
+    )
+    amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 and not fsdp_bf16
+           else contextlib.nullcontext())
+    return model, opt, amp
 
 
-def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: StopOnSignal) -> Path:
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
+# ---- before the loop: every check that does not depend on the step ---------------------------
+
+
+@dataclass
+class Plan:
+    total: int  # steps of the lr schedule
+    end: int  # this invocation stops after step `end - 1`
+    mix: dict | None  # the mix's identity, recorded in checkpoints (None for a stand-in source)
+
+
+def preflight(cfg: TrainConfig, source: BatchSource, d: Dist) -> Plan:
+    """The config checked against the data source once: step counts, vocabulary, sequence
+    length and the micro-batch split of every stage's global batch."""
     total = cfg.run.max_steps or source.num_steps()
     if total > source.num_steps():
         raise SpecError(
@@ -175,133 +186,125 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
             f"{source.num_steps()} steps (0 = the whole schedule)"
         )
     end = min(total, cfg.run.stop_after) if cfg.run.stop_after else total
-    model, opt, amp = build(cfg, d)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_partial(ckpt_dir)
-        (out / "train-config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
-    d.barrier()
-
-    step, tokens_seen = 0, 0
-    last = ckpt.latest_checkpoint(ckpt_dir)
-    if last is not None and not resume:
-        # Starting over would interleave new checkpoints with the old ones (and keep_last
-        # would prune by step number): refuse rather than lose a run.
-        raise FileExistsError(
-            f"{ckpt_dir} already holds checkpoints (latest: {last.name}): pass --resume "
-            f"to continue that run, or choose another out dir"
+    lock = getattr(source, "lock", None)
+    if lock and int(lock.get("vocab_size", 0)) > cfg.model.vocab_size:
+        raise SpecError(
+            f"{cfg.source}: key 'model.vocab_size' = {cfg.model.vocab_size} is smaller than the vocabulary "
+            f"of the mix's tokenizer ({lock['vocab_size']}, {cfg.mix}): token ids would fall outside the embedding"
         )
-    if last is not None:
-        state = ckpt.load(last, model, opt, rank=d.rank)
-        step, tokens_seen = state["step"], state["tokens"]
-    log = MetricsLogger(out, d.is_main, resume_step=step)
-    if resume:
-        log.message(
-            f"resumed from {last}" if last else f"--resume: no checkpoint in {ckpt_dir}, starting fresh"
+    seq_len = getattr(source, "seq_len", None)
+    if seq_len is not None and seq_len > cfg.model.max_seq_len:
+        raise SpecError(
+            f"{cfg.source}: key 'model.max_seq_len': the mix's sequences have {seq_len} tokens, "
+            f"more than max_seq_len={cfg.model.max_seq_len}"
         )
-    peak = peak_flops(d.device)
-
-    window_losses, window_corpora, window_steps, window_tokens = [], [], [], 0
-    t0, saved = time.perf_counter(), step
-    batches = iter_batches(source, step, end, d)
-    model.train()
-    while step < end:
+    # The global batch only changes at stage boundaries; a stand-in source without stages is
+    # checked step by step.
+    steps = [first for first, _ in source.sampler.stage_steps()] if hasattr(source, "sampler") else range(end)
+    for step in steps:
+        if step >= end:
+            continue
         n_global = source.batch_sequences(step)
         if n_global % (d.world * cfg.micro_batch):
             raise SpecError(
                 f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
                 f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}"
             )
-        tokens, corpora = next(batches)
-        if tokens.shape[1] - 1 > cfg.model.max_seq_len:
-            raise SpecError(
-                f"{cfg.source}: key 'model.max_seq_len': the mix's sequences have "
-                f"{tokens.shape[1] - 1} tokens, more than max_seq_len={cfg.model.max_seq_len}"
-            )
-        if tokens.shape[0] != n_global // d.world:
-            raise RuntimeError(
-                f"data source gave {tokens.shape[0]} sequences at step {step}, expected {n_global // d.world}"
-            )
-        lr = lr_at(step, cfg, total)
+    return Plan(total=total, end=end, mix=mix_identity(lock) if lock else None)
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = None,
+          allow_mix_change: bool = False) -> Path:
+    """Run (or resume) training; returns the out dir. Works alone or under torchrun. The out
+    dir is locked for the whole run: a second process on it is refused before it changes
+    anything."""
+    torch.set_float32_matmul_precision("high")
+    d = init_distributed()
+    try:
+        with lock_out_dir(cfg.out, d), StopOnSignal() as stop:
+            data = source if source is not None else open_data(cfg)
+            return _train(cfg, resume, data, d, stop, allow_mix_change)
+    finally:
+        if d.owns_group:
+            shutdown()
+
+
+def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: StopOnSignal,
+           allow_mix_change: bool) -> Path:
+    plan = preflight(cfg, source, d)
+    ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)
+    if not resume:
+        ckpts.refuse_existing()
+    model, opt, amp = init_model_and_optimizer(cfg, d)
+    step, tokens_seen = ckpts.restore(model, opt, plan.mix, allow_mix_change) if resume else (0, 0)
+    if d.is_main:
+        ckpts.clean_partial()
+        (Path(cfg.out) / "train-config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
+    d.barrier()
+    log = MetricsLogger(cfg.out, d.is_main, resume_step=step)
+    for line in ckpts.notes:
+        log.message(line)
+    window = MetricsWindow(cfg, d)
+    model.train()
+    for tokens, corpora in iter_batches(source, step, plan.end, d):
+        n_global = source.batch_sequences(step)
+        lr = lr_at(step, cfg, plan.total)
         for g in opt.param_groups:
             g["lr"] = lr
         r = train_step(model, opt, tokens, cfg, d, amp)
+        if not r["applied"]:
+            raise TrainingError(
+                f"step {step}: the loss or gradient norm is not finite (grad norm {float(r['grad_norm'])}); the "
+                f"update was not applied and the run stopped. Last good checkpoint: {ckpts.latest_name()} "
+                f"(lower optim.lr or raise optim.warmup_steps, then --resume)"
+            )
         step += 1
-        seq_len = tokens.shape[1] - 1
-        tokens_seen += n_global * seq_len
-        window_tokens += n_global * seq_len
-        window_losses.append(r["seq_losses"])
-        window_corpora.extend(corpora)
-        window_steps.append((r["seq_losses"].sum(), r["grad_norm"]))
-
-        if step % cfg.run.log_every == 0 or step == end:
-            losses = torch.cat(window_losses).float().cpu().tolist()
-            step_sums = torch.stack([s for s, _ in window_steps]).double()
-            all_reduce_sum(step_sums)  # per step: sum over the global batch's sequences
-            dt = time.perf_counter() - t0
-            gathered = all_gather_objects((window_corpora, losses))
-            per_corpus: dict[str, list[float]] = {}
-            n_seq = 0
-            for names, ls in gathered:
-                n_seq += len(ls)
-                for name, lv in zip(names, ls):
-                    per_corpus.setdefault(name, []).append(lv)
-            tps = window_tokens / dt
-            rec = {
-                "step": step,
-                "loss": float(step_sums.sum()) / n_seq,
-                "lr": lr,
-                "tokens": tokens_seen,
-                "tokens_per_s": tps,
-                "grad_norm": float(window_steps[-1][1]),
-                "mfu": tps * cfg.model.flops_per_token(seq_len) / (peak * d.world) if peak else None,
-                "batch_sequences": n_global,
-                "accum_steps": n_global // (d.world * cfg.micro_batch),
-            }
-            if d.device.type == "cuda":
-                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
-            rec.update({f"loss/{c}": sum(v) / len(v) for c, v in sorted(per_corpus.items())})
-            log.log(rec, end)
-            window_losses, window_corpora, window_steps, window_tokens = [], [], [], 0
-            t0 = time.perf_counter()
-
+        tokens_seen += n_global * (tokens.shape[1] - 1)
+        window.add(r, corpora, n_global, tokens.shape[1] - 1)
+        if step % cfg.run.log_every == 0 or step == plan.end:
+            log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
         stopping = stop.requested(d)
-        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == end or stopping:
-            if step != saved:
-                state = {"tokens": tokens_seen, "total_steps": total, "lr": lr, "config": cfg.to_dict()}
-                path = ckpt.save(
-                    ckpt_dir,
-                    step,
-                    model,
-                    opt,
-                    state,
-                    rank=d.rank,
-                    world=d.world,
-                    keep_last=cfg.run.keep_last,
-                    barrier=d.barrier,
-                )
-                saved = step
-                log.message(f"saved {path}")
-            t0 = time.perf_counter()  # do not count the save in tokens/s
+        if ckpts.due(step, plan.end, stopping):
+            path = ckpts.save(step, model, opt, {"tokens": tokens_seen, "total_steps": plan.total, "lr": lr,
+                                                 "config": cfg.to_dict(), "mix": plan.mix})
+            log.message(f"saved {path}")
+            window.restart_clock()  # do not count the save in tokens/s
         if stopping:
             log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
             break
     log.close()
-    return out
+    return Path(cfg.out)
 
 
-def train_main(config_path: str, resume: bool = False, overrides: Sequence[str] = ()) -> None:
+def train_main(config_path: str, resume: bool = False, overrides: Sequence[str] = (),
+               allow_mix_change: bool = False) -> None:
     """Entry point for the CLI: `tinyllama train --config FILE [--resume] [--set k=v ...]`."""
     cfg = load_config(config_path, overrides)
-    train(cfg, resume=resume)
+    train(cfg, resume=resume, allow_mix_change=allow_mix_change)
 
 
-if __name__ == "__main__":  # `torchrun -m tinyllama.train CONFIG [--resume] [--set k=v]`
+def main(argv: Sequence[str] | None = None) -> None:
+    """`torchrun -m tinyllama.train CONFIG [--resume] [--set k=v]`: errors a user can cause
+    are one line on stderr (prefixed with the rank under torchrun) and exit status 1."""
     import argparse
+    import os
 
     ap = argparse.ArgumentParser(prog="python -m tinyllama.train")
     ap.add_argument("config")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--allow-mix-change", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    a = ap.parse_args()
-    train_main(a.config, a.resume, a.overrides)
+    a = ap.parse_args(argv)
+    try:
+        train_main(a.config, a.resume, a.overrides, a.allow_mix_change)
+    except TinyllamaError as e:
+        rank = os.environ.get("RANK")
+        sys.stderr.write(f"error{f' (rank {rank})' if rank else ''}: {e}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

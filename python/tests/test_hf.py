@@ -19,6 +19,8 @@ transformers = pytest.importorskip("transformers")
 from conftest import CORPORA, write_spec
 from test_train import TokenStreamSource
 
+from tinyllama.errors import CheckpointError
+
 SEQ_LEN = 64
 MODEL = {
     "n_layer": 2,
@@ -248,7 +250,7 @@ def test_imported_checkpoint_resumes_in_the_trainer(exported, tiny_mix, tmp_path
         want = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).item()
 
     cfg = train_config(tiny_mix, run, steps=7)
-    with pytest.raises(FileExistsError):  # a fresh start would silently ignore the import
+    with pytest.raises(CheckpointError):  # a fresh start would silently ignore the import
         train(cfg, resume=False, source=source)
     train(cfg, resume=True, source=source)
     metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

@@ -235,6 +235,7 @@ def test_keep_last_and_load_model(streams, tmp_path):
     import torch
 
     from tinyllama.checkpoint import committed_steps, load_model
+    from tinyllama.errors import CheckpointError
 
     cfg = write_config(tmp_path)
     run_inproc(cfg, streams, ["run.max_steps=8", "run.save_every=2", "run.keep_last=2"])
@@ -250,7 +251,7 @@ def test_keep_last_and_load_model(streams, tmp_path):
     model6 = load_model(tmp_path / "run/checkpoints/step-6")
     assert not torch.equal(model6.lm_head.weight, model.lm_head.weight)
     # a fresh start into a dir with checkpoints is refused (it would mix two runs)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(CheckpointError, match="--resume"):
         run_inproc(cfg, streams)
 
 
