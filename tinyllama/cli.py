@@ -100,6 +100,10 @@ def mix_sample(
     from tinyllama.mix import Mix
 
     mix = Mix(path)
+    if not 0 <= step < mix.num_steps():
+        raise TinyllamaError(f"--step {step}: the schedule of {path} has steps 0..{mix.num_steps() - 1}")
+    if not 0 <= rank < world:
+        raise TinyllamaError(f"--rank {rank} --world {world}: the rank must be in 0..{world - 1}")
     tokens, corpora = mix.batch(step, rank, world)
     samples = mix.samples(step, rank, world)
     if as_json:
@@ -148,11 +152,13 @@ def train(
     config: Path = typer.Option(..., "--config", help="Train config (TOML)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in `out`."),
     overrides: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set run.max_steps=50."),
+    allow_mix_change: bool = typer.Option(
+        False, "--allow-mix-change", help="With --resume: continue on a mix other than the checkpoint's."),
 ) -> None:
     """Train (single process, or under torchrun for many GPUs / nodes)."""
     from tinyllama.train import train_main
 
-    train_main(str(config), resume=resume, overrides=overrides)
+    train_main(str(config), resume=resume, overrides=overrides, allow_mix_change=allow_mix_change)
 
 
 @app.command("export")
@@ -161,11 +167,13 @@ def export(
     out: Path = typer.Option(..., "--out", help="The Hugging Face model dir to write."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Default: the training mix's tokenizer."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    force: bool = typer.Option(False, "--force", help="Replace a previous export in --out."),
 ) -> None:
-    """A checkpoint (any world size) -> Hugging Face Llama layout that `transformers` loads offline."""
+    """A checkpoint (any world size) -> Hugging Face Llama layout that `transformers` loads offline.
+    --out must be new or empty (or a previous export, with --force)."""
     from tinyllama.hf import export as export_hf
 
-    typer.echo(f"wrote {export_hf(checkpoint, out, tokenizer, dtype)}")
+    typer.echo(f"wrote {export_hf(checkpoint, out, tokenizer, dtype, force=force)}")
 
 
 @app.command("import-hf")
@@ -180,10 +188,7 @@ def import_hf(
     """An existing Hugging Face checkpoint -> a run that `tinyllama train --resume` continues."""
     from tinyllama.hf import import_hf as run_import
 
-    try:
-        path = run_import(hf_dir, out, step=step, config=config, overrides=overrides, stage=stage)
-    except FileExistsError as e:
-        raise TinyllamaError(str(e)) from None
+    path = run_import(hf_dir, out, step=step, config=config, overrides=overrides, stage=stage)
     typer.echo(f"wrote {path}; continue with: tinyllama train --config CONFIG --resume (out = {out})")
 
 
