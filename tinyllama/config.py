@@ -10,28 +10,22 @@
             activation_checkpointing, seed
 
 Paths in the file are relative to the file; paths given with `--set` are relative to the
-current directory. Every error is a `SpecError` naming the file and the key.
+current directory. Every error is a `SpecError` naming the file and the key, in the shape the
+mix spec's errors have (`tinyllama.toml_schema`: unknown keys get a "did you mean").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tinyllama.errors import SpecError
 from tinyllama.model import NAMED_CONFIGS, ModelConfig
-from tinyllama.spec import read_toml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from tinyllama.toml_schema import build_dataclass, check_keys, coerce, key_error, parse_literal, read_toml
 
 
 @dataclass
@@ -51,7 +45,7 @@ class RunConfig:
     log_every: int = 10
     save_every: int = 1000  # 0 = only at the end
     keep_last: int = 3
-    precision: str = "bf16"  # bf16 | fp32
+    precision: Literal["bf16", "fp32"] = "bf16"
     compile: bool = True
     activation_checkpointing: bool = False
     seed: int = 3407  # model init (data order is fixed by the mix's own seed)
@@ -103,7 +97,7 @@ def _apply_override(raw: dict, ov: str, source: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise SpecError(f"--set {ov!r}: expected KEY=VALUE, e.g. run.max_steps=50")
-    value = _parse_value(text.strip())
+    value = parse_literal(text.strip())
     parts = key.split(".")
     if parts[0] in ("mix", "out") and len(parts) == 1 and isinstance(value, str):
         value = os.path.abspath(value)  # command-line paths are relative to the cwd
@@ -118,117 +112,53 @@ def _apply_override(raw: dict, ov: str, source: str) -> None:
     node[parts[-1]] = value
 
 
-def _parse_value(text: str) -> Any:
-    """A TOML literal (50, 3e-4, true, [0.9, 0.95], "x"); anything else is a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _build(raw: dict, source: str) -> TrainConfig:
-    for k in raw:
-        if k not in _TOP:
-            raise SpecError(f"{source}: unknown key '{k}' (known: {', '.join(sorted(_TOP))})")
-    for k in ("mix", "out"):
-        if k not in raw:
-            raise SpecError(f"{source}: missing key '{k}'")
-        if not isinstance(raw[k], str):
-            raise SpecError(f"{source}: key '{k}' must be a string path, got {raw[k]!r}")
-    model = _build_model(raw.get("model", "tinyllama-1.1b"), source)
-    micro_batch = _coerce(raw.get("micro_batch", 8), int, "micro_batch", source)
-    if micro_batch <= 0:
-        raise SpecError(f"{source}: key 'micro_batch' must be > 0, got {micro_batch}")
-    sections = {}
-    for name, cls in _SECTIONS.items():
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
-            raise SpecError(f"{source}: key '{name}' must be a table")
-        sections[name] = _build_dataclass(cls, table, name, source)
-    cfg = TrainConfig(
-        mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **sections
-    )
-    _validate(cfg, source)
+    try:
+        check_keys(raw, _TOP)
+        for k in ("mix", "out"):
+            if k not in raw:
+                raise key_error(k, "required key is missing")
+            coerce(raw[k], str, k)
+        model = _build_model(raw.get("model", "tinyllama-1.1b"))
+        micro_batch = coerce(raw.get("micro_batch", 8), int, "micro_batch")
+        if micro_batch <= 0:
+            raise key_error("micro_batch", f"must be > 0, got {micro_batch}")
+        sections = {name: build_dataclass(cls, raw.get(name, {}), f"{name}.") for name, cls in _SECTIONS.items()}
+        cfg = TrainConfig(
+            mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **sections
+        )
+        _validate(cfg)
+    except SpecError as e:
+        raise SpecError(f"{source}: {e}") from None
     return cfg
 
 
-def _build_model(value: Any, source: str) -> ModelConfig:
+def _build_model(value: Any) -> ModelConfig:
     if isinstance(value, str):
         if value not in NAMED_CONFIGS:
-            raise SpecError(
-                f"{source}: key 'model': unknown model {value!r} (known: {', '.join(sorted(NAMED_CONFIGS))})"
-            )
+            raise key_error("model", f"unknown model {value!r} (known: {', '.join(sorted(NAMED_CONFIGS))})")
         return ModelConfig.from_name(value)
     if not isinstance(value, dict):
-        raise SpecError(f"{source}: key 'model' must be a model name or a table")
+        raise key_error("model", "must be a model name or a table")
     table = dict(value)
     name = table.pop("name", None)
     if name is not None:
         if name not in NAMED_CONFIGS:
-            raise SpecError(
-                f"{source}: key 'model.name': unknown model {name!r} "
-                f"(known: {', '.join(sorted(NAMED_CONFIGS))})"
-            )
-        base = dataclasses.asdict(NAMED_CONFIGS[name])
-        base.update(table)
-        table = base
-    cfg = _build_dataclass(ModelConfig, table, "model", source)
+            raise key_error("model.name", f"unknown model {name!r} (known: {', '.join(sorted(NAMED_CONFIGS))})")
+        table = {**dataclasses.asdict(NAMED_CONFIGS[name]), **table}
+    cfg = build_dataclass(ModelConfig, table, "model.")
     errs = cfg.validate()
     if errs:
         key, msg = errs[0].split(": ", 1)
-        raise SpecError(f"{source}: key 'model.{key}' {msg}")
+        raise key_error(f"model.{key}", msg)
     return cfg
 
 
-def _build_dataclass(cls: type, table: dict, prefix: str, source: str):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in table.items():
-        if k not in fields:
-            raise SpecError(f"{source}: unknown key '{prefix}.{k}' (known: {', '.join(fields)})")
-        kwargs[k] = _coerce(v, hints[k], f"{prefix}.{k}", source)
-    missing = [
-        n
-        for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise SpecError(f"{source}: missing key '{prefix}.{missing[0]}'")
-    return cls(**kwargs)
+def _validate(cfg: TrainConfig) -> None:
+    """The checks that relate several keys (types and choices are the dataclasses' own)."""
 
-
-def _coerce(v: Any, typ: Any, key: str, source: str) -> Any:
-    def bad(what: str):
-        return SpecError(f"{source}: key '{key}' must be {what}, got {v!r}")
-
-    if typ is bool:
-        if not isinstance(v, bool):
-            raise bad("true or false")
-        return v
-    if typ is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise bad("an integer")
-        return v
-    if typ is float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise bad("a number")
-        return float(v)
-    if typ is str:
-        if not isinstance(v, str):
-            raise bad("a string")
-        return v
-    if typing.get_origin(typ) is tuple:
-        args = typing.get_args(typ)
-        if not isinstance(v, (list, tuple)) or len(v) != len(args):
-            raise bad(f"a list of {len(args)} numbers")
-        return tuple(_coerce(x, a, key, source) for x, a in zip(v, args))
-    raise TypeError(f"unsupported config type {typ} for {key}")  # a bug here, not user input
-
-
-def _validate(cfg: TrainConfig, source: str) -> None:
     def fail(key: str, msg: str):
-        raise SpecError(f"{source}: key '{key}' {msg}")
+        raise key_error(key, msg)
 
     o, r = cfg.optim, cfg.run
     if o.lr <= 0:
@@ -250,5 +180,3 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         fail("run.log_every", "must be > 0")
     if r.keep_last <= 0:
         fail("run.keep_last", "must be > 0")
-    if r.precision not in ("bf16", "fp32"):
-        fail("run.precision", f"must be 'bf16' or 'fp32', got {r.precision!r}")

@@ -7,21 +7,15 @@ Paths in the spec are relative to the spec file; token counts take the suffixes 
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - python < 3.11
-    import tomli as tomllib
-
 from tinyllama.errors import SpecError
+from tinyllama.toml_schema import check_keys, read_toml
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _BYTES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -141,14 +135,6 @@ class MixSpec:
 # validation helpers: every error names the key path the user must fix
 
 
-def _check_keys(table: dict, allowed: set[str], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(sorted(allowed))}"
-            raise SpecError(f"{where}{key}: unknown key{extra}")
-
-
 def _typed(table: dict, key: str, kind: type | tuple, where: str, default: Any = ..., required: bool = False):
     if key not in table:
         if required or default is ...:
@@ -174,7 +160,7 @@ def _corpus(name: str, table: Any) -> CorpusSpec:
         raise SpecError(f"corpora.{name}: expected a table")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise SpecError(f"corpora.{name}: corpus names may use letters, digits, '_', '-', '.'")
-    _check_keys(table, {"paths", "text", "exclude", "dedup", "on_error", "holdout_docs", "max_doc_bytes"}, where)
+    check_keys(table, {"paths", "text", "exclude", "dedup", "on_error", "holdout_docs", "max_doc_bytes"}, where)
     paths = _typed(table, "paths", (list, str), where, required=True)
     paths = [paths] if isinstance(paths, str) else paths
     if not paths or not all(isinstance(p, str) and p for p in paths):
@@ -207,7 +193,7 @@ def _corpus(name: str, table: Any) -> CorpusSpec:
 def _dedup(table: Any) -> DedupSpec:
     if not isinstance(table, dict):
         raise SpecError("dedup: expected a table")
-    _check_keys(table, {"ngram", "permutations", "bands", "rows", "threshold", "memory"}, "dedup.")
+    check_keys(table, {"ngram", "permutations", "bands", "rows", "threshold", "memory"}, "dedup.")
     d = DedupSpec()
     for key in ("ngram", "permutations", "bands", "rows"):
         value = _typed(table, key, int, "dedup.", getattr(d, key))
@@ -234,7 +220,7 @@ def _stages(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int) -> list[Stag
         where = f"stages[{i}]."
         if not isinstance(table, dict):
             raise SpecError(f"stages[{i}]: expected a table")
-        _check_keys(table, {"name", "tokens", "batch_tokens", "weights", "ramp_tokens"}, where)
+        check_keys(table, {"name", "tokens", "batch_tokens", "weights", "ramp_tokens"}, where)
         name = _typed(table, "name", str, where, f"stage{i}")
         if name in seen:
             raise SpecError(f"{where}name: stage name {name!r} is used twice")
@@ -273,16 +259,6 @@ _TOP = {"name", "seed", "seq_len", "tokenizer", "out", "add_bos", "add_eos", "sh
         "corpora", "dedup", "stages"}
 
 
-def read_toml(path: Path, what: str) -> dict:
-    """A TOML file as a dict; a missing file or a syntax error is a `SpecError` naming it."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: {what} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}") from None
-
-
 def load_spec(path: str | os.PathLike[str]) -> MixSpec:
     """Parse and validate a mix spec. Raises `SpecError` naming the file and the key."""
     path = Path(path)
@@ -290,11 +266,16 @@ def load_spec(path: str | os.PathLike[str]) -> MixSpec:
     try:
         return _parse(path, raw)
     except SpecError as e:
-        raise SpecError(f"{path}: {e}") from None
+        # Internal messages read "a.b.c: what"; users get the train config's shape too.
+        text = str(e)
+        key, sep, msg = text.partition(": ")
+        if sep and not text.startswith("key '"):
+            text = f"key '{key}': {msg}"
+        raise SpecError(f"{path}: {text}") from None
 
 
 def _parse(path: Path, raw: dict) -> MixSpec:
-    _check_keys(raw, _TOP, "")
+    check_keys(raw, _TOP, "")
     base = path.parent
     seq_len = _typed(raw, "seq_len", int, "", 2048)
     if seq_len < 1:

@@ -36,16 +36,16 @@ def test_reference_spec_parses(spec_file):
 @pytest.mark.parametrize(
     "stages, message",
     [
-        (STAGES.replace("slimpajama = 0.5", "slimpajama = 0.4"), r"stages\[1\]\.weights: sum to 0\.9"),
+        (STAGES.replace("slimpajama = 0.5", "slimpajama = 0.4"), r"stages\[1\]\.weights': sum to 0\.9"),
         (STAGES.replace("starcoder = 0.2", "starcoderr = 0.2"),
-         r"stages\[1\]\.weights\.starcoderr: unknown corpus"),
+         r"stages\[1\]\.weights\.starcoderr': unknown corpus"),
         (STAGES.replace('batch_tokens = "4K"', 'batch_tokens = "100"', 1),
-         r"stages\[0\]\.batch_tokens: 100 is smaller"),
+         r"stages\[0\]\.batch_tokens': 100 is smaller"),
         (STAGES.replace('name = "basic"', 'name = "basic"\nramp_tokens = "1K"'), r"stages\[0\]\.ramp_tokens"),
         (STAGES.replace('name = "continual"', 'name = "basic"'),
-         r"stages\[1\]\.name: stage name 'basic' is used twice"),
-        (STAGES.replace('ramp_tokens = "40K"', 'ramp_tokens = "400K"'), r"stages\[1\]\.ramp_tokens: 400000 is longer"),
-        ("", r"stages: at least one"),
+         r"stages\[1\]\.name': stage name 'basic' is used twice"),
+        (STAGES.replace('ramp_tokens = "40K"', 'ramp_tokens = "400K"'), r"stages\[1\]\.ramp_tokens': 400000 is longer"),
+        ("", r"key 'stages': at least one"),
     ],
 )
 def test_bad_stages_name_the_key(tmp_path, stages, message):
@@ -59,23 +59,23 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
     spec = write_spec(tmp_path, corpora='[corpora.skypile]\npaths = ["x/*.jsonl"]\ndedupe = "near"\n',
                       stages=STAGES.replace(", starcoder = 0.2", "").replace("slimpajama = 0.5", "slimpajama = 0.7")
                       .replace("weights = { slimpajama = 1.0 }", "weights = { skypile = 1.0 }"))
-    with pytest.raises(SpecError, match=r"corpora\.skypile\.dedupe: unknown key; did you mean 'dedup'"):
+    with pytest.raises(SpecError, match=r"corpora\.skypile\.dedupe': unknown key; did you mean 'dedup'"):
         load_spec(spec)
 
 
 def test_bad_choices_and_types(tmp_path):
     bad = write_spec(tmp_path, corpora='[corpora.slimpajama]\npaths = ["x"]\non_error = "ignore"\n',
                      stages='[[stages]]\ntokens = "1M"\nbatch_tokens = "4K"\nweights = { slimpajama = 1.0 }\n')
-    with pytest.raises(SpecError, match=r"corpora\.slimpajama\.on_error: must be one of fail, skip"):
+    with pytest.raises(SpecError, match=r"corpora\.slimpajama\.on_error': must be one of fail, skip"):
         load_spec(bad)
     bad.write_text(bad.read_text().replace('on_error = "ignore"', "holdout_docs = \"ten\""))
-    with pytest.raises(SpecError, match=r"corpora\.slimpajama\.holdout_docs: expected int"):
+    with pytest.raises(SpecError, match=r"corpora\.slimpajama\.holdout_docs': expected int"):
         load_spec(bad)
 
 
 def test_dedup_table_is_validated(tmp_path):
     spec = write_spec(tmp_path, body="\n[dedup]\nbands = 20\nrows = 13\n")
-    with pytest.raises(SpecError, match=r"dedup\.bands: bands x rows = 260 exceeds permutations = 128"):
+    with pytest.raises(SpecError, match=r"dedup\.bands': bands x rows = 260 exceeds permutations = 128"):
         load_spec(spec)
 
 
