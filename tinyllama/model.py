@@ -480,14 +480,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             for s in range(0, hidden.shape[0], ctx.chunk):
                 h, t = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk]
                 # d loss / d logits = softmax - onehot(target), times the incoming gradient
-                g = (F.linear(h, weight).float() - lse[s : s + ctx.chunk, None]).exp_()
+                g = F.linear(h, weight).float().sub_(lse[s : s + ctx.chunk, None]).exp_()  # softmax, in place
                 g.scatter_add_(1, t.clamp(min=0)[:, None], g.new_full((t.shape[0], 1), -1.0))
                 g *= torch.where(t == ctx.ignore_index, 0.0, grad_loss[s : s + ctx.chunk])[:, None]
                 g = g.to(hidden.dtype)  # as autograd would cast it back through `.float()`
                 if need_h:
                     grad_h[s : s + ctx.chunk] = g @ weight
-                if need_w:
-                    grad_w += g.t() @ h
+                if need_w and g.dtype == torch.float32:
+                    grad_w.addmm_(g.t(), h)  # in place: no [vocab, d] temporary
+                elif need_w:
+                    grad_w += g.t() @ h  # bf16 product, summed in fp32
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
 
 

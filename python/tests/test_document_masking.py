@@ -362,6 +362,7 @@ def test_chunked_cross_entropy_peak_memory_is_lower():
 # ---- the GPU benchmark's CPU dry run -----------------------------------------------------
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: five variants, two of them traced by torch.compile
 def test_gpu_benchmark_dry_run():
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run"],
