@@ -206,7 +206,7 @@ def generate(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Sample a continuation of a prompt (top-k / top-p / temperature / repetition penalty)."""
-    from tinyllama.generate import generate_main
+    from tinyllama.eval.generate import generate_main
 
     typer.echo(generate_main(str(path), prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                              seed, str(tokenizer) if tokenizer else None, device))
@@ -238,12 +238,12 @@ def evaluate(
     if mix is None and tasks is None:
         raise TinyllamaError("eval: pass --mix DIR (perplexity) and/or --tasks LIST (lm-eval)")
     if mix is not None:
-        from tinyllama.evaluate import eval_main
+        from tinyllama.eval.perplexity import eval_main
 
         for path in paths:
             typer.echo(eval_main(path, mix, as_json, corpus or None, seq_len, batch_size, device))
     if tasks is not None:
-        from tinyllama.harness import harness_main
+        from tinyllama.eval.harness import harness_main
 
         harness_main(paths, [t for t in tasks.split(",") if t], as_json=as_json, compare_with=compare or None,
                      plot=plot, echo=typer.echo, batch_size=batch_size, dtype=dtype, device=device, limit=limit,

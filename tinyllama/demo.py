@@ -70,13 +70,13 @@ def run_demo(
     import torch
 
     from tinyllama.build import build_mix
-    from tinyllama.checkpoint import latest_checkpoint
-    from tinyllama.config import load_config
-    from tinyllama.evaluate import evaluate, format_table
-    from tinyllama.generate import Sampling, generate
+    from tinyllama.eval.generate import Sampling, generate
+    from tinyllama.eval.perplexity import evaluate, format_table
     from tinyllama.hf import export, load_model
-    from tinyllama.plot import plot_loss, read_metrics
     from tinyllama.train import train
+    from tinyllama.train.checkpoint import latest_checkpoint
+    from tinyllama.train.config import load_config
+    from tinyllama.train.plot import plot_loss, read_metrics
 
     root = find_root(root)
     out = Path(out).resolve()

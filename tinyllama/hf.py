@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from tinyllama import checkpoint as ckpt
 from tinyllama.errors import CheckpointError, InputError, SpecError, StorageError, TinyllamaError
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
 from tinyllama.model import Llama, ModelConfig, config_from_hf, from_hf_state_dict, hf_config, hf_state_dict
+from tinyllama.train import checkpoint as ckpt
 
 EXPORT_MARKER = "tinyllama-export.json"  # marks a dir this command wrote (and may replace with --force)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -400,7 +400,7 @@ def import_hf(
     `step` to the first step of that stage of the mix's schedule: `stage="continual"` imports
     a stage-1 model (e.g. TinyLlama's own) to continue with the v1.1 recipe's second stage.
     """
-    from tinyllama.config import TrainConfig, load_config
+    from tinyllama.train.config import TrainConfig, load_config
 
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if step < 0:
@@ -431,16 +431,12 @@ def import_hf(
 
 
 def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: int | None, stage: str | None) -> Path:
-    from tinyllama.parallel import Dist
-    from tinyllama.train import init_model_and_optimizer, lr_at
+    from tinyllama.train.optim import build_optimizer, lr_at
 
     ckpt_dir = run_dir / "checkpoints"
-
-    # The trainer's own build (same parameter groups / hyper-parameters as at resume), single
-    # process, CPU; compile is irrelevant for a save.
-    build_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, compile=False))
-    d = Dist(rank=0, world=1, local_rank=0, local_world=1, device=torch.device("cpu"), mesh=None)
-    model, opt, _ = init_model_and_optimizer(build_cfg, d)
+    # The trainer's parameter groups and hyper-parameters (as at resume), single process, CPU.
+    model = ckpt.empty_model(cfg.model, "cpu")
+    opt = build_optimizer(model, cfg.optim, torch.device("cpu"))
     try:
         sd = from_hf_state_dict(read_hf_state_dict(hf_dir))
     except KeyError as e:
@@ -467,10 +463,9 @@ def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: in
 
             mix = tinyllama.Mix(cfg.mix)
             mix_id = ckpt.mix_identity(mix.lock)
-            if hasattr(mix, "num_steps"):
-                total = total or mix.num_steps()
-                if n_tokens is None and hasattr(mix, "tokens_before"):
-                    n_tokens = int(mix.tokens_before(step))
+            total = total or mix.num_steps()
+            if n_tokens is None:
+                n_tokens = int(mix.tokens_before(step))
         except (OSError, ValueError, TinyllamaError) as e:  # metrics only: must not block the import
             warnings.warn(f"{cfg.mix}: cannot count the tokens before step {step} ({e}); recording 0", stacklevel=2)
     state = {
@@ -491,8 +486,6 @@ def stage_start_step(mix, stage: str) -> int:
     stages = mix.inspect()["stages"]
     for st in stages:
         if st["name"] == stage:
-            if "first_step" not in st:
-                raise SpecError(f"{mix.path}: this build of tinyllama has no schedule sampler")
             return int(st["first_step"])
     names = ", ".join(st["name"] for st in stages)
     raise SpecError(f"{mix.path}: no stage {stage!r} in the schedule (stages: {names})")

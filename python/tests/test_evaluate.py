@@ -20,7 +20,7 @@ exported, tiny_mix, tiny_run = test_hf.exported, test_hf.tiny_mix, test_hf.tiny_
 
 def test_trained_beats_untrained(tiny_run, tiny_mix):
     import tinyllama
-    from tinyllama.evaluate import evaluate, format_table
+    from tinyllama.eval.perplexity import evaluate, format_table
     from tinyllama.hf import load_model
     from tinyllama.model import ModelConfig, build_model
 
@@ -45,7 +45,7 @@ def test_matches_a_direct_computation(exported, tiny_mix):
     transformers = pytest.importorskip("transformers")
 
     import tinyllama
-    from tinyllama.evaluate import evaluate
+    from tinyllama.eval.perplexity import evaluate
     from tinyllama.hf import load_model
 
     mix = tinyllama.Mix(tiny_mix)
@@ -67,7 +67,7 @@ def test_matches_a_direct_computation(exported, tiny_mix):
 
 def test_eval_main_json_and_errors(exported, tiny_mix):
     from tinyllama.errors import SpecError
-    from tinyllama.evaluate import eval_main
+    from tinyllama.eval.perplexity import eval_main
 
     out = json.loads(eval_main(exported, tiny_mix, as_json=True))
     assert out["seq_len"] == 64 and out["all"]["tokens"] > 0

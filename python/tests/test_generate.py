@@ -23,7 +23,7 @@ def prompt_ids(tiny_mix, n=12) -> list[int]:
 
 @pytest.mark.parametrize("which", ["random_hf", "exported"])
 def test_greedy_equals_transformers(which, request, tiny_mix):
-    from tinyllama.generate import Sampling, generate_ids
+    from tinyllama.eval.generate import Sampling, generate_ids
     from tinyllama.hf import load_model
 
     path = request.getfixturevalue(which)
@@ -42,7 +42,7 @@ def test_greedy_equals_transformers(which, request, tiny_mix):
 
 
 def test_greedy_with_repetition_penalty_equals_transformers(random_hf, tiny_mix):
-    from tinyllama.generate import Sampling, generate_ids
+    from tinyllama.eval.generate import Sampling, generate_ids
     from tinyllama.hf import load_model
 
     ours = load_model(random_hf)
@@ -64,7 +64,7 @@ def test_filters_equal_transformers_processors(temperature, top_k, top_p, penalt
         TopPLogitsWarper,
     )
 
-    from tinyllama.generate import Sampling, process_logits
+    from tinyllama.eval.generate import Sampling, process_logits
 
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
@@ -86,7 +86,7 @@ def test_filters_equal_transformers_processors(temperature, top_k, top_p, penalt
 
 
 def test_sampling_is_seeded(exported, tiny_mix):
-    from tinyllama.generate import Sampling, generate_ids
+    from tinyllama.eval.generate import Sampling, generate_ids
     from tinyllama.hf import load_model
 
     model = load_model(exported)
@@ -105,7 +105,7 @@ def test_sampling_is_seeded(exported, tiny_mix):
 
 def test_generate_text_from_checkpoint_and_hf_dir(exported, tiny_run):
     from tinyllama.errors import SpecError
-    from tinyllama.generate import generate_main
+    from tinyllama.eval.generate import generate_main
 
     a = generate_main(str(tiny_run), "The history of", max_new_tokens=10, temperature=0.0)
     b = generate_main(str(exported), "The history of", max_new_tokens=10, temperature=0.0)
@@ -117,7 +117,7 @@ def test_generate_text_from_checkpoint_and_hf_dir(exported, tiny_run):
 
 
 def test_generation_stops_at_max_seq_len(exported, tiny_mix):
-    from tinyllama.generate import Sampling, generate_ids
+    from tinyllama.eval.generate import Sampling, generate_ids
     from tinyllama.hf import load_model
 
     model = load_model(exported)  # max_seq_len 64

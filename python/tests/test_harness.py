@@ -111,7 +111,7 @@ def test_committed_task_is_the_slice_rebuilt(task_mix, tmp_path):
 
 
 def run(hf_dir: Path, **kw) -> dict:
-    from tinyllama.harness import run_harness
+    from tinyllama.eval.harness import run_harness
 
     return run_harness(hf_dir, ["tinyllama_continuation"], include_path=HARNESS, batch_size=16, **kw)
 
@@ -139,7 +139,7 @@ def test_checkpoint_is_exported_and_tokens_recorded(task_mix, tmp_path):
     needs_lm_eval()
     from test_hf import train_config
 
-    from tinyllama.harness import read_rows, run_harness
+    from tinyllama.eval.harness import read_rows, run_harness
     from tinyllama.train import train
 
     torch.set_num_threads(1)
@@ -161,7 +161,7 @@ def test_checkpoint_is_exported_and_tokens_recorded(task_mix, tmp_path):
 
 
 def test_published_rows_are_the_model_cards():
-    from tinyllama.harness import CARD_TASKS, published_rows
+    from tinyllama.eval.harness import CARD_TASKS, published_rows
 
     rows = {r["model"]: r for r in published_rows()}
     v11 = rows["TinyLlama-1.1B-v1.1"]
@@ -173,7 +173,7 @@ def test_published_rows_are_the_model_cards():
 
 
 def test_comparison_is_computed_from_the_shipped_numbers():
-    from tinyllama.harness import CARD_TASKS, compare, format_table, published_rows
+    from tinyllama.eval.harness import CARD_TASKS, compare, format_table, published_rows
 
     pub = published_rows()
     v11 = next(r for r in pub if r["model"] == "TinyLlama-1.1B-v1.1")
@@ -196,7 +196,7 @@ def test_comparison_is_computed_from_the_shipped_numbers():
 
 
 def test_plot_series(tmp_path):
-    from tinyllama.harness import plot_series, published_rows
+    from tinyllama.eval.harness import plot_series, published_rows
 
     rows = [{"model": f"step-{i}", "path": "", "tokens": 10**6 * i, "limit": None, "average": 30.0 + i,
              "tasks": {"piqa": {"metric": "acc_norm", "value": 50.0 + i, "stderr": None}}} for i in (1, 2, 4)]
@@ -210,7 +210,7 @@ def test_plot_series(tmp_path):
 def test_missing_dataset_file_is_named_before_anything_runs(tmp_path):
     needs_lm_eval()
     from tinyllama.errors import InputError, SpecError
-    from tinyllama.harness import run_harness
+    from tinyllama.eval.harness import run_harness
 
     # Not even a model is needed: the data is checked first.
     (tmp_path / "data/hellaswag").mkdir(parents=True)
@@ -235,7 +235,7 @@ def test_card_tasks_read_local_copies(tmp_path):
     needs_lm_eval()
     from lm_eval.tasks import TaskManager
 
-    from tinyllama.harness import CARD_TASKS, _offline, prepare_tasks
+    from tinyllama.eval.harness import CARD_TASKS, _offline, prepare_tasks
 
     lines = [r["context"] for r in map(json.loads, (HARNESS / "continuation.jsonl").read_text().splitlines())]
     a, b, c = lines[0], lines[3], lines[6]

@@ -72,7 +72,7 @@ def mix_source(mix_dir: Path) -> TokenStreamSource:
 
 
 def train_config(mix_dir: Path, out: Path, steps: int, **run):
-    from tinyllama.config import config_from_dict
+    from tinyllama.train.config import config_from_dict
 
     raw = {
         "mix": str(mix_dir),

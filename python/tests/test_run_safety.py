@@ -144,8 +144,8 @@ def test_diverging_run_stops_without_committing_nan(mix, tmp_path):
     """A huge learning rate: the step whose gradient is not finite is not applied, the run
     stops naming it, every committed checkpoint is finite, keep_last kept the good one, and
     metrics.jsonl stays valid JSON."""
-    from tinyllama.checkpoint import committed_steps, load_model
     from tinyllama.train import train
+    from tinyllama.train.checkpoint import committed_steps, load_model
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
@@ -164,15 +164,15 @@ def test_diverging_run_stops_without_committing_nan(mix, tmp_path):
 
 
 def test_save_refuses_non_finite_weights_and_resume_refuses_them(mix, tmp_path):
-    from tinyllama import checkpoint as ckpt
+    from tinyllama.train import checkpoint as ckpt
     from tinyllama.train import train
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
     source = mix_source(mix)
     train(train_config(mix, out, steps=2, save_every=2, keep_last=3), source=source)
-    from tinyllama.parallel import Dist
-    from tinyllama.train import init_model_and_optimizer
+    from tinyllama.train.loop import init_model_and_optimizer
+    from tinyllama.train.parallel import Dist
 
     cfg = train_config(mix, out, steps=4)
     d = Dist(rank=0, world=1, local_rank=0, local_world=1, device=torch.device("cpu"), mesh=None)
@@ -294,7 +294,7 @@ def test_vocab_smaller_than_the_tokenizer_is_refused(mix, tmp_path):
 def test_resume_falls_back_past_a_damaged_checkpoint(mix, tmp_path, damage, capsys):
     """Steps 2 and 4 committed; step 4 damaged: --resume says so and continues from step 2,
     repeating exactly the losses of an undamaged run."""
-    from tinyllama import checkpoint as ckpt
+    from tinyllama.train import checkpoint as ckpt
     from tinyllama.train import train
 
     torch.set_num_threads(1)

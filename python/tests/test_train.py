@@ -139,8 +139,8 @@ def write_config(dir: Path, text: str = CONFIG) -> Path:
 
 
 def run_inproc(config: Path, streams: Path, overrides=(), resume=False) -> list[dict]:
-    from tinyllama.config import load_config
     from tinyllama.train import train
+    from tinyllama.train.config import load_config
 
     cfg = load_config(config, overrides)
     train(cfg, resume=resume, source=load_source(streams))
@@ -234,8 +234,8 @@ def test_resume_is_exact(baseline, streams, tmp_path):
 def test_keep_last_and_load_model(streams, tmp_path):
     import torch
 
-    from tinyllama.checkpoint import committed_steps, load_model
     from tinyllama.errors import CheckpointError
+    from tinyllama.train.checkpoint import committed_steps, load_model
 
     cfg = write_config(tmp_path)
     run_inproc(cfg, streams, ["run.max_steps=8", "run.save_every=2", "run.keep_last=2"])
@@ -258,7 +258,7 @@ def test_keep_last_and_load_model(streams, tmp_path):
 def test_interrupted_save_is_ignored(tmp_path):
     """A save killed before its rename leaves step-N.tmp/ (no trainer.json or a stale latest):
     the previous committed checkpoint stays the one that is found, and the leftover is cleaned."""
-    from tinyllama.checkpoint import clean_partial, latest_checkpoint
+    from tinyllama.train.checkpoint import clean_partial, latest_checkpoint
 
     ck = tmp_path / "checkpoints"
     (ck / "step-4").mkdir(parents=True)
@@ -283,8 +283,8 @@ def test_micro_batch_must_divide_the_batch(streams, tmp_path):
 
 
 def test_lr_schedule():
-    from tinyllama.config import config_from_dict
-    from tinyllama.train import lr_at
+    from tinyllama.train.config import config_from_dict
+    from tinyllama.train.loop import lr_at
 
     cfg = config_from_dict(
         {"mix": "m", "out": "o", "model": "tiny", "optim": {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10}}
@@ -298,7 +298,7 @@ def test_lr_schedule():
 
 
 def test_config_from_toml_and_overrides(tmp_path):
-    from tinyllama.config import load_config
+    from tinyllama.train.config import load_config
 
     p = write_config(tmp_path / "cfg", CONFIG.replace('mix = "unused-mix"', 'mix = "../mixes/demo"'))
     cfg = load_config(
@@ -349,8 +349,8 @@ def test_config_from_toml_and_overrides(tmp_path):
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, overrides, key):
-    from tinyllama.config import load_config
     from tinyllama.errors import SpecError
+    from tinyllama.train.config import load_config
 
     p = write_config(tmp_path, text)
     with pytest.raises(SpecError) as e:
@@ -360,8 +360,8 @@ def test_config_errors_name_the_key(tmp_path, text, overrides, key):
 
 
 def test_config_bad_toml_and_bad_set(tmp_path):
-    from tinyllama.config import load_config
     from tinyllama.errors import SpecError
+    from tinyllama.train.config import load_config
 
     with pytest.raises(SpecError, match="invalid TOML"):
         load_config(write_config(tmp_path, "mix = \n"))
@@ -373,7 +373,7 @@ def test_config_bad_toml_and_bad_set(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("train-*.toml")), ids=lambda p: p.name)
 def test_example_configs_load(path):
-    from tinyllama.config import load_config
+    from tinyllama.train.config import load_config
 
     cfg = load_config(path)
     assert Path(cfg.mix).is_absolute() and cfg.model.validate() == []
@@ -436,7 +436,7 @@ def test_sigterm_saves_and_stops_then_resume_continues(baseline, streams, tmp_pa
     (save_every is far away), the process exits 0; --resume repeats the uninterrupted run."""
     import signal
 
-    from tinyllama.checkpoint import committed_steps
+    from tinyllama.train.checkpoint import committed_steps
 
     cfg = write_config(tmp_path)
     proc = _trainer_process(cfg, streams, 1)
@@ -460,7 +460,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(baseline, streams, tmp_
     would otherwise hang in the next collective) and save; a 1-process resume continues."""
     import signal
 
-    from tinyllama.checkpoint import committed_steps
+    from tinyllama.train.checkpoint import committed_steps
 
     cfg = write_config(tmp_path)
     pids = tmp_path / "pids"
@@ -494,7 +494,7 @@ if __name__ == "__main__":  # torchrun entry point
     a = ap.parse_args()
     if os.environ.get("TINYLLAMA_TEST_PID_DIR"):  # lets a test signal one rank
         Path(os.environ["TINYLLAMA_TEST_PID_DIR"], f"rank-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
-    from tinyllama.config import load_config
     from tinyllama.train import train
+    from tinyllama.train.config import load_config
 
     train(load_config(a.config, a.overrides), resume=a.resume, source=load_source(a.streams))

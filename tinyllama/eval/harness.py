@@ -19,7 +19,7 @@ Every data file is checked before lm_eval starts: a missing one is an `InputErro
 
 The metric per task is the model cards' (TinyLlama's EVAL.md: `acc_norm` where the task has it,
 `acc` for winogrande and boolq); the average is over the tasks run. Results compare against the
-published rows shipped in `tinyllama/data/model_cards.csv`.
+published rows shipped in `tinyllama/eval/model_cards.csv`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ CARD_TASKS: dict[str, tuple[str, str]] = {
     "piqa": ("piqa", "acc_norm"),
 }
 DEFAULT_TASKS = tuple(CARD_TASKS)
-MODEL_CARDS = Path(__file__).parent / "data" / "model_cards.csv"
+MODEL_CARDS = Path(__file__).parent / "model_cards.csv"
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _LOADER = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 

@@ -330,7 +330,7 @@ class Checkpointer:
         return step != self.saved and ((every and step % every == 0) or step == end or stopping)
 
     def save(self, step: int, model, opt, state: dict) -> Path:
-        from tinyllama.parallel import all_gather_objects
+        from tinyllama.train.parallel import all_gather_objects
 
         d = self.d
         path = save(self.dir, step, model, opt, state, rank=d.rank, world=d.world,
@@ -342,7 +342,7 @@ class Checkpointer:
     def restore(self, model, opt, mix: dict | None, allow_mix_change: bool) -> tuple[int, int]:
         """(step, tokens) of the checkpoint loaded into `model` and `opt`; (0, 0) when there
         is none. Collective."""
-        from tinyllama.parallel import all_gather_objects
+        from tinyllama.train.parallel import all_gather_objects
 
         d = self.d
         # Rank 0 reads every file once to check the sums; the verdict is shared.

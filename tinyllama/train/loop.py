@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,14 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyllama.checkpoint import Checkpointer, mix_identity
-from tinyllama.config import TrainConfig, load_config
 from tinyllama.errors import SpecError, TinyllamaError, TrainingError
 from tinyllama.lock import exclusive_dir_lock
-from tinyllama.metrics import MetricsLogger, MetricsWindow
 from tinyllama.model import Llama
-from tinyllama.parallel import Dist, all_gather_objects, init_distributed, parallelize, shutdown
-from tinyllama.preempt import StopOnSignal
+from tinyllama.train.checkpoint import Checkpointer, mix_identity
+from tinyllama.train.config import TrainConfig, load_config
+from tinyllama.train.metrics import MetricsLogger, MetricsWindow
+from tinyllama.train.optim import build_optimizer, lr_at
+from tinyllama.train.parallel import Dist, all_gather_objects, init_distributed, parallelize, shutdown
+from tinyllama.train.preempt import StopOnSignal
 
 
 class BatchSource(Protocol):
@@ -73,16 +73,6 @@ def lock_out_dir(out: str, d: Dist) -> Iterator[None]:
         if first is not None:
             raise TinyllamaError(first[1])
         yield
-
-
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup to `lr`, then cosine to `min_lr` at the last step of the schedule."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    decay_steps = max(1, total_steps - o.warmup_steps)
-    ratio = min(1.0, (step - o.warmup_steps) / decay_steps)
-    return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o.lr - o.min_lr)
 
 
 def iter_batches(source: BatchSource, start: int, end: int, d: Dist):
@@ -152,15 +142,7 @@ def init_model_and_optimizer(
                             activation_checkpointing=cfg.run.activation_checkpointing, bf16=bf16)
     model.to_empty(device=d.device)
     model.init_weights(cfg.run.seed)
-    # Weight decay on matrices only (not on RMSNorm gains).
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(
-        groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1e-8, fused=d.device.type == "cuda"
-    )
+    opt = build_optimizer(model, cfg.optim, d.device)
     amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 and not fsdp_bf16
            else contextlib.nullcontext())
     return model, opt, amp
@@ -305,6 +287,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"error{f' (rank {rank})' if rank else ''}: {e}\n")
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()

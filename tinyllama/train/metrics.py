@@ -150,7 +150,7 @@ class MetricsWindow:
         self.seq_len = seq_len
 
     def flush(self, step: int, lr: float, tokens_seen: int, n_global: int) -> dict:
-        from tinyllama.parallel import all_gather_objects, all_reduce_sum
+        from tinyllama.train.parallel import all_gather_objects, all_reduce_sum
 
         d, cfg = self.d, self.cfg
         losses = torch.cat(self.seq_losses).float().cpu().tolist()

@@ -14,7 +14,7 @@ import threading
 
 import torch
 
-from tinyllama.parallel import Dist, all_reduce_sum
+from tinyllama.train.parallel import Dist, all_reduce_sum
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
