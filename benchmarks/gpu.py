@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 BOS, EOS = 1, 2
-# Dense bf16 peak FLOP/s (tinyllama/metrics.py's table; that module needs the built package).
+# Dense bf16 peak FLOP/s (tinyllama/train/metrics.py's table; importing it needs the built package).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
