@@ -498,3 +498,20 @@ if __name__ == "__main__":  # torchrun entry point
     from tinyllama.train.config import load_config
 
     train(load_config(a.config, a.overrides), resume=a.resume, source=load_source(a.streams))
+
+
+def test_mfu_against_a_hand_count(streams, tmp_path):
+    """MFU = tokens/s x FLOPs/token / peak. FLOPs/token of the test model counted by hand
+    (PaLM's 6N + 12 L d T, N without the input embedding), and an explicit peak so a CPU run
+    reports it."""
+    from tinyllama.model import ModelConfig
+
+    m = ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=176, max_seq_len=SEQ_LEN)
+    attn = 64 * 64 * 2 + 64 * (2 * 16) * 2  # q, o + k, v (2 KV heads of 16)
+    mlp = 3 * 64 * 176
+    n = 2 * (attn + mlp + 2 * 64) + 64 + 32000 * 64  # layers, final norm, lm_head
+    assert n == 2_140_480
+    assert m.flops_per_token(SEQ_LEN) == 6 * n + 12 * 2 * 64 * SEQ_LEN == 12_941_184
+    metrics = run_inproc(write_config(tmp_path), streams, ["run.max_steps=2", "run.peak_tflops=0.5"])
+    for rec in metrics:
+        assert rec["mfu"] == pytest.approx(rec["tokens_per_s"] * 12_941_184 / 0.5e12, rel=1e-9)

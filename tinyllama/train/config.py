@@ -7,7 +7,7 @@
     micro_batch = 8
     [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
-            activation_checkpointing, seed
+            activation_checkpointing, seed, peak_tflops
 
 Paths in the file are relative to the file; paths given with `--set` are relative to the
 current directory. Every error is a `SpecError` naming the file and the key, in the shape the
@@ -49,6 +49,7 @@ class RunConfig:
     compile: bool = True
     activation_checkpointing: bool = False
     seed: int = 3407  # model init (data order is fixed by the mix's own seed)
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the known GPUs' bf16 table (none on CPU)
 
 
 @dataclass
@@ -176,6 +177,8 @@ def _validate(cfg: TrainConfig) -> None:
     for k in ("max_steps", "stop_after", "save_every"):
         if getattr(r, k) < 0:
             fail(f"run.{k}", "must be >= 0")
+    if r.peak_tflops < 0:
+        fail("run.peak_tflops", "must be >= 0 (0 = from the device)")
     if r.log_every <= 0:
         fail("run.log_every", "must be > 0")
     if r.keep_last <= 0:

@@ -125,7 +125,7 @@ class MetricsWindow:
 
     def __init__(self, cfg, d):
         self.cfg, self.d = cfg, d
-        self.peak = peak_flops(d.device)
+        self.peak = cfg.run.peak_tflops * 1e12 if cfg.run.peak_tflops else peak_flops(d.device)
         self.restart_clock()
         self._clear()
 
