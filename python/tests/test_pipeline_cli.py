@@ -27,7 +27,7 @@ MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "intermediate_
          "vocab_size": 32000, "max_seq_len": 128}
 
 
-def run(*args: str, module: str = "tinyllama.cli", timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run(*args: str, module: str = "tinyllama.cli", timeout: int = 600, check: bool = True):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                        timeout=timeout, check=False)
