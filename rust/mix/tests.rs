@@ -2,7 +2,6 @@
 //! an independent (float) statement of the ramp.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Instant;
 
 use proptest::prelude::*;
 
@@ -73,13 +72,9 @@ fn windows_tile_the_stream() {
 }
 
 #[test]
-fn chinese_schedule_shape_and_fast_locate() {
-    let t = Instant::now();
+fn chinese_schedule_shape_and_direct_locate() {
+    // How fast a step is located is measured by benchmarks/loader.py, not asserted here.
     let s = chinese();
-    println!(
-        "chinese schedule built (ramp prefix counts included) in {:?}",
-        t.elapsed()
-    );
     // 1.8M tokens -> 879 sequences (878.9 rounded), 7.2M -> 3516 (3515.6 rounded).
     let basic = s.stage_steps(0).unwrap();
     let continual = s.stage_steps(1).unwrap();
@@ -103,27 +98,18 @@ fn chinese_schedule_shape_and_fast_locate() {
         vec![0.5, 0.5]
     );
 
-    let t = Instant::now();
     let batch = s.batch(700_000).unwrap();
-    let at_700k = t.elapsed();
-    let t = Instant::now();
-    let mut located = 0;
-    for step in [
-        continual.start + ramp_steps / 2 + 37,
-        continual.start + ramp_steps + 5,
-        s.num_steps() - 1,
-    ] {
-        located += s.batch(step).unwrap().len();
-    }
-    let others = t.elapsed();
-    println!(
-        "locate+build step 700000 of {} steps: {at_700k:?} (879 samples); \
-         mid-ramp + post-ramp + last step: {others:?} ({located} samples)",
-        s.num_steps()
-    );
     assert_eq!(batch.len(), 879);
     assert!(batch.iter().all(|x| x.corpus == 0));
-    assert!(at_700k.as_secs_f64() < 0.5 && others.as_secs_f64() < 0.5);
+    // Steps deep in the ramp, after it and the very last one are located directly (no replay)
+    // and carry the batch size of their stage.
+    for (step, n) in [
+        (continual.start + ramp_steps / 2 + 37, 879),
+        (continual.start + ramp_steps + 5, 879),
+        (s.num_steps() - 1, 3516),
+    ] {
+        assert_eq!(s.batch(step).unwrap().len(), n, "step {step}");
+    }
 
     // Cursors inside the ramp (checkpoint + partial block) agree with summing every step.
     let mut running = s.cursors_at(continual.start).unwrap();
