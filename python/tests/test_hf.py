@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 from conftest import CORPORA, write_spec
 from test_train import TokenStreamSource
 
+import tinyllama
 from tinyllama.errors import CheckpointError
 
 SEQ_LEN = 64
@@ -64,7 +65,6 @@ def build_tiny_mix(out: Path) -> Path:
 
 def mix_source(mix_dir: Path) -> TokenStreamSource:
     """Training windows over the mix's kept (not held-out) documents, per corpus."""
-    import tinyllama
 
     mix = tinyllama.Mix(mix_dir)
     streams = {c: np.concatenate([d.astype(np.int64) for d in mix.documents(c)]) for c in mix.corpora}
@@ -123,7 +123,6 @@ def random_hf(tiny_mix, tmp_path_factory) -> Path:
 
 
 def heldout_ids(mix_dir: Path, n: int = 2, length: int = SEQ_LEN) -> torch.Tensor:
-    import tinyllama
 
     mix = tinyllama.Mix(mix_dir)
     docs = [d for d in mix.documents("slimpajama", holdout=True) if len(d) >= length][:n]
@@ -183,7 +182,6 @@ def test_transformers_logits_equal_ours(exported, tiny_run, tiny_mix):
 
 
 def test_transformers_tokenizer_offline_matches_ours(exported):
-    import tinyllama
 
     hf_tok = transformers.AutoTokenizer.from_pretrained(exported, local_files_only=True)
     ours = tinyllama.Tokenizer(exported / "tokenizer.json")
@@ -310,7 +308,6 @@ def test_import_errors_name_the_file(tmp_path):
 @pytest.mark.slow
 def test_demo_leaves_the_spec_layout(tmp_path):
     """`tinyllama demo --out DIR` on the bundled data (shortened: 2 steps of the `tiny` model)."""
-    import tinyllama
     from tinyllama.demo import run_demo
 
     if not hasattr(tinyllama.Mix, "batch"):
@@ -323,8 +320,12 @@ def test_demo_leaves_the_spec_layout(tmp_path):
     assert (d / "run/metrics.jsonl").is_file() and (d / "run/checkpoints/step-2/trainer.json").is_file()
     assert (d / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (d / "hf/model.safetensors").is_file() and (d / "hf/tokenizer.json").is_file()
-    assert transformers.AutoModelForCausalLM.from_pretrained(d / "hf", local_files_only=True) is not None
-    assert s["sample"].startswith("The history of the")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(d / "hf", local_files_only=True).eval()
+    ours = tinyllama.load_model(d / "run")
+    x = torch.tensor([[1, 450, 4955, 310, 278]])
+    with torch.no_grad():
+        assert torch.allclose(hf_model(x).logits, ours(x), atol=1e-4)  # the export is the trained model
+    assert s["sample"].startswith("The history of the") and len(s["sample"]) > len("The history of the")
     ev = json.loads((d / "eval.json").read_text())
     assert set(ev["corpora"]) == {"slimpajama", "skypile"} and ev["all"]["perplexity"] > 1
     assert any("perplexity" in ln for ln in lines)
@@ -333,7 +334,6 @@ def test_demo_leaves_the_spec_layout(tmp_path):
 def test_import_at_a_stage_start(exported, tmp_path):
     """`import-hf --stage continual` (v1.1's stage-2 start): the step where the mix's schedule
     starts that stage, with the tokens before it."""
-    import tinyllama
     from tinyllama.build import build_mix
     from tinyllama.hf import import_hf
 
