@@ -113,3 +113,26 @@ def test_byte_suffixes_are_binary():
     assert parse_bytes("64M", "max_doc_bytes") == 64 * 2**20
     assert parse_bytes("2G", "dedup.memory") == 2 * 2**30
     assert parse_count("1M", "k") == 10**6  # token counts stay decimal
+
+
+@settings(max_examples=200, deadline=None)
+@given(frac=st.floats(0.05, 1.0), warmup=st.integers(0, 20), extra=st.integers(5, 400),
+       shape=st.sampled_from(["linear", "1-sqrt"]))
+def test_wsd_schedule_shape(frac, warmup, extra, shape):
+    """WSD: warmup, then exactly `lr` until the decay starts, then a monotone decay that ends at
+    min_lr on the last step; 1-sqrt lies below linear during the decay."""
+    from tinyllama.train.config import config_from_dict
+    from tinyllama.train.optim import lr_at
+
+    optim = {"lr": 1.0, "min_lr": 0.1, "warmup_steps": warmup, "schedule": "wsd", "decay_fraction": frac,
+             "decay_shape": shape}
+    cfg = config_from_dict({"mix": "m", "out": "o", "model": "tiny", "optim": optim})
+    total = warmup + extra
+    lrs = [lr_at(s, cfg, total) for s in range(total + 1)]
+    decay_start = max(warmup, total - max(1, round(frac * total)))
+    assert all(x == 1.0 for x in lrs[warmup:decay_start])
+    assert all(a >= b for a, b in zip(lrs[decay_start:], lrs[decay_start + 1 :]))
+    assert lrs[total] == pytest.approx(0.1)
+    if shape == "1-sqrt":
+        lin = config_from_dict({"mix": "m", "out": "o", "model": "tiny", "optim": {**optim, "decay_shape": "linear"}})
+        assert all(lr_at(s, cfg, total) <= lr_at(s, lin, total) + 1e-12 for s in range(decay_start, total + 1))
