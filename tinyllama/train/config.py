@@ -5,7 +5,8 @@
     model = "tinyllama-1.1b"      # a named config, or a [model] table (optionally with
                                   # `name = "..."` as the base whose fields it overrides)
     micro_batch = 8
-    [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip
+    [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip,
+            schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
             activation_checkpointing, seed, peak_tflops
 
@@ -36,6 +37,11 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    # cosine: TinyLlama's (to min_lr at the last step). wsd: warmup, stable at lr, then a decay
+    # over the last `decay_fraction` of the steps (MiniCPM / OLMo-core), linear or 1-sqrt.
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = 0.2
+    decay_shape: Literal["linear", "1-sqrt"] = "1-sqrt"
 
 
 @dataclass
@@ -172,6 +178,8 @@ def _validate(cfg: TrainConfig) -> None:
         fail("optim.weight_decay", "must be >= 0")
     if not all(0 <= b < 1 for b in o.betas):
         fail("optim.betas", f"must be in [0, 1), got {list(o.betas)}")
+    if not 0 < o.decay_fraction <= 1:
+        fail("optim.decay_fraction", f"must be in (0, 1], got {o.decay_fraction}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", "must be >= 0 (0 disables clipping)")
     for k in ("max_steps", "stop_after", "save_every"):
