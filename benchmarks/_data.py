@@ -4,6 +4,7 @@ are not byte-identical (dedup and caches still see realistic text, not replays).
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -111,3 +112,30 @@ def scaled_named_corpus(out: Path, megabytes: int, corpus: str, files: int = 8,
                         shared: Path = SHARED) -> tuple[list[Path], int]:
     """Like `scaled_corpus`, over one shared corpus only (so a mix can weigh the two)."""
     return _write_scaled(out, f"{corpus}-{megabytes}-{files}", lambda: corpus_texts(corpus, shared), megabytes, files)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds so far of this process (all its threads), of its waited-for
+    descendants, and (with psutil) of its live descendants and the ones they have waited for:
+    take the difference around a timed part. The last part matters for pools started through a
+    forkserver (datatrove's default): their workers are the forkserver's children, not ours."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    try:
+        import psutil
+    except ImportError:
+        return total
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            c = proc.cpu_times()
+        except psutil.Error:  # exited meanwhile
+            continue
+        total += c.user + c.system + c.children_user + c.children_system
+    return total
+
+
+def cpu_use(cpu: float, wall: float, cores: int | None = None) -> str:
+    """CPU use as printed by every benchmark: (user + sys) / wall / cores, in percent of the
+    machine (100% = every core busy the whole time)."""
+    cores = cores or os.cpu_count() or 1
+    return f"{100 * cpu / wall / cores:.0f}%" if wall > 0 else "-"

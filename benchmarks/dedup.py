@@ -9,6 +9,14 @@ candidates at Jaccard 0.8 with 128 permutations). datatrove runs its four stages
 signatures (tasks = workers) -> buckets (one task per band) -> clusters (1 task) -> filter
 (tasks = workers, removed docs written with an exclusion writer so their ids can be compared).
 `--datatrove default` also runs datatrove with its own defaults (5-grams, 14 x 8).
+
+datatrove's time is reported twice, both measured in the same run: as run (four
+`LocalPipelineExecutor.run()` calls), and without its executor start-up, where the start-up of
+each stage is the time of the same executor (same tasks, same workers, a fresh logging dir)
+running a no-op pipeline, measured right before that stage. The ratio against tinyllama is
+printed for both. CPU use is (user + sys of the process and its workers) / wall / cores over
+the timed part (`_data.cpu_seconds`; with psutil it also counts workers forked by datatrove's
+forkserver).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +34,7 @@ from pathlib import Path
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, peak_rss_mb, scaled_corpus
+from _data import SHARED, cpu_seconds, cpu_use, peak_rss_mb, scaled_corpus
 
 SLIMPAJAMA = {"ngram": 13, "permutations": 128, "bands": 9, "rows": 13, "threshold": 0.8}
 
@@ -49,13 +58,15 @@ def run_tinyllama(data: list[Path], work: Path, workers: int, memory: int | None
     from tinyllama import _core
 
     params = dict(SLIMPAJAMA, **({"memory": memory} if memory else {}))
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     out = _core.dedup_files([str(p) for p in data], "text", json.dumps(params), str(work), workers)
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     rss = peak_rss_mb()  # before the id lookup below, which is bookkeeping, not dedup
     ids = [file_ids(p) for p in data]
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "stages": {"fingerprint": out["fingerprint_seconds"], "find": out["find_seconds"]},
         "docs": out["docs"],
         "removed": len(out["removed"]),
@@ -63,6 +74,11 @@ def run_tinyllama(data: list[Path], work: Path, workers: int, memory: int | None
         "removed_ids": [ids[f][row] for f, row in out["removed"]],
         "peak_rss_mb": rss,
     }
+
+
+def noop_step(data, rank: int = 0, world_size: int = 1):
+    """A datatrove pipeline step that does nothing: running it measures the executor alone."""
+    return data
 
 
 def run_datatrove(data: list[Path], work: Path, workers: int, config: str) -> dict:
@@ -92,13 +108,22 @@ def run_datatrove(data: list[Path], work: Path, workers: int, config: str) -> di
             workers,
         ),
     }
-    times = {}
+    times, startup = {}, {}
+    cpu = 0.0
     for name, (pipeline, tasks) in stages.items():
+        # The executor alone (process pool, per-task logging, completion files), same tasks and
+        # workers, right before the stage: its start-up, measured in this run.
         t0 = time.perf_counter()
+        LocalPipelineExecutor(
+            pipeline=[noop_step], tasks=tasks, workers=min(workers, tasks), logging_dir=str(work / "noop" / name)
+        ).run()
+        startup[name] = time.perf_counter() - t0
+        c0, t0 = cpu_seconds(), time.perf_counter()
         LocalPipelineExecutor(
             pipeline=pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(work / "logs" / name)
         ).run()
         times[name] = time.perf_counter() - t0
+        cpu += cpu_seconds() - c0
     rss = peak_rss_mb()
     removed_ids = []
     for f in sorted((work / "removed").rglob("*.jsonl.gz")):
@@ -107,6 +132,9 @@ def run_datatrove(data: list[Path], work: Path, workers: int, config: str) -> di
     docs = sum(len(file_ids(p)) for p in data)
     return {
         "seconds": sum(times.values()),
+        "startup": sum(startup.values()),
+        "startup_stages": startup,
+        "cpu": cpu,
         "stages": times,
         "docs": docs,
         "removed": len(removed_ids),
@@ -167,18 +195,30 @@ def main() -> None:
             continue
         results.append(json.loads(out.read_text()))
     print(f"\nnear-dup dedup on {size / 1e6:.0f} MB of text ({len(data)} jsonl.zst files), {args.workers} workers\n")
-    print(f"{'tool':<22}{'seconds':>9}{'docs/s':>10}{'MB/s':>8}{'removed':>9}{'peak RSS MB':>13}{'tinyllama x':>13}")
+    print(f"{'tool':<46}{'seconds':>9}{'docs/s':>10}{'MB/s':>8}{'removed':>9}{'peak RSS MB':>13}{'CPU use':>9}"
+          f"{'tinyllama x':>13}")
     ours = results[0] if results and results[0]["name"] == "tinyllama" else None
+    rows = []
     for r in results:
-        ratio = f"{r['seconds'] / ours['seconds']:.1f}x" if ours and r is not ours else "-"
+        rows.append((r["name"], r["seconds"], r))
+        if "startup" in r:
+            rows.append((f"{r['name']} w/o executor start-up", r["seconds"] - r["startup"], r))
+    for label, seconds, r in rows:
+        ratio = f"{seconds / ours['seconds']:.1f}x" if ours and r is not ours else "-"
+        # CPU use over the stages as run (the start-up runs were not counted in either figure).
+        cpu = cpu_use(r["cpu"], r["seconds"]) if seconds == r["seconds"] else ""
         print(
-            f"{r['name']:<22}{r['seconds']:>9.2f}{r['docs'] / r['seconds']:>10,.0f}{size / 1e6 / r['seconds']:>8.2f}"
-            f"{r['removed']:>9,}{r['peak_rss_mb']:>13.0f}{ratio:>13}"
+            f"{label:<46}{seconds:>9.2f}{r['docs'] / seconds:>10,.0f}{size / 1e6 / seconds:>8.2f}"
+            f"{r['removed']:>9,}{r['peak_rss_mb']:>13.0f}{cpu:>9}{ratio:>13}"
         )
     print()
     for r in results:
         stages = ", ".join(f"{k} {v:.2f}s ({r['docs'] / v:,.0f} docs/s)" for k, v in r["stages"].items())
         print(f"{r['name']}: {r['docs']:,} docs; {r['detail']}; {stages}")
+        if "startup_stages" in r:
+            print("  executor start-up (no-op pipeline, same tasks and workers): "
+                  + ", ".join(f"{k} {v:.2f}s" for k, v in r["startup_stages"].items())
+                  + f"; total {r['startup']:.2f}s")
     if ours:
         mine = set(ours["removed_ids"])
         for r in results[1:]:
@@ -194,7 +234,11 @@ def main() -> None:
                 f"  counted per base text (ignores which copy each keeps): both {same:,}, "
                 f"only tinyllama {len(mine) - same:,}, only {r['name']} {len(theirs) - same:,}"
             )
-    print("\n'tinyllama x' = that tool's seconds / tinyllama's seconds (same docs: the docs/s ratio).")
+    print("\n'tinyllama x' = that tool's seconds / tinyllama's seconds (same docs: the docs/s ratio), both measured"
+          " in this run.\n'w/o executor start-up' = datatrove's seconds minus the time its LocalPipelineExecutor"
+          " takes to run a no-op pipeline with the same tasks and workers (measured in this run, before each stage).\n"
+          f"CPU use = (user + sys CPU seconds of the contender's process and its workers) / wall /"
+          f" {os.cpu_count()} cores, over the timed stages.")
 
 
 if __name__ == "__main__":
