@@ -20,6 +20,15 @@ dolma writes raw uint16 memmaps (`part-N-0000K.npy`, no .npy header) with a `.cs
 memmap that got no document keeps its preallocated size (1 Gi tokens, sparse). With `--tokenizer.bos_token_id 1
 --tokenizer.eos_token_id 2` each dolma document is BOS + text + EOS, as in a tinyllama mix, but
 dolma strips leading/trailing whitespace first and drops empty documents.
+
+datatrove's output is checked the same way: its `DocumentTokenizer` (no shuffling) writes one
+uint16 `NNNNN_unshuffled.ds` per task with a `.ds.index` of uint64 document ends; task r reads
+the r-th input file, in order. The ids of 300 documents spread over its output must equal this
+interpreter's `tokenizers` on the original tokenizer.json (text + EOS: datatrove's
+post-processor appends `</s>` and adds no BOS) and tinyllama's tokenizer on the same text.
+
+CPU use = (user + sys CPU seconds of the contender's process and its workers) / wall
+/ cores, over the build.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, peak_rss_mb, read_docs, scaled_corpus, single_corpus_spec
+from _data import SHARED, cpu_seconds, cpu_use, peak_rss_mb, read_docs, scaled_corpus, single_corpus_spec
 
 TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.json"
 DOLMA_PYTHON_ENV = "TINYLLAMA_BENCH_DOLMA_PYTHON"
@@ -158,6 +167,42 @@ def check_dolma_ids(work: Path, data: Path, docs: int = 300) -> str:
     return f"dolma ids: {same}/{len(rows)} sampled documents equal to tokenizers on the original tokenizer.json"
 
 
+def check_datatrove_ids(work: Path, data: Path, docs: int = 300) -> str:
+    """Compare the ids of `docs` documents datatrove wrote (spread over its output) with this
+    interpreter's `tokenizers` on the original tokenizer.json (text, no special tokens, + EOS) and
+    with tinyllama's tokenizer on the same text (+ EOS)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    import tinyllama
+
+    files = sorted(data.glob("*.jsonl.zst"))
+    rows = []  # (tokens file, start, end, text)
+    for rank, f in enumerate(files):
+        ds = work / "out" / f"{rank:05d}_unshuffled.ds"
+        if not ds.exists():
+            continue
+        ends = np.fromfile(f"{ds}.index", dtype=np.uint64).tolist()
+        texts = [d["text"] for d in read_docs(f)]
+        if len(ends) != len(texts):
+            return f"datatrove ids: NOT CHECKED: {ds.name} has {len(ends)} documents, {f.name} {len(texts)}"
+        rows += [(ds, start, end, t) for start, end, t in zip([0, *ends[:-1]], ends, texts)]
+    if not rows:
+        return "datatrove ids: NOT CHECKED: no NNNNN_unshuffled.ds output found"
+    rows = rows[:: max(1, len(rows) // docs)][:docs]
+    hf = Tokenizer.from_file(str(TOKENIZER))
+    ours = tinyllama.Tokenizer(TOKENIZER)
+    memmaps = {p: np.memmap(p, dtype=np.uint16, mode="r") for p in {r[0] for r in rows}}
+    got = [memmaps[p][start:end].tolist() for p, start, end, _ in rows]
+    texts = [t for *_, t in rows]
+    want_hf = [[*e.ids, EOS] for e in hf.encode_batch(texts, add_special_tokens=False)]
+    want_ours = [[*map(int, ids), EOS] for ids in ours.encode_batch(texts, add_special_tokens=False)]
+    same_hf = sum(g == w for g, w in zip(got, want_hf))
+    same_ours = sum(g == w for g, w in zip(got, want_ours))
+    return (f"datatrove ids: {same_hf}/{len(rows)} sampled documents equal to tokenizers on the original "
+            f"tokenizer.json (text + EOS), {same_ours}/{len(rows)} equal to tinyllama's tokenizer (text + EOS)")
+
+
 RUNNERS = {"tinyllama": run_tinyllama, "datatrove": run_datatrove, "dolma": run_dolma}
 
 
@@ -165,10 +210,10 @@ def child(name: str, data: Path, work: Path, workers: int, extra: tuple) -> None
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     tokens, docs = RUNNERS[name](data, work, workers, *extra)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"name": name, "seconds": seconds, "tokens": tokens, "docs": docs,
+    print(json.dumps({"name": name, "seconds": seconds, "cpu": cpu_seconds() - c0, "tokens": tokens, "docs": docs,
                       "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -213,14 +258,20 @@ def main() -> None:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         if name == "dolma":
             notes.append(check_dolma_ids(args.work / "dolma", args.work / "data"))
+        if name == "datatrove":
+            notes.append(check_datatrove_ids(args.work / "datatrove", args.work / "data"))
     print(f"\nmix build on {size / 1e6:.0f} MB of text ({len(data)} jsonl.zst files), {args.workers} workers\n")
-    print(f"{'tool':<12}{'seconds':>9}{'MB/s':>9}{'Mtok/s':>9}{'tokens':>14}{'peak RSS MB':>13}{'speed vs':>10}")
+    print(f"{'tool':<12}{'seconds':>9}{'MB/s':>9}{'Mtok/s':>9}{'tokens':>14}{'peak RSS MB':>13}{'CPU use':>9}"
+          f"{'speed vs':>10}")
     ours = results[0]["seconds"] if results and results[0]["name"] == "tinyllama" else None
     for r in results:
         ratio = f"{r['seconds'] / ours:.2f}x" if ours and r["name"] != "tinyllama" else "-"
         print(f"{r['name']:<12}{r['seconds']:>9.2f}{size / 1e6 / r['seconds']:>9.1f}"
-              f"{r['tokens'] / 1e6 / r['seconds']:>9.2f}{r['tokens']:>14,}{r['peak_rss_mb']:>13.0f}{ratio:>10}")
-    print("\n'speed vs' = that tool's time / tinyllama's time (how many times faster tinyllama is).")
+              f"{r['tokens'] / 1e6 / r['seconds']:>9.2f}{r['tokens']:>14,}{r['peak_rss_mb']:>13.0f}"
+              f"{cpu_use(r['cpu'], r['seconds']):>9}{ratio:>10}")
+    print("\n'speed vs' = that tool's time / tinyllama's time in this run (how many times faster tinyllama is).\n"
+          f"CPU use = (user + sys CPU seconds of the process and its workers) / wall / {os.cpu_count()}"
+          " cores, over the build.")
     by_name = {r["name"]: r for r in results}
     if "tinyllama" in by_name and "dolma" in by_name:
         tl, dm = by_name["tinyllama"], by_name["dolma"]
