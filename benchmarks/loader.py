@@ -1,20 +1,37 @@
-"""Loader throughput and resume: tinyllama's zero-copy ring loader against TinyLlama's own reader
-(lit-gpt `PackedDataset` + `CombinedDataset`, re-implemented below from its description) and
-litdata's `StreamingDataset` + `CombinedStreamingDataset`, all delivering 8 x 2049-token
-micro-batches as torch tensors from the same tokens, from page cache. Each contender runs in its
-own subprocess, so its peak RSS is its own.
+"""Loader throughput and resume: tinyllama's zero-copy ring loader against TinyLlama's reader
+(lit-gpt `PackedDataset` + `CombinedDataset`) and litdata's `StreamingDataset` +
+`CombinedStreamingDataset`, all delivering 8 x 2049-token micro-batches as torch tensors from the
+same tokens, from page cache. Each contender runs in its own subprocess, so its peak RSS is its
+own.
+
+TinyLlama's reader: by default a re-implementation in this file, written from TinyLlama's
+`lit_gpt/packed_dataset.py` (same chunk-file format, memmaps, seeded block permutation, int64
+copies, `random.choices` over the corpora, a torch DataLoader with no workers), and labelled
+"TinyLlama-style ... (re-implemented here)" in the output. `--tinyllama-src PATH` (a TinyLlama
+checkout, or its `lit_gpt/packed_dataset.py`) runs TinyLlama's own classes from that file
+instead; nothing is downloaded, and TinyLlama's code is not part of this project.
+
+Resume: tinyllama locates the step (measured at steps 1,000 and 1,000,000). TinyLlama resumes
+by iterating its DataLoader through every micro-batch since step 0; the benchmark measures a
+replay of `--replay` micro-batches (default 2,000) from a fresh DataLoader, and the figures for
+steps 1,000 and 1,000,000 are that measurement extrapolated linearly, and labelled so.
+
+The ~60k tokens/s an H100 consumes training the 1.1B model is a reference constant (from the
+project's SPEC), not a measured peer.
 
 Setup (cached under --work): about 100 MB of real text, half English (slimpajama-like), half
 Chinese (skypile-like); a mix with seq_len 2048 mixing them 50/50 in 16384-token (8-sequence)
 steps; a second mix over the same data with TinyLlama's 2T-token schedule at a 1.8M-token batch
 (for resume at step 1M); the same tokens as lit-gpt chunk files and as litdata chunks.
 
-    python benchmarks/loader.py [--quick] [--seconds 1.5] [--peers packed,litdata]
+    python benchmarks/loader.py [--quick] [--seconds 1.5] [--peers packed,litdata] [--replay 2000]
+                                [--tinyllama-src PATH/TO/TinyLlama]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -27,14 +44,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import default_shared, peak_rss_mb, scaled_named_corpus
+from _data import cpu_use, default_shared, peak_rss_mb, scaled_named_corpus
 
 CORPORA = ("slimpajama", "skypile")
 SEQ = 2048
 BLOCK = SEQ + 1  # a training sequence plus its shifted target
 MICRO = 8  # sequences per micro-batch (TinyLlama's micro_batch_size)
 LONG_BATCH = 1_835_008  # 896 sequences: the v1.1 recipe's ~1.8M-token global batch
-H100_TOKENS_S = 60_000  # what one H100 consumes training the 1.1B model
+H100_TOKENS_S = 60_000  # reference constant (SPEC.md), not measured: what one H100 consumes training the 1.1B model
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -177,8 +194,9 @@ def run_tinyllama(work: Path, threads: int, seconds: float, warmup: int) -> dict
 
 
 class PackedDatasetIterator:
-    """TinyLlama's (lit-gpt's) PackedDatasetIterator: memmap `n_chunks` chunk files at a time,
-    visit their blocks in a seeded random permutation, copy each block out as int64."""
+    """A re-implementation of TinyLlama's (lit-gpt's) PackedDatasetIterator: memmap `n_chunks`
+    chunk files at a time, visit their blocks in a seeded random permutation, copy each block out
+    as int64. (`--tinyllama-src` runs TinyLlama's own instead.)"""
 
     def __init__(self, filenames: list[str], n_chunks: int, block_size: int, seed: int, shuffle: bool, wrap: bool):
         import numpy as np
@@ -243,11 +261,44 @@ class PackedDatasetIterator:
         return torch.from_numpy(arr.astype(np.int64))
 
 
-def packed_dataloader(chunks: Path, seed: int = 3407):
+def tinyllama_module(src: str | None):
+    """TinyLlama's own `lit_gpt/packed_dataset.py`, loaded from `src` (the file, or a TinyLlama
+    checkout holding it); None without `src`."""
+    if not src:
+        return None
+    path = Path(src)
+    if path.is_dir():
+        path = path / "lit_gpt" / "packed_dataset.py"
+    if not path.is_file():
+        raise SystemExit(f"--tinyllama-src: {path} not found (give a TinyLlama checkout or its "
+                         "lit_gpt/packed_dataset.py)")
+    spec = importlib.util.spec_from_file_location("tinyllama_upstream_packed_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def packed_label(src: str | None) -> str:
+    return ("TinyLlama PackedDataset+CombinedDataset (their file, --tinyllama-src)" if src
+            else "TinyLlama-style PackedDataset+CombinedDataset (re-implemented here)")
+
+
+def packed_dataloader(chunks: Path, seed: int = 3407, src: str | None = None):
     """TinyLlama's pretrain data path: one PackedDataset per corpus (n_chunks=8, shuffle, wrap),
     a CombinedDataset drawing the source of every sample with random.choices(weights), and a
-    torch DataLoader (batch_size=8, no workers) collating with torch.stack."""
+    torch DataLoader (batch_size=8, no workers) collating with torch.stack. With `src`, the
+    PackedDataset and CombinedDataset classes are TinyLlama's own, from that file."""
     from torch.utils.data import DataLoader, IterableDataset
+
+    upstream = tinyllama_module(src)
+    if upstream is not None:
+        datasets = []
+        for corpus in CORPORA:
+            names = sorted(str(p) for p in chunks.glob(f"{corpus}_*.bin"))
+            datasets.append(upstream.PackedDataset(names, n_chunks=min(8, len(names)), block_size=BLOCK, seed=seed,
+                                                   shuffle=True, wrap=True))
+        return DataLoader(upstream.CombinedDataset(datasets, seed, [0.5, 0.5]), batch_size=MICRO, shuffle=False,
+                          pin_memory=False)
 
     class PackedDataset(IterableDataset):
         def __init__(self, filenames, n_chunks, block_size, seed):
@@ -276,10 +327,23 @@ def packed_dataloader(chunks: Path, seed: int = 3407):
                       pin_memory=False)
 
 
-def run_packed(work: Path, seconds: float, warmup: int) -> dict:
+def run_packed(work: Path, seconds: float, warmup: int, src: str | None) -> dict:
     warm(files_under(work / "litgpt"))
-    n, tokens, elapsed, cpu = timed(packed_dataloader(work / "litgpt"), seconds, warmup)
+    n, tokens, elapsed, cpu = timed(packed_dataloader(work / "litgpt", src=src), seconds, warmup)
     return {"batches": n, "tokens": tokens, "seconds": elapsed, "cpu": cpu, "dtype": "int64"}
+
+
+def run_replay(work: Path, micro_batches: int, src: str | None) -> dict:
+    """TinyLlama's resume, measured: a fresh DataLoader (as after a restart) iterated through
+    `micro_batches` micro-batches, each consumed minimally, as its training loop skips them."""
+    warm(files_under(work / "litgpt"))
+    c0, t0 = time.process_time(), time.perf_counter()
+    it = iter(packed_dataloader(work / "litgpt", src=src))
+    for _ in range(micro_batches):
+        x = next(it)
+        int(x[0, 0])
+        assert tuple(x.shape) == (MICRO, BLOCK), x.shape
+    return {"batches": micro_batches, "seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
 
 
 def run_litdata(work: Path, seconds: float, warmup: int) -> dict:
@@ -290,7 +354,7 @@ def run_litdata(work: Path, seconds: float, warmup: int) -> dict:
     datasets = [StreamingDataset(str(work / "litdata" / c), item_loader=TokensLoader(block_size=BLOCK),
                                  shuffle=True, drop_last=True, seed=3407) for c in CORPORA]
     combined = CombinedStreamingDataset(datasets, seed=3407, weights=(0.5, 0.5), iterate_over_all=False)
-    loader = StreamingDataLoader(combined, batch_size=MICRO, num_workers=0)
+    loader = StreamingDataLoader(combined, batch_size=MICRO, num_workers=0, drop_last=True)
 
     def forever():  # litdata ends the combined stream when a corpus's epoch ends: start another
         while True:
@@ -338,28 +402,31 @@ def run_baseline(work: Path, seconds: float, warmup: int) -> dict:
 
 
 CONTENDERS = {
-    "baseline": run_baseline,
-    "tinyllama t=1": lambda w, s, k: run_tinyllama(w, 1, s, k),
-    "tinyllama t=2": lambda w, s, k: run_tinyllama(w, 2, s, k),
-    "packed": run_packed,
-    "litdata": run_litdata,
-    "resume": run_resume,
+    "baseline": lambda a: run_baseline(a.work, a.seconds, a.warmup),
+    "tinyllama t=1": lambda a: run_tinyllama(a.work, 1, a.seconds, a.warmup),
+    "tinyllama t=2": lambda a: run_tinyllama(a.work, 2, a.seconds, a.warmup),
+    "packed": lambda a: run_packed(a.work, a.seconds, a.warmup, a.tinyllama_src),
+    "litdata": lambda a: run_litdata(a.work, a.seconds, a.warmup),
+    "resume": lambda a: run_resume(a.work, a.seconds, a.warmup),
+    "replay": lambda a: run_replay(a.work, a.replay, a.tinyllama_src),
 }
-LABELS = {"packed": "TinyLlama PackedDataset+CombinedDataset", "litdata": "litdata StreamingDataset+Combined"}
+LABELS = {"litdata": "litdata StreamingDataset+Combined"}
 
 
-def child(name: str, work: Path, seconds: float, warmup: int) -> None:
+def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)  # the loaders' own threads are the ones under test
-    result = CONTENDERS[name](work, seconds, warmup)
-    result.update(name=name, peak_rss_mb=peak_rss_mb())
+    result = CONTENDERS[args.child](args)
+    result.update(name=args.child, peak_rss_mb=peak_rss_mb())
     print(json.dumps(result))
 
 
 def spawn(name: str, args: argparse.Namespace, timeout: float = 300) -> dict | None:
     cmd = [sys.executable, __file__, "--child", name, "--work", str(args.work), "--seconds", str(args.seconds),
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), "--replay", str(args.replay)]
+    if args.tinyllama_src:
+        cmd += ["--tinyllama-src", str(args.tinyllama_src)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -391,6 +458,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds, best kept (default 2)")
     ap.add_argument("--quick", action="store_true", help="one round of short passes (0.3 s each)")
     ap.add_argument("--peers", default="packed,litdata")
+    ap.add_argument("--tinyllama-src", help="TinyLlama checkout (or its lit_gpt/packed_dataset.py): run its own "
+                                            "PackedDataset + CombinedDataset instead of the re-implementation here")
+    ap.add_argument("--replay", type=int, default=2000,
+                    help="micro-batches of TinyLlama's resume replay to measure (default 2000)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="mix build workers (setup only)")
     ap.add_argument("--work", type=Path, default=Path("bench-out/loader"))
     ap.add_argument("--shared", type=Path, default=default_shared(), help="the shared real-data folder")
@@ -402,7 +473,7 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (10 if args.quick else 50)
     work = args.work
     if args.child:
-        return child(args.child, work, args.seconds, args.warmup)
+        return child(args)
     if args.prep:
         return {"litgpt": lambda: write_lit_chunks(work / "short", work / "litgpt"),
                 "litdata": lambda: write_litdata(work / "short", work / "litdata")}[args.prep]()
@@ -429,6 +500,7 @@ def main() -> None:
                 best[name] = {**r, "peak_rss_mb": max(r["peak_rss_mb"], best.get(name, r)["peak_rss_mb"])}
     results = list(best.values())
     resume = spawn("resume", args)
+    replay = spawn("replay", args) if "packed" in peers else None
     load_after = os.getloadavg()[0]
 
     import tinyllama
@@ -442,47 +514,61 @@ def main() -> None:
           f"{args.warmup} warm-up micro-batches; "
           f"load average {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} cores\n")
     rate = {r["name"]: r["tokens"] / r["seconds"] for r in results}
-    print(f"{'reader':<42}{'Mtok/s':>8}{'ms/batch':>10}{'CPU/wall':>9}{'Mtok/CPU-s':>11}{'peak RSS MB':>12}"
-          f"{'t=1 vs':>8}{'t=2 vs':>8}")
+    labels = {**LABELS, "packed": packed_label(args.tinyllama_src)}
+    width = max([42, *(len(labels.get(r["name"], r["name"])) + 2 for r in results)])
+    print(f"{'reader':<{width}}{'Mtok/s':>8}{'ms/batch':>10}{'CPU/wall':>9}{'CPU use':>8}{'Mtok/CPU-s':>11}"
+          f"{'peak RSS MB':>12}{'t=1 vs':>8}{'t=2 vs':>8}")
     for r in results:
         ratios = [f"{rate[t] / rate[r['name']]:.1f}x" if t in rate and not r["name"].startswith("tinyllama") else "-"
                   for t in ("tinyllama t=1", "tinyllama t=2")]
-        print(f"{LABELS.get(r['name'], r['name']):<42}{rate[r['name']] / 1e6:>8.1f}"
+        print(f"{labels.get(r['name'], r['name']):<{width}}{rate[r['name']] / 1e6:>8.1f}"
               f"{r['seconds'] / r['batches'] * 1e3:>10.3f}{r['cpu'] / r['seconds']:>9.2f}"
+              f"{cpu_use(r['cpu'], r['seconds']):>8}"
               f"{r['tokens'] / r['cpu'] / 1e6:>11.1f}{r['peak_rss_mb']:>12.0f}{ratios[0]:>8}{ratios[1]:>8}")
     if base:
-        print(f"{'(import torch + numpy + tinyllama only)':<42}{'':>38}{base['peak_rss_mb']:>12.0f}")
-    print("\nTokens counted as delivered (8 x 2049 per micro-batch). 'CPU/wall' = process CPU time (all threads)"
-          " / wall time while timed.\n't=N vs' = tinyllama's tokens/s with N loader threads / that reader's."
-          " The bar: >= 3x TinyLlama's reader (PackedDataset + CombinedDataset),\nand >= 100x the"
-          f" ~{H100_TOKENS_S // 1000}k tokens/s an H100 consumes training the 1.1B model: ", end="")
-    print(", ".join(f"{t} = {rate[t] / H100_TOKENS_S:,.0f}x" for t in ("tinyllama t=1", "tinyllama t=2") if t in rate)
-          + " that.")
+        print(f"{'(import torch + numpy + tinyllama only)':<{width}}{'':>46}{base['peak_rss_mb']:>12.0f}")
+    print("\nTokens counted as delivered (8 x 2049 per micro-batch). 'CPU/wall' = process CPU time, user + sys of all"
+          f" threads / wall time while timed; 'CPU use' = that / {os.cpu_count()} cores.\n"
+          "'t=N vs' = tinyllama's tokens/s with N loader threads / that reader's, both measured in this run."
+          " The bar: >= 3x TinyLlama's reader (PackedDataset + CombinedDataset).")
+    if not args.tinyllama_src and "packed" in rate:
+        print("TinyLlama's reader here is a re-implementation of its lit_gpt/packed_dataset.py (same format and"
+              " steps); --tinyllama-src PATH runs TinyLlama's own file.")
+    print(f"Reference constant, not measured here: ~{H100_TOKENS_S // 1000}k tokens/s, what one H100 consumes"
+          " training the 1.1B model (SPEC.md); ", end="")
+    print(", ".join(f"{t} delivers {rate[t] / H100_TOKENS_S:,.0f}x" for t in ("tinyllama t=1", "tinyllama t=2")
+                    if t in rate) + " that (the bar: >= 100x).")
 
     if resume:
-        packed = next((r for r in results if r["name"] == "packed"), None)
         per_step = resume["batch_sequences"] // MICRO
         print(f"\nresume: 2T-token schedule, {resume['num_steps']:,} steps of {resume['batch_sequences']} sequences "
               f"({resume['batch_sequences'] * SEQ:,} tokens) = {per_step} micro-batches of {MICRO} per step; "
               f"peak RSS {resume['peak_rss_mb']:.0f} MB")
-        print("tinyllama: open the mix + locate step + deliver its first batch as a tensor (best of 5), vs "
-              "TinyLlama's replay")
-        print(f"{'step':>10}{'tinyllama: whole batch':>24}{'one micro-batch':>17}{'replay, 1 rank':>17}"
-              f"{'replay, 8/step':>17}")
+        if replay:
+            per = replay["seconds"] / replay["batches"]
+            print(f"measured: TinyLlama's resume replay ({packed_label(args.tinyllama_src)}), a fresh DataLoader "
+                  f"iterated through {replay['batches']:,} micro-batches: {replay['seconds']:.2f} s wall "
+                  f"({per * 1e3:.3f} ms each), {replay['cpu']:.2f} s CPU, peak RSS {replay['peak_rss_mb']:.0f} MB")
+        print("tinyllama (measured): open the mix + locate step + deliver its first batch as a tensor (best of 5); "
+              + ("replay columns: EXTRAPOLATED linearly from the measured replay above" if replay
+                 else "replay: not measured (TinyLlama's reader did not run)"))
+        print(f"{'step':>10}{'tinyllama: whole batch':>24}{'one micro-batch':>17}{'replay, 1 rank (extrap.)':>26}"
+              f"{'replay, 8/step (extrap.)':>26}")
         for step in (1000, 1_000_000):
             whole = resume["latency"][f"{step}/1"]
             micro = resume["latency"][f"{step}/{per_step}"]
-            replay = replay8 = "-"
-            if packed:
-                per = packed["seconds"] / packed["batches"]
-                replay, replay8 = _dur(per * step * per_step), _dur(per * step * 8)
-            print(f"{step:>10,}{whole * 1e3:>21.1f} ms{micro * 1e3:>14.1f} ms{replay:>17}{replay8:>17}")
-        if packed:
-            print(f"replay = TinyLlama's resume (iterate every micro-batch since step 0) at the measured "
-                  f"{packed['seconds'] / packed['batches'] * 1e3:.3f} ms per micro-batch (wall; "
-                  f"{packed['cpu'] / packed['batches'] * 1e3:.3f} ms of CPU), extrapolated: "
-                  f"'1 rank' replays all {per_step} micro-batches of a step; '8/step' is a rank of TinyLlama's "
-                  f"16-GPU run (1024-sequence batch / (16 x {MICRO})).")
+            one = eight = "-"
+            if replay:
+                n1, n8 = step * per_step, step * 8
+                one = f"{_dur(per * n1)} (x{n1 / replay['batches']:,.0f})"
+                eight = f"{_dur(per * n8)} (x{n8 / replay['batches']:,.0f})"
+            print(f"{step:>10,}{whole * 1e3:>21.1f} ms{micro * 1e3:>14.1f} ms{one:>26}{eight:>26}")
+        if replay:
+            print(f"replay = TinyLlama's resume (iterate every micro-batch since step 0): the measured "
+                  f"{replay['batches']:,}-micro-batch replay scaled by (micro-batches to replay) / "
+                  f"{replay['batches']:,} (the factor in brackets); not measured at those steps. '1 rank' replays "
+                  f"all {per_step} micro-batches of a step; '8/step' is a rank of TinyLlama's 16-GPU run "
+                  f"(1024-sequence batch / (16 x {MICRO})).")
 
 
 def _dur(s: float) -> str:
