@@ -4,7 +4,8 @@ Both peers encode the same batches of the same documents (the four shared corpor
 --size-mb by repeating them with a per-copy perturbation) with add_special_tokens=False, on
 the same number of threads. Each (peer, threads) run is a separate subprocess, so the thread
 pools are sized from the environment before they start and peak RSS is per peer. The ids of
-every run are hashed and must be identical.
+every run are hashed and must be identical. CPU use = (user + sys CPU seconds of the worker,
+all threads, over the encode calls) / wall / cores.
 
     python benchmarks/tokenizer.py [--size-mb 200] [--threads 2,1] [--data DIR]
 """
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from _data import cpu_use  # noqa: E402
 
 
 def default_data() -> Path:
@@ -107,11 +110,12 @@ def worker(args: argparse.Namespace) -> None:
         as_arrays = lambda out: [np.asarray(e.ids, dtype=np.uint32) for e in out]
     base_rss = rss_mb()
     h = hashlib.sha256()
-    seconds, ntokens = 0.0, 0
+    seconds, cpu, ntokens = 0.0, 0.0, 0
     for b in bs:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = encode(b)
         seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         # Hashing is outside the timed region; it proves both peers gave the same ids.
         for ids in as_arrays(out):
             ids = np.ascontiguousarray(ids, dtype=np.uint32)
@@ -128,6 +132,7 @@ def worker(args: argparse.Namespace) -> None:
                 "bytes": nbytes,
                 "tokens": ntokens,
                 "seconds": seconds,
+                "cpu": cpu,
                 "ids_sha256": h.hexdigest(),
                 "base_rss_mb": base_rss,
                 "peak_rss_mb": rss_mb(),
@@ -179,7 +184,7 @@ def main() -> None:
 
     print(f"data {args.data}, {args.size_mb:g} MB, batches of {args.batch_docs} docs, cpus {os.cpu_count()}")
     header = (f"{'threads':>7} {'peer':>10} {'tokens':>12} {'seconds':>8} {'Mtok/s':>8} {'MB/s':>7}"
-              f" {'peak RSS MB':>11} {'ratio':>6}")
+              f" {'peak RSS MB':>11} {'CPU use':>7} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     ok = True
@@ -193,9 +198,11 @@ def main() -> None:
             print(
                 f"{threads:>7} {r['peer']:>10} {r['tokens']:>12,} {r['seconds']:>8.2f} "
                 f"{r['tokens'] / r['seconds'] / 1e6:>8.3f} {r['bytes'] / r['seconds'] / 1e6:>7.2f} "
-                f"{r['peak_rss_mb']:>11.0f} {ratio if r is ours else 1.0:>6.2f}"
+                f"{r['peak_rss_mb']:>11.0f} {cpu_use(r['cpu'], r['seconds']):>7} {ratio if r is ours else 1.0:>6.2f}"
             )
         print(f"{'':>7} ids identical: {same}")
+    print(f"ratio = tinyllama's tokens/s / tokenizers' tokens/s, both measured in this run; CPU use = user + sys CPU"
+          f" seconds of the encode calls / their wall time / {os.cpu_count()} cores")
     if not ok:
         sys.exit("ids differ between tinyllama and tokenizers")
 

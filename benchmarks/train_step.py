@@ -4,6 +4,8 @@ Same config, same weights, same batch, same loss (fp32 cross-entropy over the lo
 AdamW step. Throughput: both models in one process, steps interleaved A/B/B/A..., median step
 time (robust to load from other processes). Peak RSS: each side alone in a fresh subprocess.
 Token ids are drawn from a seeded generator: a step's cost does not depend on the ids.
+CPU use = (user + sys CPU seconds of the process, all threads, over a side's steps) / their wall
+time / cores.
 
     python benchmarks/train_step.py [--layers 4 --hidden 256 --seq 256 --batch 8 --threads 2]
 """
@@ -21,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from _data import cpu_use  # noqa: E402
 
 
 def make(impl: str, a: argparse.Namespace):
@@ -57,18 +61,19 @@ class Side:
         self.model, self.fwd = make(impl, a)
         self.model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-        self.times, self.losses = [], []
+        self.times, self.cpu, self.losses = [], [], []
 
     def step(self, x) -> None:
         import torch.nn.functional as F
 
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         logits = self.fwd(x[:, :-1])
         loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.times.append(time.perf_counter() - t)
+        self.cpu.append(time.process_time() - c)
         self.losses.append(loss.item())
 
 
@@ -103,7 +108,7 @@ def timed(a: argparse.Namespace) -> dict[str, Side]:
         for side in order:
             side.step(bs[i % len(bs)])
     for side in sides.values():
-        side.times = side.times[a.warmup :]
+        side.times, side.cpu = side.times[a.warmup :], side.cpu[a.warmup :]
     return sides
 
 
@@ -153,9 +158,12 @@ def main() -> None:
     for impl, s in sides.items():
         print(
             f"  {impl:13s} {tps[impl]:10,.0f} tokens/s  step {statistics.median(s.times) * 1e3:8.1f} ms  "
-            f"peak RSS {rss[impl]:7.0f} MB  loss {s.losses[0]:.4f} -> {s.losses[-1]:.4f}"
+            f"peak RSS {rss[impl]:7.0f} MB  CPU use {cpu_use(sum(s.cpu), sum(s.times)):>4}  "
+            f"loss {s.losses[0]:.4f} -> {s.losses[-1]:.4f}"
         )
-    print(f"  ratio tinyllama / transformers: {tps['tinyllama'] / tps['transformers']:.2f}x")
+    print(f"  ratio tinyllama / transformers (tokens/s, measured in this run): "
+          f"{tps['tinyllama'] / tps['transformers']:.2f}x")
+    print(f"  CPU use = user + sys CPU seconds over a side's timed steps / their wall time / {os.cpu_count()} cores")
     same = all(abs(x - y) < 1e-3 for x, y in zip(sides["tinyllama"].losses, sides["transformers"].losses))
     print(f"  same losses step by step: {same}")
 
