@@ -302,7 +302,8 @@ class Checkpointer:
 
     `restore` picks the newest committed checkpoint that verifies (checksums, then finite
     weights after loading), skipping damaged ones with a note; it refuses, with one line, a
-    checkpoint of another model shape, or of another mix unless `allow_mix_change`."""
+    checkpoint of another model shape or document masking, or of another mix unless
+    `allow_mix_change`."""
 
     def __init__(self, ckpt_dir: Path, cfg, d):
         self.dir, self.cfg, self.d = Path(ckpt_dir), cfg, d
@@ -377,7 +378,8 @@ def mix_identity(lock: dict) -> dict:
 
 
 def check_compatible(path: Path, trainer: dict, cfg, mix: dict | None, allow_mix_change: bool) -> None:
-    """Refuse to resume a checkpoint onto another model shape, or (unless allowed) another mix."""
+    """Refuse to resume a checkpoint onto another model shape, another `run.document_masking`,
+    or (unless allowed) another mix."""
     import dataclasses
 
     have = (trainer.get("config") or {}).get("model") or {}
@@ -386,6 +388,16 @@ def check_compatible(path: Path, trainer: dict, cfg, mix: dict | None, allow_mix
     if diff:
         raise CheckpointError(f"{path}: the model differs from the config ({', '.join(diff)}); resume needs the "
                               f"same model shape (use another out dir, or import-hf for a deliberate change)")
+    # trainer.json records the setting (and its config's run table holds it too); checkpoints
+    # from before the setting existed were trained with TinyLlama's packing.
+    was = trainer.get("document_masking", ((trainer.get("config") or {}).get("run") or {}).get("document_masking"))
+    was = bool(was) if was is not None else False
+    if was != cfg.run.document_masking:
+        raise CheckpointError(
+            f"{path}: trained with run.document_masking = {str(was).lower()}, the config has "
+            f"{str(cfg.run.document_masking).lower()}; resume needs the same setting (set "
+            f"run.document_masking = {str(was).lower()}, or use another out dir)"
+        )
     old = trainer.get("mix")
     if old and mix and not allow_mix_change:
         diff = [f"{k}: checkpoint {old.get(k)!r} vs now {mix.get(k)!r}" for k in mix if old.get(k) != mix.get(k)]

@@ -8,7 +8,7 @@
     [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip,
             schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
-            activation_checkpointing, seed, peak_tflops
+            activation_checkpointing, seed, peak_tflops, document_masking
 
 Paths in the file are relative to the file; paths given with `--set` are relative to the
 current directory. Every error is a `SpecError` naming the file and the key, in the shape the
@@ -56,6 +56,10 @@ class RunConfig:
     activation_checkpointing: bool = False
     seed: int = 3407  # model init (data order is fixed by the mix's own seed)
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = the known GPUs' bf16 table (none on CPU)
+    # true: each packed document attends only to itself, RoPE positions restart per document,
+    # and no position is scored on the next document's first token. false: TinyLlama's packing
+    # (one causal sequence per window, every position scored). A resume keeps the checkpoint's.
+    document_masking: bool = True
 
 
 @dataclass

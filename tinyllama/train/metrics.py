@@ -91,7 +91,7 @@ class MetricsLogger:
             f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, record["step"])
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
         line = (
@@ -175,6 +175,7 @@ class MetricsWindow:
             "mfu": tps * cfg.model.flops_per_token(seq_len) / (self.peak * d.world) if self.peak else None,
             "batch_sequences": n_global,
             "accum_steps": n_global // (d.world * cfg.micro_batch),
+            "document_masking": cfg.run.document_masking,  # the setting the losses were computed under
         }
         if d.device.type == "cuda":
             rec["max_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
