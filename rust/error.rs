@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file failed at the OS level.
     #[error("{path}: {msg}")]
@@ -26,6 +26,10 @@ pub enum Error {
     /// A shard or manifest is corrupt (bad magic, checksum mismatch, truncated).
     #[error("shard {path}: {msg}")]
     Shard { path: String, msg: String },
+    /// A file of a built mix (its lock, schedule, tokenizer, a manifest, a staged part) does
+    /// not match what the build recorded for it: edited, replaced or damaged afterwards.
+    #[error("{path}: {msg}")]
+    Integrity { path: String, msg: String },
     /// The build was cancelled (Ctrl-C from Python).
     #[error("interrupted")]
     Interrupted,
@@ -53,6 +57,12 @@ impl Error {
     }
     pub fn shard(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Shard {
+            path: path.as_ref().display().to_string(),
+            msg: msg.into(),
+        }
+    }
+    pub fn integrity(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Integrity {
             path: path.as_ref().display().to_string(),
             msg: msg.into(),
         }

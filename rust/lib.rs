@@ -66,7 +66,7 @@ fn to_py_err(err: Error) -> PyErr {
         Error::Input { .. } => InputError::new_err(msg),
         Error::Spec(_) => SpecError::new_err(msg),
         Error::Tokenizer { .. } => TokenizerError::new_err(msg),
-        Error::Shard { .. } => ShardError::new_err(msg),
+        Error::Shard { .. } | Error::Integrity { .. } => ShardError::new_err(msg),
         Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
     }
 }
@@ -228,6 +228,7 @@ fn build_mix(
     };
     let d = pyo3::types::PyDict::new(py);
     d.set_item("up_to_date", summary.up_to_date)?;
+    d.set_item("rebuilt", summary.rebuilt)?;
     d.set_item("files_resumed", summary.files_resumed)?;
     d.set_item("files_processed", summary.files_processed)?;
     d.set_item("docs_kept", summary.docs_kept)?;
@@ -313,6 +314,13 @@ impl PyBuildPlan {
     /// Ready the output dir (run once, by the driver). True when the mix is already complete.
     fn prepare(&self, py: Python<'_>) -> PyResult<bool> {
         self.run(py, |p| p.prepare())
+    }
+
+    /// `prepare`, also saying why: (up to date, why a complete mix of this identity is
+    /// rebuilt — a file its lock names was missing or did not verify — or None).
+    fn prepare_report(&self, py: Python<'_>) -> PyResult<(bool, Option<String>)> {
+        let p = self.run(py, |p| p.prepare_report())?;
+        Ok((p.up_to_date, p.rebuilt))
     }
 
     fn fingerprint(&self, py: Python<'_>, corpus: usize, file: usize) -> PyResult<PyObject> {
@@ -449,10 +457,58 @@ fn dedup_files(
     Ok(d.into_any().unbind())
 }
 
-/// Check a shard's structure and checksum; raises `ShardError` naming it when corrupt.
+/// Check a shard's structure and checksum (against `checksum`, its manifest's hex, when
+/// given) and, given `vocab_size`, that every token id is below it; raises `ShardError`
+/// naming the shard (and the document, for an id) when it is not so.
 #[pyfunction]
-fn verify_shard(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    release_gil(py, || shard::Shard::open(&path)?.verify())
+#[pyo3(signature = (path, vocab_size = None, checksum = None))]
+fn verify_shard(
+    py: Python<'_>,
+    path: PathBuf,
+    vocab_size: Option<u64>,
+    checksum: Option<String>,
+) -> PyResult<()> {
+    release_gil(py, || {
+        let s = shard::Shard::open(&path)?;
+        if let Some(want) = checksum.filter(|c| *c != s.checksum_hex()) {
+            return Err(error::Error::integrity(
+                &path,
+                format!(
+                    "checksum {} in its footer, its manifest says {want}: the shard was \
+                     replaced after the build",
+                    s.checksum_hex()
+                ),
+            ));
+        }
+        s.check(vocab_size)
+    })
+}
+
+/// Check a built mix where it is opened: its lock's format and seal and the sha256 of every
+/// file it pins (schedule, tokenizer, manifests, dedup reports). With `deep`, also every
+/// shard the manifests name (footer against the manifest, checksum over every byte, token
+/// ids against the vocabulary), on `workers` threads. Raises naming the first bad file.
+#[pyfunction]
+#[pyo3(signature = (mix_dir, deep = false, workers = None))]
+fn verify_mix(
+    py: Python<'_>,
+    mix_dir: PathBuf,
+    deep: bool,
+    workers: Option<usize>,
+) -> PyResult<()> {
+    release_gil(py, || {
+        if !deep {
+            return build::manifest::open_lock(&mix_dir).map(|_| ());
+        }
+        let mut pool = rayon::ThreadPoolBuilder::new();
+        if let Some(n) = workers {
+            pool = pool.num_threads(n.max(1));
+        }
+        let pool = pool
+            .build()
+            .map_err(|e| error::Error::Spec(format!("workers: {e}")))?;
+        pool.install(|| build::manifest::verify_mix(&mix_dir).map(|_| ()))
+    })
 }
 
 /// The sampler of a built mix: step -> that rank's slice of the global batch.
@@ -664,6 +720,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_mix, m)?)?;
     m.add_function(wrap_pyfunction!(dedup_files, m)?)?;
     m.add_function(wrap_pyfunction!(verify_shard, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_mix, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

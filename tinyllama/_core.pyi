@@ -24,6 +24,7 @@ __all__ = [
     "build_mix",
     "dedup_files",
     "verify_shard",
+    "verify_mix",
     "__version__",
 ]
 
@@ -71,7 +72,8 @@ def build_mix(
 ) -> dict[str, Any]:
     """Run `mix build` from a resolved JSON config.
 
-    Returns {up_to_date, files_resumed, files_processed, docs_kept, tokens}. `progress` is called
+    Returns {up_to_date, rebuilt, files_resumed, files_processed, docs_kept, tokens}; `rebuilt` says
+    why a complete mix of this identity was rebuilt (None when it was not). `progress` is called
     as progress(stage, files_done, files_total, docs, tokens, bytes).
     """
 
@@ -89,6 +91,9 @@ class BuildPlan:
 
         Returns True when the mix is already complete.
         """
+    def prepare_report(self) -> tuple[bool, str | None]:
+        """`prepare`, also saying why: (up to date, why a complete mix of this identity is rebuilt — a file its
+        lock names was missing or did not verify — or None)."""
     def fingerprint(self, corpus: int, file: int) -> dict[str, Any]:
         """Returns {resumed, bytes, docs, docs_kept, tokens}."""
     def band_ranges(self, corpus: int, partitions: int) -> list[tuple[int, int]]:
@@ -141,8 +146,18 @@ def dedup_files(
     find_seconds}.
     """
 
-def verify_shard(path: str | os.PathLike[str]) -> None:
-    """Check a shard's structure and checksum; raises `ShardError` naming it when corrupt."""
+def verify_shard(
+    path: str | os.PathLike[str], vocab_size: int | None = None, checksum: str | None = None
+) -> None:
+    """Check a shard's structure and checksum (against `checksum`, its manifest's hex, when given) and, given
+    `vocab_size`, that every token id is below it; raises `ShardError` naming the shard (and the document, for
+    an id) when it is not so."""
+
+def verify_mix(mix_dir: str | os.PathLike[str], deep: bool = False, workers: int | None = None) -> None:
+    """Check a built mix where it is opened: its lock's format and seal and the sha256 of every file it pins
+    (schedule, tokenizer, manifests, dedup reports). With `deep`, also every shard the manifests name (footer
+    against the manifest, checksum over every byte, token ids against the vocabulary), on `workers` threads.
+    Raises naming the first bad file."""
 
 @final
 class MixSampler:

@@ -3,6 +3,15 @@
 Progress is a live bar on a terminal and plain log lines otherwise. Host, times and paths go
 to `OUT/build.log` (never into the mix's data files, which must be relocatable and equal
 across builds).
+
+What is safe: the build holds the exclusive lock of its output dir (`OUT/.lock`, see
+`tinyllama.lock`) from before it touches anything there until it is done; a second build of
+the same dir fails at once with one line naming the holder and changes nothing. Neither
+`OUT/.lock` nor `OUT/build.log` is part of the mix (nothing pins them; they differ between
+builds). A non-empty `--out` that is no mix dir is refused untouched; a complete mix of
+another spec is only replaced with `force=True` (`--force`); a complete mix of this spec is
+"up to date" only when every file its `mix.json` names verifies, and is rebuilt otherwise
+(the summary's `rebuilt` says why).
 """
 
 from __future__ import annotations
@@ -16,7 +25,28 @@ from pathlib import Path
 from typing import Callable
 
 from tinyllama import _core
+from tinyllama.errors import SpecError
+from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
 from tinyllama.spec import load_spec
+
+# Entries of an output dir that do not make it the user's: the lock and the log (neither is
+# part of the mix). Mirrors `check_out_dir` in rust/build/mod.rs, which checks again under
+# the lock; this copy runs before the lock file is created, so a refused dir stays untouched.
+_NOT_THE_MIX = {LOCK_NAME, "build.log"}
+
+
+def refuse_foreign_out(out_dir: Path) -> None:
+    """Refuse (one line, nothing changed) a non-empty `out_dir` that is no mix dir: a build
+    deletes nothing it did not create. A mix dir has `mix.json` or `.staging`."""
+    if not out_dir.is_dir() or (out_dir / "mix.json").exists() or (out_dir / ".staging").exists():
+        if out_dir.exists() and not out_dir.is_dir():
+            raise SpecError(f"{out_dir}: --out is a file, not a directory (nothing was changed)")
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _NOT_THE_MIX)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SpecError(f"{out_dir}: not empty and not a mix dir (no mix.json, no .staging; it holds {shown}): "
+                        "mix build refuses to write into it (nothing was changed); choose a new or empty --out")
 
 
 def _human(n: float) -> str:
@@ -62,30 +92,36 @@ def build_mix(
     out: str | os.PathLike[str] | None = None,
     workers: int | None = None,
     *,
+    force: bool = False,
     progress: bool = True,
     stream=None,
 ) -> dict:
-    """Build (or resume) the mix a spec describes. Returns the build summary."""
+    """Build (or resume) the mix a spec describes. Returns the build summary; its `rebuilt`
+    says why a complete mix of this spec was rebuilt (None when it was not).
+
+    `force`: replace a complete mix of another spec found in `out` (refused otherwise)."""
     spec = load_spec(spec_path)
     config = spec.build_config(out, workers)
+    config["force"] = bool(force)
     out_dir = Path(config["out"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_out(out_dir)
     stream = stream or sys.stderr
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    reporter = _reporter(stream, tty, every=5.0, keep_stages=True) if progress else None
-    started = time.time()
-    summary = _core.build_mix(json.dumps(config), reporter)
-    if tty and reporter:
-        stream.write("\n")
-    seconds = time.time() - started
-    summary["seconds"] = seconds
-    with open(out_dir / "build.log", "a", encoding="utf-8") as log:
-        log.write(json.dumps({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "host": socket.gethostname(),
-            "spec": str(Path(spec_path).absolute()),
-            "out": str(out_dir.absolute()),
-            "workers": config["workers"],
-            **summary,
-        }) + "\n")
+    with exclusive_dir_lock(out_dir, "mix build"):
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        reporter = _reporter(stream, tty, every=5.0, keep_stages=True) if progress else None
+        started = time.time()
+        summary = _core.build_mix(json.dumps(config), reporter)
+        if tty and reporter:
+            stream.write("\n")
+        seconds = time.time() - started
+        summary["seconds"] = seconds
+        with open(out_dir / "build.log", "a", encoding="utf-8") as log:
+            log.write(json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                "host": socket.gethostname(),
+                "spec": str(Path(spec_path).absolute()),
+                "out": str(out_dir.absolute()),
+                "workers": config["workers"],
+                **summary,
+            }) + "\n")
     return summary

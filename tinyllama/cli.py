@@ -28,9 +28,12 @@ def mix_build(
     address: Optional[str] = typer.Option(None, "--address", help="Same as ADDRESS."),
     band_partitions: Optional[int] = typer.Option(
         None, "--band-partitions", help="With --ray: LSH band tables split into N tasks (default: one per band)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a complete mix of another spec in --out (refused without it)."),
 ) -> None:
     """Build, or resume, a mix: raw corpora -> token shards + manifests + the locked schedule.
-    With --ray [ADDRESS] the same stages run on a Ray cluster and give the same bytes."""
+    With --ray [ADDRESS] the same stages run on a Ray cluster and give the same bytes.
+    Holds OUT/.lock while it runs; refuses a non-empty --out that is not a mix dir."""
     if ray_address and address and ray_address != address:
         raise typer.BadParameter(f"two Ray addresses given: {ray_address!r} and --address {address!r}")
     address = address or ray_address
@@ -42,11 +45,13 @@ def mix_build(
         from tinyllama.ray_build import build_mix_ray
 
         s = build_mix_ray(spec, out, address, threads_per_task=workers or 1, band_partitions=band_partitions,
-                          progress=not quiet)
+                          force=force, progress=not quiet)
     else:
         from tinyllama.build import build_mix
 
-        s = build_mix(spec, out, workers, progress=not quiet)
+        s = build_mix(spec, out, workers, force=force, progress=not quiet)
+    if s.get("rebuilt"):
+        typer.echo(f"the mix was not intact, so it was rebuilt: {s['rebuilt']}")
     if s["up_to_date"]:
         typer.echo("mix is up to date (nothing to do)")
     else:

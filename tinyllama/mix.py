@@ -1,8 +1,16 @@
 """`tinyllama.Mix`: a built mix directory, read-only.
 
 A mix dir holds `mix.json` (the lock: tokenizer fingerprint, seq_len, stages, corpora; written
-last, so its presence means the build completed), `tokenizer.json`, and per corpus
-`corpora/NAME/{manifest.json, shard-*.bin, holdout-*.bin, dedup_report.parquet}`.
+last, so its presence means the build completed), `schedule.json`, `tokenizer.json`, and per
+corpus `corpora/NAME/{manifest.json, shard-*.bin, holdout-*.bin, dedup_report.parquet}`.
+`build.log` and `.lock` (the build's exclusive lock) sit beside them and are not part of the
+mix: nothing pins them, and they differ between two builds of one spec.
+
+Integrity where the data is used: opening a `Mix` checks the lock's format and seal and the
+sha256 of every file it pins (schedule, tokenizer, manifests, dedup reports): an edited file
+is one `ShardError` line naming it, a mix of an older format a `SpecError` saying "rebuild".
+`documents()` verifies each shard (checksum over every byte, against its manifest entry; token
+ids below the vocabulary) the first time this `Mix` reaches it; `verify()` checks them all.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ class Mix:
             why = "the build was interrupted; rerun `tinyllama mix build` to resume" if staging else (
                 "build one with `tinyllama mix build --spec FILE`")
             raise SpecError(f"{self.path}: not a built mix (no mix.json): {why}")
+        _core.verify_mix(str(self.path))  # the lock's format and seal, the pinned files' sha256
         self.lock: dict[str, Any] = json.loads(lock.read_text())
         self._manifests: dict[str, dict] = {}
         self._sampler: _core.MixSampler | None = None
+        self._verified: set[Path] = set()
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -151,9 +161,18 @@ class Mix:
 
     def documents(self, corpus: str, *, holdout: bool = False) -> Iterator[np.ndarray]:
         """The kept documents' tokens (BOS/EOS included as built), in input order. Zero-copy
-        views into the mmapped shards."""
-        for shard in self.shards(corpus, holdout=holdout):
-            yield from shard
+        views into the mmapped shards, each shard verified the first time it is reached (a
+        corrupt one raises `ShardError` naming it, and the document for an out-of-vocabulary id)."""
+        entries = self.manifest(corpus)["holdout_shards" if holdout else "shards"]
+        for entry in entries:
+            path = self.path / "corpora" / corpus / entry["name"]
+            self._verify_once(path, entry)
+            yield from open_shard(path)
+
+    def _verify_once(self, path: Path, entry: dict) -> None:
+        if path not in self._verified:
+            _core.verify_shard(str(path), self.lock.get("vocab_size"), entry["checksum"])
+            self._verified.add(path)
 
     def document_sources(self, corpus: str, *, holdout: bool = False) -> Iterator[tuple[str, int]]:
         """(input file, row) of each document, parallel to `documents`."""
@@ -163,14 +182,10 @@ class Mix:
                 yield files[int(file_index)], int(row)
 
     def verify(self) -> None:
-        """Check every shard's checksum against its footer and the manifest."""
-        from tinyllama.shards import verify
-
-        for corpus in self.corpora:
-            m = self.manifest(corpus)
-            for entry in m["shards"] + m["holdout_shards"]:
-                path = self.path / "corpora" / corpus / entry["name"]
-                verify(path)
+        """Check every file the lock names: the pinned metadata, and every shard (footer
+        against its manifest entry, checksum over every byte, token ids below the vocabulary).
+        Raises naming the first bad file."""
+        _core.verify_mix(str(self.path), deep=True)
 
     def dedup_report(self, corpus: str):
         """polars.DataFrame of removed duplicates: source, row, kept_source, kept_row, kind, jaccard."""

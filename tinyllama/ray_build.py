@@ -24,8 +24,11 @@ output is committed, so Ray may retry a task whose worker died (`max_retries`) w
 duplicating or losing documents; a killed driver reruns the same call and resumes from what
 was committed.
 
-The output dir (and the inputs and the tokenizer, at the same absolute paths) must be on a
-filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write their staged
+The driver holds the output dir's exclusive lock (`OUT/.lock`, `tinyllama.lock`) for the
+whole build, as the local build does: a second driver (or local build) on the same dir fails
+at once naming the holder. The same rules for what `--out` may hold apply (see
+`tinyllama.build`). The output dir (and the inputs and the tokenizer, at the same absolute
+paths) must be on a filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write their staged
 outputs there and the driver reads them back. Every node needs tinyllama installed.
 """
 
@@ -43,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from tinyllama import _core
-from tinyllama.build import _human, _reporter
+from tinyllama.build import _human, _reporter, refuse_foreign_out
 from tinyllama.errors import TinyllamaError
+from tinyllama.lock import exclusive_dir_lock
 from tinyllama.spec import load_spec
 
 EXTRA = "tinyllama-forge[ray]"
@@ -198,6 +202,7 @@ def build_mix_ray(
     band_partitions: int | None = None,
     num_cpus: int | None = None,
     max_retries: int = 3,
+    force: bool = False,
     progress: bool = True,
     stream=None,
     _chaos: dict | None = None,
@@ -210,22 +215,36 @@ def build_mix_ray(
     Rust stage on `threads_per_task` threads and asks Ray for as many CPUs. The LSH band tables
     of a near-deduplicated corpus are split into `band_partitions` tasks (default: one per band;
     the result does not depend on it). A task whose worker
-    dies is retried up to `max_retries` times. Returns the build summary (as `build_mix`, plus
-    per-stage counts under "stages").
+    dies is retried up to `max_retries` times. `force`: replace a complete mix of another spec
+    found in `out`. Returns the build summary (as `build_mix`, plus per-stage counts under
+    "stages").
     """
     ray = _import_ray()
     spec = load_spec(spec_path)
     config = spec.build_config(out, threads_per_task)
+    config["force"] = bool(force)
     out_dir = Path(config["out"])
+    refuse_foreign_out(out_dir)
+    with exclusive_dir_lock(out_dir, "mix build"):
+        return _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, band_partitions, num_cpus,
+                             max_retries, progress, stream, _chaos)
+
+
+def _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, band_partitions, num_cpus,
+                  max_retries, progress, stream, _chaos) -> dict:
     config_json = json.dumps(config, sort_keys=True)
     stream = stream or sys.stderr
     tty = hasattr(stream, "isatty") and stream.isatty()
     started = time.time()
 
     driver_plan = _core.BuildPlan(config_json)
-    if driver_plan.prepare():
-        return {"up_to_date": True, "files_resumed": 0, "files_processed": 0, "docs_kept": 0,
+    up_to_date, rebuilt = driver_plan.prepare_report()
+    if up_to_date:
+        return {"up_to_date": True, "rebuilt": None, "files_resumed": 0, "files_processed": 0, "docs_kept": 0,
                 "tokens": 0, "seconds": time.time() - started, "stages": {}}
+    if rebuilt and progress:
+        stream.write(f"{out_dir}: rebuilding: {rebuilt}\n")
+        stream.flush()
     corpora = driver_plan.corpora()
 
     own_ray = not ray.is_initialized()
@@ -251,6 +270,7 @@ def build_mix_ray(
     tok = stages["tokenize"]
     summary = {
         "up_to_date": False,
+        "rebuilt": rebuilt,
         "files_resumed": tok.resumed,
         "files_processed": tok.done - tok.resumed,
         "docs_kept": finished["docs_kept"],

@@ -1,7 +1,9 @@
 """Read token shards from Python with no copy: numpy views over an mmap.
 
 The format is documented in `rust/shard/mod.rs` (footer-based, little-endian); this module is
-its Python reader. Checksums are verified by the Rust core (`verify`), which reads every byte.
+its Python reader. Checksums (and token ids against a vocabulary) are verified by the Rust
+core (`verify`), which reads every byte; `tinyllama.Mix.documents` does so for each shard the
+first time it reaches it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def open_shard(path: str | os.PathLike[str]) -> ShardView:
     return ShardView(path, tokens, offsets, sources, sha.hex())
 
 
-def verify(path: str | os.PathLike[str]) -> None:
-    """Check structure and checksum; raises `ShardError` naming the shard."""
-    _core.verify_shard(os.fspath(path))
+def verify(path: str | os.PathLike[str], vocab_size: int | None = None, checksum: str | None = None) -> None:
+    """Check structure and checksum (against `checksum`, the manifest's hex, when given) and,
+    given `vocab_size`, every token id; raises `ShardError` naming the shard (and document)."""
+    _core.verify_shard(os.fspath(path), vocab_size, checksum)

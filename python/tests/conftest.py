@@ -84,11 +84,12 @@ def spec_file(tmp_path) -> Path:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a mix dir except the human log, by relative path."""
+    """Every file of a mix dir except the human log and the build's lock file (neither is part
+    of the mix: they differ between builds), by relative path."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.endswith(".log")
+        if p.is_file() and not p.name.endswith(".log") and p.name != ".lock"
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ import zstandard
 from conftest import CORPORA, build_with_sigkills, tree_bytes, write_spec
 
 import tinyllama
+from tinyllama import _core
 from tinyllama.build import build_mix
 from tinyllama.errors import InputError, ShardError, TokenizerError
+from tinyllama.spec import load_spec
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -114,8 +117,6 @@ def test_rebuild_is_a_no_op_and_verify_passes(built):
 
 
 def test_flipped_byte_is_reported_with_the_shard_name(tmp_path, built):
-    import shutil
-
     copy = tmp_path / "mix"
     shutil.copytree(built, copy)
     shard = copy / "corpora/skypile/shard-00000.bin"
@@ -127,16 +128,34 @@ def test_flipped_byte_is_reported_with_the_shard_name(tmp_path, built):
 
 
 def test_interrupted_staging_is_resumed_to_the_same_bytes(tmp_path, built):
-    """A crash leaves committed parts and stray .tmp files; a rerun finishes identically."""
+    """A build cut short leaves committed parts, packed shards of a finished corpus and stray
+    .tmp files, and no mix.json; a rerun resumes and finishes identically."""
     spec = write_spec(tmp_path)
     out = tmp_path / "mix"
-    build_mix(spec, out, workers=2, progress=False)
-    # Recreate the state of a build killed during packing: staging with parts, no lock.
-    (out / "mix.json").unlink()
-    assert not (out / ".staging").exists()
+    plan = _core.BuildPlan(json.dumps(load_spec(spec).build_config(out, 1), sort_keys=True))
+    assert not plan.prepare()
+    for c, (_name, n_files, _deduped) in enumerate(plan.corpora()):
+        for i in range(n_files if c == 0 else n_files // 2):
+            plan.tokenize(c, i)
+    plan.pack_shard(0, plan.pack_layout(0)[0])
+    (out / ".staging/skypile/parts/000001.bin.tmp").write_bytes(b"a torn write")
     summary = build_mix(spec, out, workers=1, progress=False)
-    assert summary["files_processed"] > 0
+    assert summary["files_processed"] > 0 and summary["files_resumed"] > 0
     assert tree_bytes(out) == tree_bytes(built)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_dir_that_lost_its_mix_json_is_not_a_mix_dir(tmp_path, built):
+    """A finished build drops its staging, so a dir without mix.json nor .staging was not left
+    by a build: it is refused untouched (a build deletes nothing it did not create)."""
+    out = tmp_path / "mix"
+    shutil.copytree(built, out)
+    (out / "mix.json").unlink()
+    files = lambda: {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}  # noqa: E731 (.lock too)
+    before = files()
+    with pytest.raises(tinyllama.SpecError, match="not a mix dir"):
+        build_mix(Path(built).parent / "spec.toml", out, workers=1, progress=False)
+    assert files() == before
 
 
 @pytest.mark.slow

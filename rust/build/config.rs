@@ -64,6 +64,10 @@ pub struct BuildConfig {
     pub dedup: serde_json::Value,
     #[serde(default)]
     pub stages: serde_json::Value,
+    /// Replace a complete mix of another identity found in `out` (`mix build --force`).
+    /// How to build, not what: never serialised, so never part of the identity.
+    #[serde(default, skip_serializing)]
+    pub force: bool,
 }
 
 impl BuildConfig {

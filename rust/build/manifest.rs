@@ -1,12 +1,26 @@
 //! What a built mix records about itself: `mix.json` (the lock, written last: its presence
 //! means the build completed) and one `corpora/<name>/manifest.json` per corpus.
 //! Nothing here names the mix's own location, a time or a host: two builds of one spec
-//! compare equal file by file.
+//! compare equal file by file. (`OUT/.lock`, the build's exclusive lock, and `OUT/build.log`
+//! are not part of the mix: nothing pins them and they differ between builds.)
+//!
+//! Integrity: `mix.json` pins the sha256 of `schedule.json`, `tokenizer.json`, each
+//! manifest and each dedup report, and seals itself ([`seal`]); each manifest records every
+//! shard's docs, tokens and xxh3 checksum. [`open_lock`] checks the lock and the pinned
+//! files whenever a mix is opened (sampler, loader, `tinyllama.Mix`); [`verify_mix`] checks
+//! every file the lock names (what "up to date" means to `mix build`, and `mix verify`).
 
+use crate::error::{Error, IoContext, Result};
+use crate::shard::Shard;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 
 pub const MIX_FORMAT: &str = "tinyllama-mix";
-pub const MIX_FORMAT_VERSION: u32 = 1;
+/// 2: `mix.json` pins its metadata files (`sha256`) and seals itself (`lock_sha256`); staged
+/// parts carry their checksum. A format-1 mix is refused with "rebuild" (a rebuild over it,
+/// same spec, needs no `--force`).
+pub const MIX_FORMAT_VERSION: u32 = 2;
 
 /// Per input file, what happened to its records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -79,4 +93,216 @@ impl Totals {
         self.near_duplicates += f.near_duplicates;
         self.docs_kept += f.docs_kept;
     }
+}
+
+// ---- the lock's pins: integrity where the data is used -------------------------------------
+
+/// The lock's file name in a mix dir.
+pub const LOCK_NAME: &str = "mix.json";
+/// `mix.json` key: relative path -> sha256 (hex) of every metadata file the mix is read
+/// through: `schedule.json`, `tokenizer.json`, each `corpora/NAME/manifest.json` and
+/// `dedup_report.parquet`. Shards are pinned by their manifest entries (docs, tokens, xxh3).
+pub const PINS: &str = "sha256";
+/// `mix.json` key: sha256 of the lock itself without this key (compact JSON, sorted keys),
+/// so an edited `mix.json` is refused like an edited schedule.
+pub const SEAL: &str = "lock_sha256";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// sha256 (hex) of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    Ok(sha256_hex(&std::fs::read(path).ctx(path)?))
+}
+
+fn seal_of(lock: &Value) -> String {
+    let mut body = lock.clone();
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove(SEAL);
+    }
+    sha256_hex(&serde_json::to_vec(&body).expect("a JSON value serialises"))
+}
+
+/// Add the seal to a lock object: the last thing done before it is written.
+pub fn seal(lock: &mut Value) {
+    let digest = seal_of(lock);
+    if let Some(obj) = lock.as_object_mut() {
+        obj.insert(SEAL.into(), digest.into());
+    }
+}
+
+/// A path a lock may name: relative, plain components only (nothing outside the mix dir).
+fn inside(dir: &Path, rel: &str, lock: &Path) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    let plain = !rel.is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(Error::integrity(
+            lock,
+            format!("names {rel:?}, which is not a file of the mix dir"),
+        ));
+    }
+    Ok(dir.join(p))
+}
+
+/// A built mix's checked lock (see [`open_lock`]).
+pub struct MixLock {
+    pub dir: PathBuf,
+    pub value: Value,
+}
+
+impl MixLock {
+    pub fn identity(&self) -> Option<&str> {
+        self.value.get("identity")?.as_str()
+    }
+    pub fn vocab_size(&self) -> Option<u64> {
+        self.value.get("vocab_size")?.as_u64()
+    }
+    /// The corpora's names, in the lock's order.
+    pub fn corpora(&self) -> Vec<String> {
+        self.value
+            .get("corpora")
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c.get("name")?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Corpus `name`'s manifest (pinned: [`open_lock`] checked its bytes).
+    pub fn manifest(&self, name: &str) -> Result<(PathBuf, CorpusManifest)> {
+        let lock_path = self.dir.join(LOCK_NAME);
+        let rel = format!("corpora/{name}/manifest.json");
+        let path = inside(&self.dir, &rel, &lock_path)?;
+        let pinned = self.value.get(PINS).and_then(|p| p.get(&rel)).is_some();
+        if !pinned {
+            return Err(Error::integrity(
+                &lock_path,
+                format!("does not pin {rel}: edited after the build"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).ctx(&path)?;
+        let manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::integrity(&path, format!("unreadable manifest: {e}")))?;
+        Ok((path, manifest))
+    }
+}
+
+/// Read `dir/mix.json` and check it before anything is read through it: its format version
+/// (an older format is refused with "rebuild"), its seal (an edited lock is refused), and the
+/// sha256 of every file it pins (an edited schedule or manifest is refused, naming the file).
+/// Reads every byte of the pinned files: small ones (KB to a few MB).
+pub fn open_lock(dir: &Path) -> Result<MixLock> {
+    let path = dir.join(LOCK_NAME);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::integrity(
+            &path,
+            format!("{e}: not a built mix (a build that did not complete leaves no mix.json)"),
+        )
+    })?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::integrity(&path, format!("unreadable lock: {e}")))?;
+    if value.get("format").and_then(Value::as_str) != Some(MIX_FORMAT) {
+        return Err(Error::integrity(&path, "not a tinyllama mix lock"));
+    }
+    let version = value.get("format_version").and_then(Value::as_u64);
+    if version != Some(MIX_FORMAT_VERSION as u64) {
+        let shown = version.map_or("unknown".to_string(), |v| v.to_string());
+        return Err(Error::Spec(format!(
+            "{}: a mix of format {shown}; this tinyllama reads format {MIX_FORMAT_VERSION}: \
+             rebuild it (`tinyllama mix build --spec SPEC --out {}` rebuilds it in place)",
+            path.display(),
+            dir.display()
+        )));
+    }
+    let sealed = value.get(SEAL).and_then(Value::as_str).unwrap_or_default();
+    if sealed != seal_of(&value) {
+        return Err(Error::integrity(
+            &path,
+            "edited after the build (it no longer matches its own seal `lock_sha256`): restore \
+             it or rebuild the mix",
+        ));
+    }
+    let pins = value
+        .get(PINS)
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::integrity(&path, "has no pinned files: not a complete lock"))?;
+    for (rel, want) in pins {
+        let file = inside(dir, rel, &path)?;
+        if !file.is_file() {
+            return Err(Error::integrity(
+                &file,
+                "missing (mix.json pins it): the mix is incomplete; rebuild it",
+            ));
+        }
+        let got = sha256_file(&file)?;
+        if Some(got.as_str()) != want.as_str() {
+            return Err(Error::integrity(
+                &file,
+                format!(
+                    "sha256 {} differs from the {} mix.json pins: the file was edited or damaged \
+                     after the build; restore it or rebuild the mix",
+                    &got[..12],
+                    want.as_str().map_or("?", |w| &w[..w.len().min(12)])
+                ),
+            ));
+        }
+    }
+    Ok(MixLock {
+        dir: dir.to_path_buf(),
+        value,
+    })
+}
+
+/// A shard of a manifest against its entry: present, structurally sound, its footer agreeing
+/// with the entry (docs, tokens, checksum: a shard swapped for another is caught here).
+pub fn open_entry(corpus_dir: &Path, entry: &ShardEntry) -> Result<Shard> {
+    let lock = corpus_dir.join("manifest.json");
+    let path = inside(corpus_dir, &entry.name, &lock)?;
+    let shard = Shard::open(&path)?;
+    let (docs, tokens, checksum) = (
+        shard.n_docs() as u64,
+        shard.n_tokens() as u64,
+        shard.checksum_hex(),
+    );
+    if (docs, tokens, checksum.as_str()) != (entry.docs, entry.tokens, entry.checksum.as_str()) {
+        return Err(Error::integrity(
+            &path,
+            format!(
+                "holds {docs} docs / {tokens} tokens (checksum {checksum}), its manifest says \
+                 {} / {} ({}): the shard was replaced after the build",
+                entry.docs, entry.tokens, entry.checksum
+            ),
+        ));
+    }
+    Ok(shard)
+}
+
+/// Everything the lock names, checked: [`open_lock`], then every training and holdout shard
+/// of every manifest ([`open_entry`], then its checksum over every byte and its token ids
+/// against the vocabulary). What "up to date" and `mix verify` mean. Shards are checked in
+/// parallel on the current rayon pool; the first problem in lock order is reported.
+pub fn verify_mix(dir: &Path) -> Result<MixLock> {
+    use rayon::prelude::*;
+    let lock = open_lock(dir)?;
+    let vocab = lock.vocab_size();
+    let mut work = Vec::new();
+    for name in lock.corpora() {
+        let (path, manifest) = lock.manifest(&name)?;
+        let corpus_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for entry in manifest.shards.into_iter().chain(manifest.holdout_shards) {
+            work.push((corpus_dir.clone(), entry));
+        }
+    }
+    work.par_iter()
+        .map(|(corpus_dir, entry)| open_entry(corpus_dir, entry)?.check(vocab))
+        .collect::<Vec<Result<()>>>()
+        .into_iter()
+        .collect::<Result<()>>()?;
+    Ok(lock)
 }

@@ -5,7 +5,7 @@
 //!   [dedup]         fingerprint each file -> find duplicates (keep the earliest)    (dedup/)
 //!   tokenize        each input file -> one staged part (a shard of its kept docs)  (parallel)
 //!   pack            parts in file order -> fixed-size shards + holdout + manifest   (sequential)
-//! write mix.json last; drop the staging dir
+//! write mix.json last (it pins the schedule, tokenizer and manifests); drop the staging dir
 //! ```
 //!
 //! Determinism: every per-file output is a pure function of that file, the spec and the
@@ -13,6 +13,15 @@
 //! number of workers. Resume: parts are committed atomically and carry their stats; a rerun
 //! skips files whose part exists (made under the same config identity) and redoes the cheap
 //! pack. A kill at any instant leaves either the previous complete mix or resumable staging.
+//!
+//! What the output dir may hold ([`Plan::prepare`]): nothing, this build's staging, or a
+//! complete mix. A complete mix of the same identity is "up to date" only when every file its
+//! lock names verifies ([`manifest::verify_mix`]); otherwise it is rebuilt, and the summary
+//! says why. A complete mix of another identity is replaced only with `force`; a non-empty
+//! dir that is no mix dir at all (no `mix.json`, no `.staging`) is refused: a build deletes
+//! nothing it did not create. Staged parts carry their checksum in their sidecar; a part that
+//! does not verify is redone by the tokenize stage and never packed. (Callers hold the
+//! directory's exclusive lock, `OUT/.lock`, around all of this: see `tinyllama/lock.py`.)
 
 pub mod config;
 mod dedup_stage;
@@ -27,7 +36,7 @@ use crate::source::{self, Record};
 use crate::tokenize::Tokenizer;
 pub use config::{BuildConfig, CorpusConfig, DedupMode};
 pub use dedup_stage::{dedup_files, params as dedup_params, FilesDedup, PairsWork};
-use manifest::{FileStats, SkippedRow, MIX_FORMAT, MIX_FORMAT_VERSION};
+use manifest::{FileStats, SkippedRow, LOCK_NAME, MIX_FORMAT, MIX_FORMAT_VERSION, PINS};
 pub use pack::ShardPlan;
 pub use progress::{Progress, Snapshot};
 use rayon::prelude::*;
@@ -45,18 +54,35 @@ const BATCH_BYTES: usize = 8 << 20;
 #[derive(Debug, Clone, Default)]
 pub struct BuildSummary {
     pub up_to_date: bool,
+    /// Why a complete mix of this identity was rebuilt (a file its lock names was missing or
+    /// did not verify), if it was.
+    pub rebuilt: Option<String>,
     pub files_resumed: u64,
     pub files_processed: u64,
     pub docs_kept: u64,
     pub tokens: u64,
 }
 
-/// A staged part's sidecar: the file's stats and its skipped rows. Written after the part, so
-/// its presence means the part is complete.
+/// A staged part's sidecar: the file's stats, its skipped rows and the part's checksum.
+/// Written after the part, so its presence means the part is complete; the part is only used
+/// (resumed, packed) when it verifies against this checksum.
 #[derive(Serialize, Deserialize)]
 struct PartStats {
     stats: FileStats,
     skipped: Vec<SkippedRow>,
+    /// xxh3-64 (hex) of the part, as in its footer. Empty in sidecars of older builds: such a
+    /// part is redone.
+    #[serde(default)]
+    checksum: String,
+}
+
+/// What [`Plan::prepare_report`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// A complete mix of this identity, every file its lock names verified: nothing to do.
+    pub up_to_date: bool,
+    /// A complete mix of this identity was there but did not verify: why (it is rebuilt).
+    pub rebuilt: Option<String>,
 }
 
 /// Why a document was removed before tokenization (filled by the dedup stage).
@@ -244,20 +270,54 @@ impl Plan {
     /// Make the output dir ready for the stages (run once, by whoever drives the build).
     /// Returns true when a complete mix of this identity is already there: nothing to do.
     pub fn prepare(&self) -> Result<bool> {
+        self.prepare_report().map(|p| p.up_to_date)
+    }
+
+    /// [`Plan::prepare`], saying why a complete mix of this identity is rebuilt (see the
+    /// module docs for what the output dir may hold). Verifying a complete mix reads every
+    /// shard (on the current rayon pool).
+    pub fn prepare_report(&self) -> Result<Prepared> {
         let out = &self.cfg.out;
         std::fs::create_dir_all(out).ctx(out)?;
-        if let Some(done) = completed_identity(out) {
-            if done == self.identity {
-                // A kill between writing the lock and dropping the staging leaves the latter.
-                let staging = self.staging();
-                if staging.exists() {
-                    std::fs::remove_dir_all(&staging).ctx(&staging)?;
+        check_out_dir(out)?;
+        let mut rebuilt = None;
+        let lock_path = out.join(LOCK_NAME);
+        if lock_path.exists() {
+            let found = completed_identity(out);
+            if found.as_deref() == Some(self.identity.as_str()) {
+                match manifest::verify_mix(out) {
+                    Ok(_) => {
+                        // A kill between writing the lock and dropping the staging leaves it.
+                        let staging = self.staging();
+                        if staging.exists() {
+                            std::fs::remove_dir_all(&staging).ctx(&staging)?;
+                        }
+                        return Ok(Prepared {
+                            up_to_date: true,
+                            rebuilt: None,
+                        });
+                    }
+                    Err(e) => rebuilt = Some(e.to_string()),
                 }
-                return Ok(true);
+            } else if !self.cfg.force {
+                let what = match &found {
+                    Some(_) => format!(
+                        "holds a complete mix of another spec ({:?}; its spec, inputs or \
+                         tokenizer differ from these)",
+                        completed_name(out).unwrap_or_default()
+                    ),
+                    None => "holds a mix whose mix.json is unreadable".to_string(),
+                };
+                return Err(Error::Spec(format!(
+                    "{}: {what}; mix build refuses to replace it (nothing was changed): pass \
+                     --force to rebuild it with this spec, or choose another --out",
+                    out.display()
+                )));
+            } else {
+                self.drop_other_mix(out)?;
             }
-            // A different spec is being built here: the old lock goes first so that a
-            // half-built new mix can never be mistaken for a complete one.
-            std::fs::remove_file(out.join("mix.json")).ctx(out.join("mix.json"))?;
+            // The lock goes first so that a half-built mix is never taken for a complete one.
+            std::fs::remove_file(&lock_path).ctx(&lock_path)?;
         }
         prepare_staging(&self.staging(), &self.identity)?;
         for corpus in &self.cfg.corpora {
@@ -265,7 +325,34 @@ impl Plan {
             std::fs::create_dir_all(dir.join("parts")).ctx(&dir)?;
             std::fs::create_dir_all(dir.join("fingerprints")).ctx(&dir)?;
         }
-        Ok(false)
+        Ok(Prepared {
+            up_to_date: false,
+            rebuilt,
+        })
+    }
+
+    /// `force` over a mix of another identity: drop the corpora its lock names that this
+    /// build does not make (packing replaces the others). Only what a build created.
+    fn drop_other_mix(&self, out: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(out.join(LOCK_NAME)).unwrap_or_default();
+        let old: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let names = old
+            .get("corpora")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name")?.as_str());
+        for name in names {
+            let plain =
+                !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
+            if plain && !self.cfg.corpora.iter().any(|c| c.name == name) {
+                let dir = out.join("corpora").join(name);
+                if dir.join("manifest.json").is_file() {
+                    std::fs::remove_dir_all(&dir).ctx(&dir)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A stage may only write into staging prepared for this very build: a process that sees
@@ -467,7 +554,20 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
         &out.join("tokenizer.json"),
         &tokenizer_json_bytes(&cfg.tokenizer)?,
     )?;
-    let lock = serde_json::json!({
+    // Pin every metadata file the mix is read through (shards are pinned by the manifests).
+    let mut pinned = vec!["schedule.json".to_string(), "tokenizer.json".to_string()];
+    for corpus in &cfg.corpora {
+        pinned.push(format!("corpora/{}/manifest.json", corpus.name));
+        if corpus.dedup != DedupMode::None {
+            pinned.push(format!("corpora/{}/dedup_report.parquet", corpus.name));
+        }
+    }
+    let mut pins = serde_json::Map::new();
+    for rel in pinned {
+        let digest = manifest::sha256_file(&out.join(&rel))?;
+        pins.insert(rel, digest.into());
+    }
+    let mut lock = serde_json::json!({
         "format": MIX_FORMAT,
         "format_version": MIX_FORMAT_VERSION,
         "identity": plan.identity,
@@ -486,8 +586,10 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
         "num_steps": schedule.num_steps(),
         "schedule": "schedule.json",
     });
+    lock[PINS] = pins.into();
+    manifest::seal(&mut lock);
     let text = serde_json::to_string_pretty(&lock).expect("lock serialises") + "\n";
-    write_atomic(&out.join("mix.json"), text.as_bytes())?;
+    write_atomic(&out.join(LOCK_NAME), text.as_bytes())?;
     std::fs::remove_dir_all(&staging).ctx(&staging)?;
     Ok(summary)
 }
@@ -495,16 +597,17 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
 /// The local build: the same stages as a distributed one, on a thread pool of `workers`.
 pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     let plan = plan(cfg)?;
-    if plan.prepare()? {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.workers.max(1))
+        .build()
+        .map_err(|e| Error::Spec(format!("workers: {e}")))?;
+    let prepared = pool.install(|| plan.prepare_report())?;
+    if prepared.up_to_date {
         return Ok(BuildSummary {
             up_to_date: true,
             ..Default::default()
         });
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.workers.max(1))
-        .build()
-        .map_err(|e| Error::Spec(format!("workers: {e}")))?;
     let (mut resumed, mut processed) = (0, 0);
     for (c, corpus) in cfg.corpora.iter().enumerate() {
         let n = plan.files(c).len();
@@ -537,6 +640,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     let mut summary = pool.install(|| finish(&plan, progress))?;
     summary.files_resumed = resumed;
     summary.files_processed = processed;
+    summary.rebuilt = prepared.rebuilt;
     Ok(summary)
 }
 
@@ -554,9 +658,55 @@ fn validate(cfg: &BuildConfig) -> Result<()> {
 
 /// The identity recorded in a complete mix's lock, if there is one.
 fn completed_identity(out: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(out.join("mix.json")).ok()?;
+    let text = std::fs::read_to_string(out.join(LOCK_NAME)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("identity")?.as_str().map(str::to_string)
+}
+
+fn completed_name(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join(LOCK_NAME)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("name")?.as_str().map(str::to_string)
+}
+
+/// Entries of an output dir that do not make it a mix dir, nor a foreign one: the build's
+/// lock file and its log (neither is part of the mix).
+const NOT_THE_MIX: [&str; 2] = [".lock", "build.log"];
+
+/// Whether `out` may be built into: empty (but for [`NOT_THE_MIX`]), or a mix dir (it has a
+/// `mix.json` or a `.staging`). Anything else is the user's and is refused untouched.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if out.join(LOCK_NAME).exists() || out.join(".staging").exists() {
+        return Ok(());
+    }
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let name = entry.ctx(out)?.file_name().to_string_lossy().into_owned();
+        if !NOT_THE_MIX.contains(&name.as_str()) {
+            foreign.push(name);
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown = foreign
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = if foreign.len() > 3 { ", ..." } else { "" };
+    Err(Error::Spec(format!(
+        "{}: not empty and not a mix dir (no mix.json, no .staging; it holds {shown}{more}): \
+         mix build refuses to write into it (nothing was changed); choose a new or empty --out",
+        out.display()
+    )))
 }
 
 /// Keep staging made under the same identity (that is the resume); otherwise start afresh.
@@ -613,6 +763,56 @@ fn read_part_stats(dir: &Path, index: usize) -> Result<PartStats> {
     serde_json::from_str(&text).map_err(|e| Error::shard(&sidecar, e.to_string()))
 }
 
+/// Open staged part `part` and check it against its sidecar `stats`: the footer's checksum is
+/// the sidecar's, and the checksum over every byte holds. The error names the part.
+fn verified_part(part: &Path, stats: &PartStats) -> Result<crate::shard::Shard> {
+    let shard = matching_part(part, stats)?;
+    shard.verify().map_err(|e| {
+        Error::integrity(
+            part,
+            format!("staged part is damaged ({e}): rerun `mix build` to redo it"),
+        )
+    })?;
+    Ok(shard)
+}
+
+/// Staged part `index` under `dir` for packing: its sidecar's checksum is its footer's and,
+/// with `full`, the checksum over every byte holds ([`verified_part`]). Packing lays out
+/// every part with `full` (once, before any shard is written), then copies from them.
+fn checked_part(dir: &Path, index: usize, full: bool) -> Result<crate::shard::Shard> {
+    let stats = read_part_stats(dir, index)?;
+    let part = part_paths(dir, index).0;
+    if full {
+        verified_part(&part, &stats)
+    } else {
+        matching_part(&part, &stats)
+    }
+}
+
+/// Open staged part `part`; its footer's checksum must be the one its sidecar recorded.
+fn matching_part(part: &Path, stats: &PartStats) -> Result<crate::shard::Shard> {
+    let shard = crate::shard::Shard::open(part)?;
+    if stats.checksum.is_empty() {
+        return Err(Error::integrity(
+            part,
+            "staged part without a checksum in its sidecar (staged by an older tinyllama): \
+             rerun `mix build` to redo it",
+        ));
+    }
+    if shard.checksum_hex() != stats.checksum {
+        return Err(Error::integrity(
+            part,
+            format!(
+                "staged part's checksum {} is not the {} its sidecar recorded: rerun `mix \
+                 build` to redo it",
+                shard.checksum_hex(),
+                stats.checksum
+            ),
+        ));
+    }
+    Ok(shard)
+}
+
 /// Tokenize one input file into a staged part. Returns its stats and whether it was resumed.
 fn tokenize_file(
     ctx: &Ctx,
@@ -626,8 +826,9 @@ fn tokenize_file(
     let bytes = std::fs::metadata(file).ctx(file)?.len();
     if let Ok(text) = std::fs::read_to_string(&sidecar) {
         if let Ok(done) = serde_json::from_str::<PartStats>(&text) {
-            // Same size is our cheap guard against an input file edited between runs.
-            if done.stats.bytes == bytes && part.exists() {
+            // Same size is our cheap guard against an input file edited between runs; a part
+            // that does not verify against its sidecar is redone, never trusted.
+            if done.stats.bytes == bytes && verified_part(&part, &done).is_ok() {
                 ctx.progress.files_done.fetch_add(1, Relaxed);
                 return Ok((done, true));
             }
@@ -679,8 +880,12 @@ fn tokenize_file(
         }
     }
     flush(ctx, index, &mut batch, &mut writer, &mut stats)?;
-    writer.finish()?;
-    let done = PartStats { stats, skipped };
+    let checksum = writer.finish()?;
+    let done = PartStats {
+        stats,
+        skipped,
+        checksum,
+    };
     write_atomic(
         &sidecar,
         &serde_json::to_vec(&done).expect("stats serialise"),

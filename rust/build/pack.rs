@@ -2,7 +2,8 @@
 //! shards, holdout shards and the manifest.
 //!
 //! Two steps, so the copying can be spread over threads or machines:
-//! 1. [`layout`] walks the parts' document lengths (their footers only, no tokens) and cuts the
+//! 1. [`layout`] verifies every part against the checksum its sidecar recorded (a damaged part
+//!    is an error naming it, never packed), walks the parts' document lengths and cuts the
 //!    document sequence into shards: the last `holdout_docs` kept documents go to `holdout-*`
 //!    shards, the rest to `shard-*` shards, and a shard is closed when the next document would
 //!    take it past `shard_tokens`. The layout is a pure function of the parts.
@@ -15,7 +16,7 @@
 //! shard's bytes depend only on its documents, so the result does not depend on who wrote what.
 
 use super::manifest::{CorpusManifest, ShardEntry, Totals};
-use super::{part_paths, Ctx, PartStats};
+use super::{checked_part, Ctx, PartStats};
 use crate::error::{Error, IoContext, Result};
 use crate::shard::{Shard, ShardWriter, Source};
 use rayon::prelude::*;
@@ -81,8 +82,9 @@ impl Cutter {
     }
 }
 
+/// A staged part whose footer matches its sidecar's checksum (cheap: the footer only).
 fn open_part(dir: &Path, index: usize) -> Result<Shard> {
-    Shard::open(&part_paths(dir, index).0)
+    checked_part(dir, index, false)
 }
 
 /// The shard layout of the `n_parts` staged parts under `dir`: training shards, then holdout
@@ -93,9 +95,11 @@ pub fn layout(
     shard_tokens: u64,
     holdout_docs: u64,
 ) -> Result<Vec<ShardPlan>> {
+    // Every part is verified (its checksum over every byte, against its sidecar) before
+    // anything is packed from it: a damaged part is never copied into a shard.
     let parts: Vec<Shard> = (0..n_parts)
         .into_par_iter()
-        .map(|i| open_part(dir, i))
+        .map(|i| checked_part(dir, i, true))
         .collect::<Result<_>>()?;
     let total: u64 = parts.iter().map(|p| p.n_docs() as u64).sum();
     let holdout_from = total.saturating_sub(holdout_docs);
@@ -140,13 +144,14 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Whether the staged shard at `path` holds exactly `plan`'s documents: counts, and the
-/// provenance of its first and last documents against the parts'.
+/// Whether the staged shard at `path` holds exactly `plan`'s documents: counts, its checksum,
+/// and the provenance of its first and last documents against the parts'.
 fn staged_matches(dir: &Path, path: &Path, plan: &ShardPlan) -> Option<Shard> {
     let shard = Shard::open(path).ok()?;
     if shard.n_docs() as u64 != plan.docs || shard.n_tokens() as u64 != plan.tokens {
         return None;
     }
+    shard.verify().ok()?; // a damaged staged shard is rewritten, not moved into the mix
     let source = |p: usize, d: usize| -> Option<Source> {
         let part = open_part(dir, p).ok()?;
         (d < part.n_docs()).then(|| part.doc_source(d))

@@ -104,6 +104,53 @@ impl Shard {
         Ok(())
     }
 
+    /// Every token id must be `< vocab_size` (the mix's tokenizer): an id past the vocabulary
+    /// is reported with the shard and the document holding it, never handed to a model (where
+    /// it would end as a bare index error). Reads every token.
+    pub fn check_ids(&self, vocab_size: u64) -> Result<()> {
+        let first_bad = match self.dtype {
+            Dtype::U16 => self
+                .token_bytes()
+                .chunks_exact(2)
+                .position(|c| u64::from(u16::from_le_bytes([c[0], c[1]])) >= vocab_size),
+            Dtype::U32 => self.token_bytes().chunks_exact(4).position(|c| {
+                u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])) >= vocab_size
+            }),
+        };
+        let Some(at) = first_bad else { return Ok(()) };
+        let mut id = [0u32; 1];
+        self.read_tokens(at..at + 1, &mut id);
+        // The document holding token `at`: the last one whose start is <= at.
+        let (mut doc, mut past) = (0usize, self.n_docs);
+        while doc + 1 < past {
+            let mid = (doc + past) / 2;
+            if self.doc_range(mid).start <= at {
+                doc = mid;
+            } else {
+                past = mid;
+            }
+        }
+        Err(Error::shard(
+            &self.path,
+            format!(
+                "document {doc}: token id {} is outside the tokenizer's vocabulary of {vocab_size} \
+                 (the shard was not made with this mix's tokenizer, or is corrupt)",
+                id[0]
+            ),
+        ))
+    }
+
+    /// What a reader checks the first time it touches the shard: the checksum over every
+    /// byte ([`Shard::verify`]) and, given the vocabulary size, every token id
+    /// ([`Shard::check_ids`]).
+    pub fn check(&self, vocab_size: Option<u64>) -> Result<()> {
+        self.verify()?;
+        match vocab_size {
+            Some(v) => self.check_ids(v),
+            None => Ok(()),
+        }
+    }
+
     fn index_start(&self) -> usize {
         8 + super::pad8(self.n_tokens * self.dtype.width())
     }

@@ -1,14 +1,23 @@
 //! A corpus as one flat token stream over its shards (documents back to back, in order):
 //! what the sampler's windows index into. A window may straddle two shards.
+//!
+//! Integrity where the data is used: the first read that touches a shard verifies it (its
+//! xxh3 checksum over every byte and, when the stream knows the vocabulary size, every token
+//! id; see [`Shard::check`]). A shard is checked once per stream (concurrent readers wait for
+//! the one check); a shard that fails fails every read that touches it, naming the shard.
 
 use super::Shard;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 pub struct CorpusStream {
     shards: Vec<Shard>,
     /// starts[i] = tokens in shards before i; starts[len] = total.
     starts: Vec<u64>,
+    /// The outcome of each shard's first-touch check.
+    checked: Vec<OnceLock<Result<()>>>,
+    vocab_size: Option<u64>,
 }
 
 impl CorpusStream {
@@ -20,7 +29,19 @@ impl CorpusStream {
             starts.push(starts.last().copied().unwrap_or(0) + s.n_tokens() as u64);
             shards.push(s);
         }
-        Ok(CorpusStream { shards, starts })
+        let checked = shards.iter().map(|_| OnceLock::new()).collect();
+        Ok(CorpusStream {
+            shards,
+            starts,
+            checked,
+            vocab_size: None,
+        })
+    }
+
+    /// Also check, on first touch, that every token id of a shard is `< vocab_size`.
+    pub fn with_vocab_size(mut self, vocab_size: u64) -> Self {
+        self.vocab_size = Some(vocab_size);
+        self
     }
 
     pub fn n_tokens(&self) -> u64 {
@@ -29,6 +50,13 @@ impl CorpusStream {
 
     pub fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+
+    /// Shard `i`'s first-touch check (see the module docs), run once.
+    fn ensure_checked(&self, i: usize) -> Result<()> {
+        self.checked[i]
+            .get_or_init(|| self.shards[i].check(self.vocab_size))
+            .clone()
     }
 
     /// Copy tokens `[start, start + out.len())` of the stream into `out`.
@@ -53,6 +81,7 @@ impl CorpusStream {
         let mut pos = start;
         let mut filled = 0usize;
         while filled < out.len() {
+            self.ensure_checked(i)?;
             let shard = &self.shards[i];
             let local = (pos - self.starts[i]) as usize;
             let take = (shard.n_tokens() - local).min(out.len() - filled);
@@ -70,20 +99,11 @@ mod tests {
     use super::*;
     use crate::shard::{Dtype, ShardWriter, Source};
 
-    #[test]
-    fn reads_across_shard_boundaries() {
-        let dir = tempfile::tempdir().unwrap();
+    fn write(dir: &std::path::Path, docs: &[Vec<Vec<u32>>]) -> (Vec<PathBuf>, Vec<u32>) {
         let mut paths = Vec::new();
         let mut all = Vec::new();
-        for (k, docs) in [
-            vec![vec![1u32, 2, 3], vec![4, 5]],
-            vec![vec![6]],
-            vec![vec![7, 8, 9, 10]],
-        ]
-        .iter()
-        .enumerate()
-        {
-            let p = dir.path().join(format!("s{k}.bin"));
+        for (k, docs) in docs.iter().enumerate() {
+            let p = dir.join(format!("s{k}.bin"));
             let mut w = ShardWriter::create(&p, Dtype::U16, [0; 32]).unwrap();
             for d in docs {
                 w.push(d, Source { file: 0, row: 0 }).unwrap();
@@ -92,6 +112,20 @@ mod tests {
             w.finish().unwrap();
             paths.push(p);
         }
+        (paths, all)
+    }
+
+    #[test]
+    fn reads_across_shard_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, all) = write(
+            dir.path(),
+            &[
+                vec![vec![1u32, 2, 3], vec![4, 5]],
+                vec![vec![6]],
+                vec![vec![7, 8, 9, 10]],
+            ],
+        );
         let s = CorpusStream::open(&paths).unwrap();
         assert_eq!(s.n_tokens(), 10);
         for start in 0..10u64 {
@@ -107,5 +141,46 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("past the end"));
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_the_first_read_that_touches_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, _) = write(
+            dir.path(),
+            &[vec![vec![1u32, 2, 3], vec![4, 5]], vec![vec![6, 7, 8]]],
+        );
+        let mut bytes = std::fs::read(&paths[1]).unwrap();
+        bytes[10] ^= 1; // a token byte of the second shard
+        std::fs::write(&paths[1], &bytes).unwrap();
+        let s = CorpusStream::open(&paths).unwrap();
+        let mut out = vec![0u32; 3];
+        s.read(0, &mut out).unwrap(); // the first shard is fine
+        for _ in 0..2 {
+            let err = s.read(4, &mut out).unwrap_err().to_string();
+            assert!(err.contains("s1.bin") && err.contains("checksum"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_id_past_the_vocabulary_names_the_shard_and_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, _) = write(
+            dir.path(),
+            &[vec![vec![1u32, 2], vec![3, 4], vec![5, 900, 6]]],
+        );
+        let mut out = vec![0u32; 7];
+        CorpusStream::open(&paths)
+            .unwrap()
+            .read(0, &mut out)
+            .unwrap();
+        let s = CorpusStream::open(&paths).unwrap().with_vocab_size(900);
+        let err = s.read(0, &mut out).unwrap_err().to_string();
+        assert!(
+            err.contains("s0.bin") && err.contains("document 2") && err.contains("token id 900"),
+            "{err}"
+        );
+        let s = CorpusStream::open(&paths).unwrap().with_vocab_size(901);
+        s.read(0, &mut out).unwrap();
     }
 }
