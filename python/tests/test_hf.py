@@ -247,7 +247,8 @@ def test_imported_checkpoint_resumes_in_the_trainer(exported, tiny_mix, tmp_path
         logits = load_model(exported)(x[:, :-1])
         want = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).item()
 
-    cfg = train_config(tiny_mix, run, steps=7)
+    # TinyLlama's packing, as `want` is computed (an import may continue with either setting)
+    cfg = train_config(tiny_mix, run, steps=7, document_masking=False)
     with pytest.raises(CheckpointError):  # a fresh start would silently ignore the import
         train(cfg, resume=False, source=source)
     train(cfg, resume=True, source=source)

@@ -115,7 +115,10 @@ def test_verify_and_sample_decode(built):
 
 def test_train_reads_the_mix_through_the_ring_loader(trained, built):
     """The logged loss of step s equals the model's loss on `Mix.batch(s)` before that step's
-    update: the ring loader delivered exactly the sampler's batch, across the batch-size change."""
+    update: the ring loader delivered exactly the sampler's batch, across the batch-size change.
+    The run masks documents (the default): the loss is computed here from the logits, with the
+    documents found from the mix's BOS / EOS and no target on the next document's first token."""
+    from tinyllama.model import document_ids_from_tokens
     from tinyllama.train.checkpoint import committed_steps
 
     got = losses(trained)
@@ -124,9 +127,15 @@ def test_train_reads_the_mix_through_the_ring_loader(trained, built):
     model = tinyllama.load_model(trained / "checkpoints/step-3")
     x = torch.from_numpy(tinyllama.Mix(built).batch(3)[0])
     assert x.shape[0] == 32  # the cooldown stage's global batch
+    lock = tinyllama.Mix(built).lock
+    doc = document_ids_from_tokens(x, lock["bos_id"], lock["eos_id"])
+    y = x[:, 1:].masked_fill(doc[:, 1:] != doc[:, :-1], -100)
+    assert int((y == -100).sum()) > 0  # the batch packs several documents
     with torch.no_grad():
-        logits = model(x[:, :-1])
-        want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).item()
+        logits = model(x[:, :-1], doc[:, :-1])
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # 0 at -100
+        want = (ce.sum(1) / (y != -100).sum(1)).mean().item()
+    assert json.loads((trained / "metrics.jsonl").read_text().splitlines()[3])["document_masking"] is True
     assert got[4] == pytest.approx(want, rel=1e-4)
 
 

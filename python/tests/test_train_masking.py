@@ -272,3 +272,27 @@ def test_two_rank_torchrun_with_masking_matches_one(masked, mix, tmp_path):
     assert sorted(got) == sorted(want)
     for s in want:
         assert got[s] == pytest.approx(want[s], rel=1e-4, abs=1e-4), s
+
+
+def test_check_compatible_reads_the_recorded_setting(tmp_path):
+    """trainer.json's `document_masking` decides; an import-hf checkpoint (no packing history)
+    continues with either setting; a trainer checkpoint from before the setting existed was
+    TinyLlama's packing."""
+    from tinyllama.errors import CheckpointError
+    from tinyllama.train.checkpoint import check_compatible
+    from tinyllama.train.config import config_from_dict
+
+    def cfg(masking: bool):
+        return config_from_dict({"mix": "m", "out": "o", "model": dict(MODEL), "run": {"document_masking": masking}})
+
+    path = tmp_path / "step-3"
+    on = cfg(True).to_dict()
+    check_compatible(path, {"document_masking": True, "config": on}, cfg(True), None, False)
+    with pytest.raises(CheckpointError, match=r"step-3: trained with run.document_masking = true, the config has f"):
+        check_compatible(path, {"document_masking": True, "config": on}, cfg(False), None, False)
+    for masking in (True, False):
+        check_compatible(path, {"config": on, "imported_from": "/hf"}, cfg(masking), None, False)
+    old = {"config": {"model": dict(MODEL), "run": {}}}
+    check_compatible(path, old, cfg(False), None, False)
+    with pytest.raises(CheckpointError, match="run.document_masking = false"):
+        check_compatible(path, old, cfg(True), None, False)

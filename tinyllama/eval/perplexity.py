@@ -8,6 +8,11 @@ exactly once, with up to L tokens of context from its own document and nothing f
 model's max_seq_len.
 
 Perplexity = exp(total negative log-likelihood / predicted tokens), per corpus and over all.
+
+Document masking (`run.document_masking`) changes nothing here: a window holds one document
+(BOS only at its position 0, the EOS only ever a target), so plain causal attention with
+positions from 0 is what a masked model computes for it; and a document's first token is not
+predicted, as the masked trainer does not score a border's target.
 """
 
 from __future__ import annotations

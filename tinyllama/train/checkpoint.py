@@ -388,11 +388,13 @@ def check_compatible(path: Path, trainer: dict, cfg, mix: dict | None, allow_mix
     if diff:
         raise CheckpointError(f"{path}: the model differs from the config ({', '.join(diff)}); resume needs the "
                               f"same model shape (use another out dir, or import-hf for a deliberate change)")
-    # trainer.json records the setting (and its config's run table holds it too); checkpoints
-    # from before the setting existed were trained with TinyLlama's packing.
-    was = trainer.get("document_masking", ((trainer.get("config") or {}).get("run") or {}).get("document_masking"))
-    was = bool(was) if was is not None else False
-    if was != cfg.run.document_masking:
+    # The trainer records the setting in trainer.json. Weights imported from Hugging Face
+    # (import-hf) have no packing history: either setting may continue them. A trainer
+    # checkpoint from before the setting existed was trained with TinyLlama's packing.
+    was = trainer.get("document_masking")
+    if was is None and not trainer.get("imported_from"):
+        was = bool(((trainer.get("config") or {}).get("run") or {}).get("document_masking", False))
+    if was is not None and bool(was) != cfg.run.document_masking:
         raise CheckpointError(
             f"{path}: trained with run.document_masking = {str(was).lower()}, the config has "
             f"{str(cfg.run.document_masking).lower()}; resume needs the same setting (set "
