@@ -55,6 +55,31 @@ def test_missing_ray_names_the_extra(tmp_path):
     assert not (tmp_path / "out" / "mix.json").exists()
 
 
+def test_ray_driver_holds_the_out_dir_lock_and_refuses_a_foreign_dir(tmp_path, monkeypatch):
+    """The driver takes OUT/.lock before it touches anything (Ray itself is never reached:
+    a stand-in module without any attribute would fail the build if it were)."""
+    import os
+    import types
+
+    from tinyllama.errors import LockedError, SpecError
+    from tinyllama.lock import exclusive_dir_lock
+
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
+    spec = _spec(tmp_path)
+    out = tmp_path / "out"
+    with exclusive_dir_lock(out, "test holder"):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            build_mix_ray(spec, out, progress=False)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="not a mix dir"):
+        build_mix_ray(spec, foreign, progress=False)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
 def _config(spec, out) -> str:
     from tinyllama.spec import load_spec
 

@@ -306,3 +306,90 @@ pub fn verify_mix(dir: &Path) -> Result<MixLock> {
         .collect::<Result<()>>()?;
     Ok(lock)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal lock over two pinned files, sealed as `finish` seals it.
+    fn sealed_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("schedule.json"), b"{\"seed\":7}").unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
+        let mut pins = serde_json::Map::new();
+        for rel in ["schedule.json", "tokenizer.json"] {
+            let digest = sha256_file(&dir.path().join(rel)).unwrap();
+            pins.insert(rel.into(), digest.into());
+        }
+        let mut lock = serde_json::json!({
+            "format": MIX_FORMAT,
+            "format_version": MIX_FORMAT_VERSION,
+            "corpora": [],
+            "stages": [{"weights": {"a": 0.3, "b": 0.7}}],
+        });
+        lock[PINS] = pins.into();
+        seal(&mut lock);
+        let text = serde_json::to_string_pretty(&lock).unwrap();
+        std::fs::write(dir.path().join(LOCK_NAME), text).unwrap();
+        dir
+    }
+
+    fn edit(path: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains(from));
+        std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_lock_opens_and_survives_reformatting() {
+        let dir = sealed_dir();
+        open_lock(dir.path()).unwrap();
+        // The seal is over the JSON value, not its layout: re-indenting is no edit.
+        let path = dir.path().join(LOCK_NAME);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+        verify_mix(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_edited_lock_or_pinned_file_is_named() {
+        let dir = sealed_dir();
+        edit(&dir.path().join(LOCK_NAME), "0.3", "0.4");
+        let err = open_lock(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("mix.json") && err.contains("edited"), "{err}");
+
+        let dir = sealed_dir();
+        edit(&dir.path().join("schedule.json"), "7", "8");
+        let err = open_lock(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("schedule.json") && err.contains("sha256"),
+            "{err}"
+        );
+
+        let dir = sealed_dir();
+        std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+        let err = open_lock(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_older_format_says_rebuild_and_a_pin_cannot_leave_the_dir() {
+        let dir = sealed_dir();
+        edit(
+            &dir.path().join(LOCK_NAME),
+            "\"format_version\": 2",
+            "\"format_version\": 1",
+        );
+        let err = open_lock(dir.path()).err().unwrap();
+        assert!(
+            matches!(err, Error::Spec(_)) && err.to_string().contains("rebuild"),
+            "{err}"
+        );
+        assert!(inside(dir.path(), "../x", Path::new("mix.json")).is_err());
+        assert!(inside(dir.path(), "/etc/passwd", Path::new("mix.json")).is_err());
+        assert!(inside(dir.path(), "corpora/a/manifest.json", Path::new("mix.json")).is_ok());
+    }
+}

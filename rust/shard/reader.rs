@@ -108,15 +108,30 @@ impl Shard {
     /// is reported with the shard and the document holding it, never handed to a model (where
     /// it would end as a bare index error). Reads every token.
     pub fn check_ids(&self, vocab_size: u64) -> Result<()> {
-        let first_bad = match self.dtype {
-            Dtype::U16 => self
-                .token_bytes()
-                .chunks_exact(2)
-                .position(|c| u64::from(u16::from_le_bytes([c[0], c[1]])) >= vocab_size),
-            Dtype::U32 => self.token_bytes().chunks_exact(4).position(|c| {
-                u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])) >= vocab_size
-            }),
+        // A branch-free max first (it vectorises); the position only when there is a bad id.
+        let bytes = self.token_bytes();
+        let width = self.dtype.width();
+        let id_at = |c: &[u8]| -> u64 {
+            match self.dtype {
+                Dtype::U16 => u64::from(u16::from_le_bytes([c[0], c[1]])),
+                Dtype::U32 => u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            }
         };
+        let max = match self.dtype {
+            Dtype::U16 => bytes
+                .chunks_exact(2)
+                .fold(0u16, |m, c| m.max(u16::from_le_bytes([c[0], c[1]])))
+                as u64,
+            Dtype::U32 => bytes.chunks_exact(4).fold(0u32, |m, c| {
+                m.max(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            }) as u64,
+        };
+        if max < vocab_size {
+            return Ok(());
+        }
+        let first_bad = bytes
+            .chunks_exact(width)
+            .position(|c| id_at(c) >= vocab_size);
         let Some(at) = first_bad else { return Ok(()) };
         let mut id = [0u32; 1];
         self.read_tokens(at..at + 1, &mut id);
