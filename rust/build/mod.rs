@@ -316,7 +316,9 @@ impl Plan {
             } else {
                 self.drop_other_mix(out)?;
             }
-            // The lock goes first so that a half-built mix is never taken for a complete one.
+            // Staging first (a kill in between must leave a mix dir, not a dir that lost its
+            // lock), then the lock goes, so a half-built mix is never taken for a complete one.
+            prepare_staging(&self.staging(), &self.identity)?;
             std::fs::remove_file(&lock_path).ctx(&lock_path)?;
         }
         prepare_staging(&self.staging(), &self.identity)?;
