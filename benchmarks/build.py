@@ -54,7 +54,7 @@ BOS, EOS = 1, 2  # Llama 2's <s> and </s>
 
 def run_tinyllama(data: Path, work: Path, workers: int) -> tuple[int, int | None]:
     import tinyllama
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     spec = single_corpus_spec(work, data, TOKENIZER)
     build_mix(spec, work / "mix", workers, progress=False)

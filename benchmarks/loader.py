@@ -76,7 +76,7 @@ def spec_text(name: str, data: Path, tokenizer: Path, stage_tokens: str, batch_t
 
 
 def build(work: Path, name: str, shared: Path, stage_tokens: str, batch_tokens: int, workers: int) -> Path:
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     out = work / name
     if not (out / "mix.json").exists():
@@ -122,7 +122,7 @@ def litdata_docs(shard_path: str):
     """litdata.optimize's fn: one int32 tensor per document of a tinyllama shard."""
     import torch
 
-    from tinyllama.shards import open_shard
+    from tinyllama.data.shards import open_shard
 
     for doc in open_shard(shard_path):
         yield torch.from_numpy(doc.astype("int32"))

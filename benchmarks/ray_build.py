@@ -46,7 +46,7 @@ def child(kind: str, workers: int, spec: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     startup = 0.0
     if kind == "local":
-        from tinyllama.build import build_mix
+        from tinyllama.data.build import build_mix
 
         t = time.perf_counter()
         summary = build_mix(spec, out, workers, progress=False)
@@ -54,7 +54,7 @@ def child(kind: str, workers: int, spec: Path, out: Path) -> None:
     else:
         import ray
 
-        from tinyllama.ray_build import build_mix_ray
+        from tinyllama.data.ray_build import build_mix_ray
 
         t = time.perf_counter()
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
@@ -80,7 +80,7 @@ def _vm(field: str) -> float:
 def bands_child(spec: Path, out: Path, bands: int) -> None:
     """One band-partition task (bands 0..`bands`) over committed stores; `bands` = 0 sets up."""
     from tinyllama import _core
-    from tinyllama.spec import load_spec
+    from tinyllama.data.spec import load_spec
 
     plan = _core.BuildPlan(json.dumps(load_spec(spec).build_config(out, 1), sort_keys=True))
     if bands == 0:

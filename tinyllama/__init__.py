@@ -1,6 +1,8 @@
 """tinyllama: pretrain TinyLlama-class language models from raw corpora."""
 
 from tinyllama._core import __version__
+from tinyllama.data.mix import Mix
+from tinyllama.data.tokenizer import Tokenizer
 from tinyllama.errors import (
     InputError,
     ShardError,
@@ -9,8 +11,6 @@ from tinyllama.errors import (
     TinyllamaError,
     TokenizerError,
 )
-from tinyllama.mix import Mix
-from tinyllama.tokenizer import Tokenizer
 
 
 def load_model(path):

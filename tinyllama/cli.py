@@ -42,12 +42,12 @@ def mix_build(
     if band_partitions is not None and not ray:
         raise typer.BadParameter("--band-partitions only makes sense with --ray")
     if ray:
-        from tinyllama.ray_build import build_mix_ray
+        from tinyllama.data.ray_build import build_mix_ray
 
         s = build_mix_ray(spec, out, address, threads_per_task=workers or 1, band_partitions=band_partitions,
                           force=force, progress=not quiet)
     else:
-        from tinyllama.build import build_mix
+        from tinyllama.data.build import build_mix
 
         s = build_mix(spec, out, workers, force=force, progress=not quiet)
     if s.get("rebuilt"):
@@ -71,7 +71,7 @@ def mix_inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Per-corpus counts, the tokenizer fingerprint and the schedule of a built mix."""
-    from tinyllama.mix import Mix
+    from tinyllama.data.mix import Mix
 
     info = Mix(path).inspect()
     if as_json:
@@ -102,7 +102,7 @@ def mix_sample(
     decode: bool = typer.Option(False, "--decode", help="Print each row as text."),
 ) -> None:
     """The token ids (and source corpus) of rank's slice of the global batch at a step."""
-    from tinyllama.mix import Mix
+    from tinyllama.data.mix import Mix
 
     mix = Mix(path)
     if not 0 <= step < mix.num_steps():
@@ -120,7 +120,7 @@ def mix_sample(
         return
     tok = None
     if decode:
-        from tinyllama.tokenizer import Tokenizer
+        from tinyllama.data.tokenizer import Tokenizer
 
         tok = Tokenizer(mix.tokenizer_path)
     for i, (row, (corpus, epoch, window)) in enumerate(zip(tokens, samples)):
@@ -137,7 +137,7 @@ def mix_plot(
     out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
 ) -> None:
     """Mixture proportions and global batch size over training tokens."""
-    from tinyllama.mix import Mix
+    from tinyllama.data.mix import Mix
 
     Mix(path).plot(out)
     typer.echo(f"wrote {out}")
@@ -146,7 +146,7 @@ def mix_plot(
 @mix_app.command("verify")
 def mix_verify(path: Path = typer.Argument(..., help="A built mix dir.")) -> None:
     """Recompute every shard's checksum; names the first corrupt shard."""
-    from tinyllama.mix import Mix
+    from tinyllama.data.mix import Mix
 
     Mix(path).verify()
     typer.echo("all shards ok")

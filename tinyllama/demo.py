@@ -69,7 +69,7 @@ def run_demo(
     (e.g. `model="tiny"` for a faster run); `max_steps` is `run.max_steps`."""
     import torch
 
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
     from tinyllama.eval.generate import Sampling, generate
     from tinyllama.eval.perplexity import evaluate, format_table
     from tinyllama.hf import export, load_model

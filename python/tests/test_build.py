@@ -15,9 +15,9 @@ from conftest import CORPORA, build_with_sigkills, tree_bytes, write_spec
 
 import tinyllama
 from tinyllama import _core
-from tinyllama.build import build_mix
+from tinyllama.data.build import build_mix
+from tinyllama.data.spec import load_spec
 from tinyllama.errors import InputError, ShardError, TokenizerError
-from tinyllama.spec import load_spec
 
 
 def read_jsonl(path: Path) -> list[dict]:

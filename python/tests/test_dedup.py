@@ -14,7 +14,7 @@ import zstandard
 from conftest import CORPORA, build_with_sigkills, tree_bytes, write_spec
 
 import tinyllama
-from tinyllama.build import build_mix
+from tinyllama.data.build import build_mix
 
 STAGES = '[[stages]]\ntokens = "100K"\nbatch_tokens = 4096\nweights = { sp = 1.0 }\n'
 

@@ -36,7 +36,7 @@ MODEL = {
 
 def build_tiny_mix(out: Path) -> Path:
     """A two-corpus mix over the slice (SlimPajama + SkyPile), 10 held-out docs each."""
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     corpora = f"""
     [corpora.slimpajama]
@@ -335,7 +335,7 @@ def test_demo_leaves_the_spec_layout(tmp_path):
 def test_import_at_a_stage_start(exported, tmp_path):
     """`import-hf --stage continual` (v1.1's stage-2 start): the step where the mix's schedule
     starts that stage, with the tokens before it."""
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
     from tinyllama.hf import import_hf
 
     if not hasattr(tinyllama.Mix, "batch"):

@@ -12,7 +12,7 @@ import pytest
 from conftest import CORPORA, TOKENIZER_ZST, write_spec
 
 import tinyllama
-from tinyllama.build import build_mix
+from tinyllama.data.build import build_mix
 
 STAGES = """
 [[stages]]

@@ -19,9 +19,9 @@ from conftest import CORPORA, TOKENIZER_ZST, tree_bytes, write_spec
 
 import tinyllama
 from tinyllama import _core
-from tinyllama.build import build_mix
+from tinyllama.data.build import build_mix
+from tinyllama.data.spec import load_spec
 from tinyllama.errors import LockedError, ShardError, SpecError
-from tinyllama.spec import load_spec
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_a_token_id_past_the_vocabulary_names_the_shard_and_document(tmp_path):
     entries, ids up to 31999) builds shards holding id 31999 ("给", common in SkyPile); reading
     them is one error naming the shard and the document, not an index error in the model's
     embedding."""
-    from tinyllama.shards import open_shard
+    from tinyllama.data.shards import open_shard
 
     tok = json.loads(zstandard.ZstdDecompressor().decompress(TOKENIZER_ZST.read_bytes()))
     del tok["model"]["vocab"]["<0x61>"]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tinyllama
-from tinyllama.spec import parse_bytes, parse_count
+from tinyllama.data.spec import parse_bytes, parse_count
 
 STAGES = """
 [[stages]]
@@ -37,7 +37,7 @@ weights = { slimpajama = 0.6, skypile = 0.4 }
 
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory) -> tinyllama.Mix:
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     d = tmp_path_factory.mktemp("prop")
     corpora = f"""

@@ -14,9 +14,9 @@ import pytest
 from conftest import tree_bytes, write_spec
 
 from tinyllama import _core
-from tinyllama.build import build_mix
+from tinyllama.data.build import build_mix
+from tinyllama.data.ray_build import build_mix_ray
 from tinyllama.errors import ShardError, StorageError
-from tinyllama.ray_build import build_mix_ray
 
 DEDUP = """
 [dedup]
@@ -39,7 +39,7 @@ def test_missing_ray_names_the_extra(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["ray"] = None  # makes `import ray` raise ImportError
-        from tinyllama.ray_build import build_mix_ray, RayNotInstalledError
+        from tinyllama.data.ray_build import build_mix_ray, RayNotInstalledError
         from tinyllama.errors import TinyllamaError
         try:
             build_mix_ray({str(spec)!r}, {str(tmp_path / "out")!r})
@@ -81,7 +81,7 @@ def test_ray_driver_holds_the_out_dir_lock_and_refuses_a_foreign_dir(tmp_path, m
 
 
 def _config(spec, out) -> str:
-    from tinyllama.spec import load_spec
+    from tinyllama.data.spec import load_spec
 
     return json.dumps(load_spec(spec).build_config(out, 1), sort_keys=True)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import STAGES, write_spec
 
+from tinyllama.data.spec import load_spec, parse_count
 from tinyllama.errors import SpecError
-from tinyllama.spec import load_spec, parse_count
 
 
 def test_counts_take_decimal_suffixes():

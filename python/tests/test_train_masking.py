@@ -37,7 +37,7 @@ MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "intermediate_
 def mix(tmp_path_factory) -> Path:
     """Two corpora of the slice, BOS and EOS stored (the spec's defaults), windows of 128 tokens,
     8 sequences a step."""
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("masking-mix")

@@ -86,7 +86,7 @@ def test_wheel_in_a_clean_venv(tmp_path):
 
     # The wheel's build equals the development build, file by file (build.log aside: it
     # records host, time and paths by design).
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     ref = tmp_path / "ref"
     build_mix(ROOT / "examples/demo.toml", ref, None, progress=False)

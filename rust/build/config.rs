@@ -1,4 +1,4 @@
-//! The resolved build configuration. Python (`tinyllama/spec.py`) parses and validates the
+//! The resolved build configuration. Python (`tinyllama/data/spec.py`) parses and validates the
 //! user's TOML spec, resolves paths, and hands this over as JSON: the Rust side trusts the
 //! shape but still checks what only it can (files exist, tokenizer fits the dtype).
 

@@ -153,9 +153,9 @@ def generate(
     device: str = "cpu",
 ) -> str:
     """Load a checkpoint / HF dir, continue `prompt`, return prompt + continuation as text."""
+    from tinyllama.data.tokenizer import Tokenizer
     from tinyllama.errors import InputError
     from tinyllama.hf import find_tokenizer, load_model
-    from tinyllama.tokenizer import Tokenizer
 
     tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(path)
     if tok_path is None or not tok_path.is_file():

@@ -65,7 +65,7 @@ def spec_text(holdout: int = HOLDOUT) -> str:
 
 
 def build_task_mix(out: Path) -> Path:
-    from tinyllama.build import build_mix
+    from tinyllama.data.build import build_mix
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.toml").write_text(spec_text())

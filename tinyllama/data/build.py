@@ -22,12 +22,12 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 from tinyllama import _core
+from tinyllama.data.progress import reporter
+from tinyllama.data.spec import load_spec
 from tinyllama.errors import SpecError
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
-from tinyllama.spec import load_spec
 
 # Entries of an output dir that do not make it the user's: the lock and the log (neither is
 # part of the mix). Mirrors `check_out_dir` in rust/build/mod.rs, which checks again under
@@ -47,44 +47,6 @@ def refuse_foreign_out(out_dir: Path) -> None:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise SpecError(f"{out_dir}: not empty and not a mix dir (no mix.json, no .staging; it holds {shown}): "
                         "mix build refuses to write into it (nothing was changed); choose a new or empty --out")
-
-
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "B", "T"):
-        if abs(n) < 1000:
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}P"
-
-
-def _reporter(stream, tty: bool, every: float, keep_stages: bool = False) -> Callable:
-    """A progress callback: on a terminal one line redrawn in place (with `keep_stages`, each
-    stage's last line stays when the next stage starts); otherwise a line every `every` seconds
-    and one when a stage completes."""
-    last = {"t": 0.0, "line": ""}
-    start = time.monotonic()
-
-    def report(stage: str, done: int, total: int, docs: int, tokens: int, nbytes: int) -> None:
-        if not stage:  # polled before the first stage started
-            return
-        now = time.monotonic()
-        elapsed = max(now - start, 1e-9)
-        line = (f"{stage}: files {done}/{total}  docs {_human(docs)}  tokens {_human(tokens)}"
-                f"  {nbytes / elapsed / 1e6:.1f} MB/s  {tokens / elapsed / 1e6:.2f}M tok/s")
-        if tty:
-            width = 24
-            filled = int(width * done / total) if total else width
-            # A new stage starts on a new line: the ended stage's final counts stay visible.
-            newline = "\n" if keep_stages and last.get("stage") not in (None, stage) else ""
-            stream.write(f"{newline}\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
-            stream.flush()
-            last["stage"] = stage
-        elif line != last["line"] and (now - last["t"] >= every or done == total):
-            stream.write(line + "\n")
-            stream.flush()
-            last.update(t=now, line=line)
-
-    return report
 
 
 def build_mix(
@@ -108,10 +70,10 @@ def build_mix(
     stream = stream or sys.stderr
     with exclusive_dir_lock(out_dir, "mix build"):
         tty = hasattr(stream, "isatty") and stream.isatty()
-        reporter = _reporter(stream, tty, every=5.0, keep_stages=True) if progress else None
+        report = reporter(stream, tty, every=5.0, keep_stages=True) if progress else None
         started = time.time()
-        summary = _core.build_mix(json.dumps(config), reporter)
-        if tty and reporter:
+        summary = _core.build_mix(json.dumps(config), report)
+        if tty and report:
             stream.write("\n")
         seconds = time.time() - started
         summary["seconds"] = seconds

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from tinyllama import _core
+from tinyllama.data.shards import ShardView, open_shard
 from tinyllama.errors import ShardError, SpecError
-from tinyllama.shards import ShardView, open_shard
 
 _INSPECT_KEYS = ("files", "docs_read", "docs_filtered", "docs_skipped", "exact_duplicates",
                  "near_duplicates", "docs_kept", "docs_holdout", "tokens", "holdout_tokens", "shards")
@@ -148,8 +148,8 @@ class Mix:
         return [(names[c], e, w) for c, e, w in self.sampler.samples(step, rank, world)]
 
     def loader(self, rank: int = 0, world: int = 1, start_step: int = 0, **kw):
-        """The zero-copy ring-buffer loader over this mix (see `tinyllama.loader`)."""
-        from tinyllama.loader import Loader
+        """The zero-copy ring-buffer loader over this mix (see `tinyllama.data.loader`)."""
+        from tinyllama.data.loader import Loader
 
         return Loader(self, rank=rank, world=world, start_step=start_step, **kw)
 

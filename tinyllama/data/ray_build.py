@@ -27,7 +27,7 @@ was committed.
 The driver holds the output dir's exclusive lock (`OUT/.lock`, `tinyllama.lock`) for the
 whole build, as the local build does: a second driver (or local build) on the same dir fails
 at once naming the holder. The same rules for what `--out` may hold apply (see
-`tinyllama.build`). The output dir (and the inputs and the tokenizer, at the same absolute
+`tinyllama.data.build`). The output dir (and the inputs and the tokenizer, at the same absolute
 paths) must be on a filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write their staged
 outputs there and the driver reads them back. Every node needs tinyllama installed.
 """
@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from tinyllama import _core
-from tinyllama.build import _human, _reporter, refuse_foreign_out
+from tinyllama.data.build import refuse_foreign_out
+from tinyllama.data.progress import human, reporter
+from tinyllama.data.spec import load_spec
 from tinyllama.errors import TinyllamaError
 from tinyllama.lock import exclusive_dir_lock
-from tinyllama.spec import load_spec
 
 EXTRA = "tinyllama-forge[ray]"
 
@@ -179,18 +180,18 @@ class _Stage:
 
     def line(self) -> str:
         if self.name == "dedup":
-            return f"dedup: {self.done} tasks ({self.resumed} resumed), {_human(self.removed)} duplicates removed"
+            return f"dedup: {self.done} tasks ({self.resumed} resumed), {human(self.removed)} duplicates removed"
         if self.name == "layout":
             return f"layout: {self.done} tasks"
         if self.name == "exact":
-            return f"exact: {self.done} tasks ({self.resumed} resumed), {_human(self.pairs)} exact duplicates"
+            return f"exact: {self.done} tasks ({self.resumed} resumed), {human(self.pairs)} exact duplicates"
         if self.name == "bands":
-            return f"bands: {self.done} tasks ({self.resumed} resumed), {_human(self.pairs)} near-duplicate edges"
+            return f"bands: {self.done} tasks ({self.resumed} resumed), {human(self.pairs)} near-duplicate edges"
         span = max(self.last - self.started, 1e-9)
         rate = f", {self.docs / span:,.0f} docs/s" + (f", {self.tokens / span / 1e6:.2f}M tok/s" if self.tokens else "")
-        size = f", {_human(self.bytes)}B" if self.bytes else ""
-        return (f"{self.name}: {self.done} tasks ({self.resumed} resumed), docs {_human(self.docs)}, "
-                f"tokens {_human(self.tokens)}{size}{rate} (since submission)")
+        size = f", {human(self.bytes)}B" if self.bytes else ""
+        return (f"{self.name}: {self.done} tasks ({self.resumed} resumed), docs {human(self.docs)}, "
+                f"tokens {human(self.tokens)}{size}{rate} (since submission)")
 
 
 def build_mix_ray(
@@ -254,7 +255,7 @@ def _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, ba
             kwargs["num_cpus"] = num_cpus
         ray.init(address=address, **kwargs)
     try:
-        report = _reporter(stream, tty, every=5.0) if progress else None  # rates from here, not Ray's start
+        report = reporter(stream, tty, every=5.0) if progress else None  # rates from here, not Ray's start
         ranges = [driver_plan.band_ranges(c, band_partitions or 1 << 30) for c in range(len(corpora))]
         stages = _run_tasks(ray, config_json, corpora, ranges, threads_per_task, max_retries, _chaos, report, tty,
                             stream)
