@@ -92,6 +92,13 @@ def mix_inspect(
                              "ramp tokens", "weights"]))
 
 
+def _check_step(mix, path: Path, step: int, rank: int, world: int) -> None:
+    if not 0 <= step < mix.num_steps():
+        raise TinyllamaError(f"--step {step}: the schedule of {path} has steps 0..{mix.num_steps() - 1}")
+    if not 0 <= rank < world:
+        raise TinyllamaError(f"--rank {rank} --world {world}: the rank must be in 0..{world - 1}")
+
+
 @mix_app.command("sample")
 def mix_sample(
     path: Path = typer.Argument(..., help="A built mix dir."),
@@ -105,10 +112,7 @@ def mix_sample(
     from tinyllama.data.mix import Mix
 
     mix = Mix(path)
-    if not 0 <= step < mix.num_steps():
-        raise TinyllamaError(f"--step {step}: the schedule of {path} has steps 0..{mix.num_steps() - 1}")
-    if not 0 <= rank < world:
-        raise TinyllamaError(f"--rank {rank} --world {world}: the rank must be in 0..{world - 1}")
+    _check_step(mix, path, step, rank, world)
     tokens, corpora = mix.batch(step, rank, world)
     samples = mix.samples(step, rank, world)
     if as_json:
@@ -129,6 +133,29 @@ def mix_sample(
             typer.echo(f"{head}\n{tok.decode(row.tolist(), skip_special_tokens=False)}\n")
         else:
             typer.echo(f"{head}: {' '.join(map(str, row[:16].tolist()))} ...")
+
+
+@mix_app.command("trace")
+def mix_trace(
+    path: Path = typer.Argument(..., help="A built mix dir."),
+    step: int = typer.Option(..., "--step", help="Global optimizer step."),
+    rank: int = typer.Option(0, "--rank"),
+    world: int = typer.Option(1, "--world"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: a list of fragments."),
+) -> None:
+    """Where every document fragment of rank's slice at a step comes from: corpus, input file,
+    row, and the token span taken from the document."""
+    from tinyllama.data.mix import Mix
+
+    mix = Mix(path)
+    _check_step(mix, path, step, rank, world)
+    df = mix.trace(step, rank, world)
+    if as_json:
+        typer.echo(json.dumps({"step": step, "rank": rank, "world": world, "fragments": df.to_dicts()}))
+        return
+    rows = [[str(r["seq"]), r["corpus"], r["source"], f"{r['row']:,}", f"{r['doc_start']:,}-{r['doc_end']:,}",
+             f"{r['seq_start']:,}"] for r in df.iter_rows(named=True)]
+    typer.echo(_table(rows, ["seq", "corpus", "source", "row", "doc tokens", "at"]))
 
 
 @mix_app.command("plot")

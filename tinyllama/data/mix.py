@@ -44,6 +44,7 @@ class Mix:
         self.lock: dict[str, Any] = json.loads(lock.read_text())
         self._manifests: dict[str, dict] = {}
         self._sampler: _core.MixSampler | None = None
+        self._doc_index: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self._verified: set[Path] = set()
 
     # -- metadata --------------------------------------------------------------------------
@@ -146,6 +147,60 @@ class Mix:
         """(corpus, epoch, window) of each row of `batch(step, rank, world)`."""
         names = self.corpora
         return [(names[c], e, w) for c, e, w in self.sampler.samples(step, rank, world)]
+
+    def trace(self, step: int, rank: int = 0, world: int = 1):
+        """Provenance of `batch(step, rank, world)`: one row per document fragment of every
+        sequence, in order, as a polars.DataFrame with
+            seq          the sequence's index in this rank's slice
+            corpus, epoch, window
+            source, row  the input file (relative to its corpus' base) and its line / parquet row
+            doc          the document's index among the corpus' kept training documents
+            doc_start, doc_end   the token span taken from the document ([start, end), BOS/EOS
+                         counted as stored)
+            seq_start    where the fragment starts in the sequence (its seq_len + 1 tokens)
+        Concatenating each sequence's fragments gives its tokens exactly (tested)."""
+        import polars as pl
+
+        cols: dict[str, list] = {k: [] for k in ("seq", "corpus", "epoch", "window", "source", "row", "doc",
+                                                 "doc_start", "doc_end", "seq_start")}
+        width = self.seq_len + 1
+        for i, (corpus, epoch, window) in enumerate(self.samples(step, rank, world)):
+            starts, sources, files = self._document_index(corpus)
+            a = window * self.seq_len
+            b = a + width
+            first = int(np.searchsorted(starts, a, side="right")) - 1
+            last = int(np.searchsorted(starts, b, side="left"))  # exclusive
+            for d in range(first, last):
+                lo, hi = max(a, int(starts[d])), min(b, int(starts[d + 1]))
+                cols["seq"].append(i)
+                cols["corpus"].append(corpus)
+                cols["epoch"].append(epoch)
+                cols["window"].append(window)
+                cols["source"].append(files[int(sources[d, 0])])
+                cols["row"].append(int(sources[d, 1]))
+                cols["doc"].append(d)
+                cols["doc_start"].append(lo - int(starts[d]))
+                cols["doc_end"].append(hi - int(starts[d]))
+                cols["seq_start"].append(lo - a)
+        schema = {"seq": pl.UInt32, "corpus": pl.Utf8, "epoch": pl.UInt64, "window": pl.UInt64, "source": pl.Utf8,
+                  "row": pl.UInt64, "doc": pl.UInt64, "doc_start": pl.UInt64, "doc_end": pl.UInt64,
+                  "seq_start": pl.UInt32}
+        return pl.DataFrame(cols, schema=schema)
+
+    def _document_index(self, corpus: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(start of every training document in the corpus' token stream + the end, their
+        (file index, row), the manifest's file paths), built once per corpus from the shards'
+        own offset tables (no token is read)."""
+        if corpus not in self._doc_index:
+            starts, sources, base = [np.zeros(1, dtype=np.uint64)], [], 0
+            for shard in self.shards(corpus):
+                starts.append(shard.offsets[1:].astype(np.uint64) + np.uint64(base))
+                sources.append(np.asarray(shard.sources))
+                base += int(shard.offsets[-1])
+            files = [f["path"] for f in self.manifest(corpus)["files"]]
+            self._doc_index[corpus] = (np.concatenate(starts), np.concatenate(sources) if sources
+                                       else np.zeros((0, 2), dtype=np.uint64), files)
+        return self._doc_index[corpus]
 
     def loader(self, rank: int = 0, world: int = 1, start_step: int = 0, **kw):
         """The zero-copy ring-buffer loader over this mix (see `tinyllama.data.loader`)."""
