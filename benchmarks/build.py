@@ -57,7 +57,8 @@ def run_tinyllama(data: Path, work: Path, workers: int) -> tuple[int, int | None
     from tinyllama.data.build import build_mix
 
     spec = single_corpus_spec(work, data, TOKENIZER)
-    build_mix(spec, work / "mix", workers, progress=False)
+    # force: a previous run of another size left its (complete) mix here; this build replaces it
+    build_mix(spec, work / "mix", workers, progress=False, force=True)
     totals = tinyllama.Mix(work / "mix").inspect()["corpora"]["c"]
     return totals["tokens"], totals["docs_kept"]
 
