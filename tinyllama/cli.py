@@ -186,11 +186,18 @@ def train(
     overrides: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set run.max_steps=50."),
     allow_mix_change: bool = typer.Option(
         False, "--allow-mix-change", help="With --resume: continue on a mix other than the checkpoint's."),
+    anneal_from: Optional[Path] = typer.Option(
+        None, "--anneal-from", help="Branch a new run (the config's out) from this checkpoint of another run."),
+    anneal_steps: int = typer.Option(
+        0, "--anneal-steps", help="With --anneal-from: decay the lr to min_lr over N steps."),
 ) -> None:
-    """Train (single process, or under torchrun for many GPUs / nodes)."""
+    """Train (single process, or under torchrun for many GPUs / nodes). --anneal-from CKPT
+    --anneal-steps N: a new run that continues CKPT's weights, optimizer and data stream and
+    decays the lr from CKPT's to optim.min_lr over N steps (--resume continues the branch)."""
     from tinyllama.train import train_main
 
-    train_main(str(config), resume=resume, overrides=overrides, allow_mix_change=allow_mix_change)
+    train_main(str(config), resume=resume, overrides=overrides, allow_mix_change=allow_mix_change,
+               anneal_from=str(anneal_from) if anneal_from else None, anneal_steps=anneal_steps)
 
 
 @app.command("export")

@@ -37,22 +37,20 @@ def _windows(doc: np.ndarray, L: int):
         yield chunk[:-1], chunk[1:]
 
 
-@torch.no_grad()
-def _score(model, pairs: list[tuple[np.ndarray, np.ndarray]], batch_size: int, device) -> tuple[float, int]:
-    """Summed NLL (float64) and token count of (input, target) windows; equal lengths batched."""
+def _batches(pairs: list[tuple[np.ndarray, np.ndarray]], batch_size: int) -> list[list]:
+    """The (input, target) windows grouped into batches of equal length, in a fixed order."""
     by_len: dict[int, list] = {}
     for x, y in pairs:
         by_len.setdefault(len(x), []).append((x, y))
-    nll, n = 0.0, 0
-    for _, group in sorted(by_len.items()):
-        for i in range(0, len(group), batch_size):
-            part = group[i : i + batch_size]
-            x = torch.from_numpy(np.stack([p[0] for p in part])).to(device)
-            y = torch.from_numpy(np.stack([p[1] for p in part])).to(device)
-            logits = model(x).float()
-            nll += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double())
-            n += y.numel()
-    return nll, n
+    return [group[i : i + batch_size] for _, group in sorted(by_len.items()) for i in range(0, len(group), batch_size)]
+
+
+@torch.no_grad()
+def _batch_nll(model, part: list, device) -> tuple[float, int]:
+    x = torch.from_numpy(np.stack([p[0] for p in part])).to(device)
+    y = torch.from_numpy(np.stack([p[1] for p in part])).to(device)
+    logits = model(x).float()
+    return float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double()), y.numel()
 
 
 def evaluate(
@@ -62,47 +60,83 @@ def evaluate(
     seq_len: int | None = None,
     batch_size: int = 8,
     max_docs: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    all_reduce_sum=None,
 ) -> dict:
-    """Perplexity of `model` (a `Llama`) on the held-out documents of `mix` (a `tinyllama.Mix`
-    or its path). Returns {"seq_len", "corpora": {name: {docs, tokens, nll, perplexity}}, "all"}."""
+    """Perplexity of `model` (a `Llama`) on the held-out documents of `mix` (a `tinyllama.Mix`,
+    anything with its `documents(corpus, holdout=True)` / `corpora` / `seq_len` / `lock`, or a
+    mix path). Returns {"seq_len", "corpora": {name: {docs, tokens, nll, perplexity}}, "all"}.
+
+    Sharded (the trainer's `run.eval_every`): every rank builds the same batch list, rank r
+    scores batches r, r + world, ...; a rank with one batch fewer scores a padding batch and
+    drops it (under FSDP every forward is collective: all ranks run the same number); the
+    per-corpus (nll, tokens) sums are then summed over the ranks with `all_reduce_sum`
+    (a float64 tensor in, the sum out). world = 1 is `tinyllama eval`: the same windows, the
+    same batches, the same reduction."""
     import tinyllama
 
-    if not isinstance(mix, tinyllama.Mix):
+    if isinstance(mix, (str, os.PathLike)):
         mix = tinyllama.Mix(mix)
     max_len = model.config.max_seq_len
     L = seq_len or min(mix.seq_len, max_len)
     if not 0 < L <= max_len:
         raise SpecError(f"--seq-len must be in [1, {max_len}] (the model's max_seq_len), got {L}")
     vocab = model.config.vocab_size
-    if int(mix.lock.get("vocab_size", 0)) > vocab:
-        raise SpecError(f"{mix.path}: the mix's tokenizer has {mix.lock['vocab_size']} ids, the model only {vocab}")
-    names = list(corpora) if corpora else mix.corpora
+    lock = getattr(mix, "lock", None) or {}
+    if int(lock.get("vocab_size", 0)) > vocab:
+        raise SpecError(f"{mix.path}: the mix's tokenizer has {lock['vocab_size']} ids, the model only {vocab}")
+    names = list(corpora) if corpora else list(mix.corpora)
     device = next(model.parameters()).device
+    was_training = model.training
     model.eval()
-    out: dict = {"seq_len": L, "corpora": {}}
-    tot_nll, tot_n = 0.0, 0
-    for name in names:
-        docs = 0
+    ndocs, batches = {}, []  # batches: (corpus index, batch)
+    for ci, name in enumerate(names):
         pairs = []
+        ndocs[name] = 0
         for doc in mix.documents(name, holdout=True):
-            if max_docs is not None and docs >= max_docs:
+            if max_docs is not None and ndocs[name] >= max_docs:
                 break
-            docs += 1
+            ndocs[name] += 1
             pairs.extend(_windows(doc, L))
-        nll, n = _score(model, pairs, batch_size, device)
+        batches += [(ci, b) for b in _batches(pairs, batch_size)]
+    sums = torch.zeros(len(names), 2, dtype=torch.float64)
+    rounds = -(-len(batches) // world)
+    for i in range(rounds):
+        k = i * world + rank
+        ci, part = batches[k] if k < len(batches) else (None, batches[0][1])  # padding: same forward count
+        nll, n = _batch_nll(model, part, device)
+        if ci is not None:
+            sums[ci, 0] += nll
+            sums[ci, 1] += n
+    if world > 1:
+        sums = all_reduce_sum(sums.to(device)).cpu()
+    if was_training:
+        model.train()
+    out: dict = {"seq_len": L, "corpora": {}}
+    for ci, name in enumerate(names):
+        nll, n = float(sums[ci, 0]), int(sums[ci, 1])
         out["corpora"][name] = {
-            "docs": docs,
+            "docs": ndocs[name],
             "tokens": n,
             "nll": nll / n if n else None,
             "perplexity": math.exp(nll / n) if n else None,
         }
-        tot_nll, tot_n = tot_nll + nll, tot_n + n
+    tot_nll, tot_n = float(sums[:, 0].sum()), int(sums[:, 1].sum())
     out["all"] = {
         "tokens": tot_n,
         "nll": tot_nll / tot_n if tot_n else None,
         "perplexity": math.exp(tot_nll / tot_n) if tot_n else None,
     }
     return out
+
+
+def validation_record(result: dict) -> dict:
+    """The metrics.jsonl / TensorBoard keys of an `evaluate` result: `val/loss/<corpus>` (mean
+    NLL per predicted token) and `val/loss` (over all corpora's tokens)."""
+    rec = {f"val/loss/{name}": r["nll"] for name, r in result["corpora"].items()}
+    rec["val/loss"] = result["all"]["nll"]
+    return rec
 
 
 def format_table(result: dict) -> str:

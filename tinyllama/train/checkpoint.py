@@ -309,6 +309,7 @@ class Checkpointer:
         self.dir, self.cfg, self.d = Path(ckpt_dir), cfg, d
         self.notes: list[str] = []  # what restore skipped or decided, for the run's log
         self.saved = -1
+        self.trainer: dict | None = None  # trainer.json of the checkpoint restored last
 
     def latest_name(self) -> str:
         return _name(latest_checkpoint(self.dir))
@@ -359,7 +360,7 @@ class Checkpointer:
                 state, why = None, str(e)
             whys = [w for w in all_gather_objects(why) if w]
             if not whys:
-                self.saved = int(state["step"])
+                self.saved, self.trainer = int(state["step"]), state
                 self.notes.append(f"resumed from {path}")
                 return int(state["step"]), int(state["tokens"])
             self.notes.append(f"--resume: skipped {path.name}: {whys[0]}")
@@ -369,6 +370,38 @@ class Checkpointer:
                 + "; ".join(n.removeprefix("--resume: skipped ") for n in self.notes)
             )
         self.notes.append(f"--resume: no checkpoint in {self.dir}, starting fresh")
+        self.trainer = None
+        return 0, 0
+
+    def load_origin(self, path: Path, model, opt, mix: dict | None, allow_mix_change: bool) -> tuple[int, int]:
+        """Collective: (step, tokens) of another run's checkpoint `path` (an annealing
+        branch's parent), loaded into `model` and `opt` after the same checks as a resume."""
+        from tinyllama.train.parallel import all_gather_objects
+
+        why = all_gather_objects(verify(path) if self.d.is_main else None)[0]
+        if why is not None:
+            raise CheckpointError(f"{path}: {why}")
+        trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+        check_compatible(path, trainer, self.cfg, mix, allow_mix_change)
+        state = load(path, model, opt, rank=self.d.rank)
+        if not all(all_gather_objects(weights_finite(model))):
+            raise CheckpointError(f"{path}: non-finite weights")
+        self.trainer = state
+        return int(state["step"]), int(state["tokens"])
+
+    def rewind(self, model, opt, mix: dict | None, origin: Path | None, seed: int) -> tuple[int, int]:
+        """Collective (the guard): back to the newest committed checkpoint of this run; none
+        yet: to `origin` (an annealing branch's parent), else to the initial weights and an
+        empty optimizer state. (step, tokens) of where it went."""
+        notes = len(self.notes)
+        step, tokens = self.restore(model, opt, mix, allow_mix_change=True)
+        del self.notes[notes:]
+        if self.trainer is not None:
+            return step, tokens
+        if origin is not None:
+            return self.load_origin(origin, model, opt, mix, allow_mix_change=True)
+        model.init_weights(seed)
+        opt.state.clear()
         return 0, 0
 
 

@@ -8,7 +8,8 @@
     [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip,
             schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
-            activation_checkpointing, seed, peak_tflops, document_masking
+            activation_checkpointing, seed, peak_tflops, document_masking, eval_every
+    [run.guard] enabled, spike_factor, window, max_rewinds
 
 Paths in the file are relative to the file; paths given with `--set` are relative to the
 current directory. Every error is a `SpecError` naming the file and the key, in the shape the
@@ -45,6 +46,20 @@ class OptimConfig:
 
 
 @dataclass
+class GuardConfig:
+    """`[run.guard]`: a step whose loss is NaN / inf, or above `spike_factor` x the median of
+    the last `window` applied steps' losses (checked once `window` steps are in), is not
+    applied: the run rewinds to its last checkpoint and skips that step's batch. After
+    `max_rewinds` rewinds with no step applied in between, the next failure stops the run.
+    `enabled = false`: a non-finite step stops the run at once; spikes are not checked."""
+
+    enabled: bool = True
+    spike_factor: float = 3.0
+    window: int = 100
+    max_rewinds: int = 3
+
+
+@dataclass
 class RunConfig:
     max_steps: int = 0  # 0 = the mix's whole schedule; also the length of the cosine schedule
     stop_after: int = 0  # end this invocation after this step (schedule unchanged); 0 = never
@@ -60,6 +75,8 @@ class RunConfig:
     # and no position is scored on the next document's first token. false: TinyLlama's packing
     # (one causal sequence per window, every position scored). A resume keeps the checkpoint's.
     document_masking: bool = True
+    eval_every: int = 0  # validation loss on the mix's held-out documents every N steps (and at the end); 0 = off
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass
@@ -134,7 +151,10 @@ def _build(raw: dict, source: str) -> TrainConfig:
         micro_batch = coerce(raw.get("micro_batch", 8), int, "micro_batch")
         if micro_batch <= 0:
             raise key_error("micro_batch", f"must be > 0, got {micro_batch}")
+        run_raw = raw.get("run", {})
+        guard_raw = run_raw.pop("guard", {}) if isinstance(run_raw, dict) else {}
         sections = {name: build_dataclass(cls, raw.get(name, {}), f"{name}.") for name, cls in _SECTIONS.items()}
+        sections["run"].guard = build_dataclass(GuardConfig, guard_raw, "run.guard.")
         cfg = TrainConfig(
             mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **sections
         )
@@ -186,7 +206,14 @@ def _validate(cfg: TrainConfig) -> None:
         fail("optim.decay_fraction", f"must be in (0, 1], got {o.decay_fraction}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", "must be >= 0 (0 disables clipping)")
-    for k in ("max_steps", "stop_after", "save_every"):
+    g = r.guard
+    if g.spike_factor <= 1:
+        fail("run.guard.spike_factor", f"must be > 1, got {g.spike_factor}")
+    if g.window <= 0:
+        fail("run.guard.window", "must be > 0")
+    if g.max_rewinds <= 0:
+        fail("run.guard.max_rewinds", "must be > 0")
+    for k in ("max_steps", "stop_after", "save_every", "eval_every"):
         if getattr(r, k) < 0:
             fail(f"run.{k}", "must be >= 0")
     if r.peak_tflops < 0:

@@ -32,14 +32,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tinyllama.errors import SpecError, TinyllamaError, TrainingError
+from tinyllama.errors import CheckpointError, SpecError, TinyllamaError, TrainingError
 from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, document_ids_from_tokens
-from tinyllama.train.checkpoint import Checkpointer, mix_identity
+from tinyllama.train.checkpoint import Checkpointer, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
+from tinyllama.train.guard import Guard
 from tinyllama.train.metrics import MetricsLogger, MetricsWindow
-from tinyllama.train.optim import build_optimizer, lr_at
-from tinyllama.train.parallel import Dist, all_gather_objects, init_distributed, parallelize, shutdown
+from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
+from tinyllama.train.parallel import Dist, all_gather_objects, all_reduce_sum, init_distributed, parallelize, shutdown
 from tinyllama.train.preempt import StopOnSignal
 
 
@@ -147,10 +148,12 @@ def iter_batches(source: BatchSource, start: int, end: int, d: Dist):
 
 
 def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp,
-               markers: tuple[int | None, int | None] = LLAMA_MARKERS) -> dict:
+               markers: tuple[int | None, int | None] = LLAMA_MARKERS, check=None) -> dict:
     """One optimizer step on this rank's slice `tokens` [n_local, seq_len + 1]. `markers` are
     the (BOS, EOS) ids that delimit documents (`document_markers`), read when
-    `run.document_masking` is on."""
+    `run.document_masking` is on. `check(loss, grad_finite)` (the guard's verdict on the
+    global batch's mean loss) returns None to apply the update, else why not; by default only
+    a non-finite gradient norm is refused. The result's "why" is None when it was applied."""
     mb = cfg.micro_batch
     n_local = tokens.shape[0]
     accum = n_local // mb
@@ -183,12 +186,16 @@ def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp,
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
     # A non-finite loss anywhere makes the (global) gradient norm non-finite: such an update is
-    # never applied. The check costs one host sync per step, small next to a step's compute.
-    applied = bool(torch.isfinite(grad_norm))
-    if applied:
+    # never applied; nor one the guard refuses. The check costs one host sync and one scalar
+    # all-reduce per step, small next to a step's compute.
+    losses = torch.cat(seq_losses)
+    loss = float(all_reduce_sum(losses.sum().double().reshape(1))) / (n_local * d.world)
+    finite = bool(torch.isfinite(grad_norm))
+    why = check(loss, finite) if check is not None else (None if finite else "the gradient norm is not finite")
+    if why is None:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"seq_losses": torch.cat(seq_losses), "grad_norm": grad_norm.detach(), "applied": applied}
+    return {"seq_losses": losses, "grad_norm": grad_norm.detach(), "loss": loss, "why": why, "applied": why is None}
 
 
 def init_model_and_optimizer(
@@ -217,17 +224,58 @@ class Plan:
     total: int  # steps of the lr schedule
     end: int  # this invocation stops after step `end - 1`
     mix: dict | None  # the mix's identity, recorded in checkpoints (None for a stand-in source)
+    cfg: TrainConfig | None = None
+    # an annealing branch: {"path", "step", "lr", "steps"} of the parent checkpoint it decays from
+    annealed_from: dict | None = None
+
+    def lr(self, step: int) -> float:
+        a = self.annealed_from
+        if a:
+            return anneal_lr(step, self.cfg, a["step"], a["lr"], a["steps"])
+        return lr_at(step, self.cfg, self.total)
 
 
-def preflight(cfg: TrainConfig, source: BatchSource, d: Dist) -> Plan:
+def branch_origin(cfg: TrainConfig, resume: bool, anneal_from: str | None, anneal_steps: int) -> dict | None:
+    """Where an annealing branch starts (`--anneal-from CKPT --anneal-steps N`): the parent
+    checkpoint's path, step and lr; on `--resume` of a branch, what its train-config.json
+    recorded. None for an ordinary run."""
+    if resume:
+        if anneal_from:
+            raise SpecError("--anneal-from starts a new run dir; --resume continues one (its anneal included)")
+        recorded = Path(cfg.out) / "train-config.json"
+        return json.loads(recorded.read_text(encoding="utf-8")).get("annealed_from") if recorded.is_file() else None
+    if not anneal_from:
+        if anneal_steps:
+            raise SpecError("--anneal-steps needs --anneal-from CKPT")
+        return None
+    if anneal_steps <= 0:
+        raise SpecError(f"--anneal-steps must be > 0, got {anneal_steps}")
+    path = resolve(Path(anneal_from))
+    trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    if trainer.get("lr") is None:
+        raise CheckpointError(f"{path}: trainer.json records no lr to anneal from (not a training checkpoint?)")
+    return {"path": str(path.resolve()), "step": int(trainer["step"]), "lr": float(trainer["lr"]),
+            "steps": anneal_steps}
+
+
+def preflight(cfg: TrainConfig, source: BatchSource, d: Dist, origin: dict | None = None) -> Plan:
     """The config checked against the data source once: step counts, vocabulary, sequence
-    length and the micro-batch split of every stage's global batch."""
+    length, held-out documents for validation and the micro-batch split of every stage's
+    global batch."""
     total = cfg.run.max_steps or source.num_steps()
+    if origin:  # an annealing branch: N steps on from its parent's step, whatever max_steps says
+        total = origin["step"] + origin["steps"]
+        if total > source.num_steps():
+            raise SpecError(f"--anneal-steps {origin['steps']}: from step {origin['step']} the branch would end "
+                            f"after the mix's schedule of {source.num_steps()} steps")
     if total > source.num_steps():
         raise SpecError(
             f"{cfg.source}: key 'run.max_steps': {total} steps exceed the mix's schedule of "
             f"{source.num_steps()} steps (0 = the whole schedule)"
         )
+    if cfg.run.eval_every and not hasattr(source, "documents"):
+        raise SpecError(f"{cfg.source}: key 'run.eval_every': the data source ({type(source).__name__}) has no "
+                        f"held-out documents; validation needs a built mix (or set run.eval_every = 0)")
     end = min(total, cfg.run.stop_after) if cfg.run.stop_after else total
     lock = getattr(source, "lock", None)
     if lock and int(lock.get("vocab_size", 0)) > cfg.model.vocab_size:
@@ -253,40 +301,75 @@ def preflight(cfg: TrainConfig, source: BatchSource, d: Dist) -> Plan:
                 f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
                 f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}"
             )
-    return Plan(total=total, end=end, mix=mix_identity(lock) if lock else None)
+    return Plan(total=total, end=end, mix=mix_identity(lock) if lock else None, cfg=cfg, annealed_from=origin)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = None,
-          allow_mix_change: bool = False) -> Path:
+          allow_mix_change: bool = False, anneal_from: str | None = None, anneal_steps: int = 0) -> Path:
     """Run (or resume) training; returns the out dir. Works alone or under torchrun. The out
     dir is locked for the whole run: a second process on it is refused before it changes
-    anything."""
+    anything. `anneal_from` / `anneal_steps`: a new run that branches from another run's
+    checkpoint and decays the lr to `min_lr` over that many steps (`branch_origin`)."""
     torch.set_float32_matmul_precision("high")
+    origin = branch_origin(cfg, resume, anneal_from, anneal_steps)
     d = init_distributed()
     try:
         with lock_out_dir(cfg.out, d), StopOnSignal() as stop:
             data = source if source is not None else open_data(cfg)
-            return _train(cfg, resume, data, d, stop, allow_mix_change)
+            return _train(cfg, resume, data, d, stop, allow_mix_change, origin)
     finally:
         if d.owns_group:
             shutdown()
 
 
+class Validation:
+    """`run.eval_every`: the held-out loss per corpus (`eval.perplexity.evaluate`, sharded over
+    the ranks), every N steps and at the last step."""
+
+    def __init__(self, cfg: TrainConfig, source, d: Dist):
+        self.every, self.source, self.d, self.batch = cfg.run.eval_every, source, d, cfg.micro_batch
+
+    def due(self, step: int, end: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == end)
+
+    def __call__(self, model, step: int) -> dict:
+        from tinyllama.eval.perplexity import evaluate, validation_record
+
+        result = evaluate(model, self.source, batch_size=self.batch, rank=self.d.rank, world=self.d.world,
+                          all_reduce_sum=all_reduce_sum)
+        return {"step": step, **validation_record(result)}
+
+
+def _start(ckpts: Checkpointer, plan: Plan, model, opt, resume: bool, allow_mix_change: bool) -> tuple[int, int]:
+    if resume:
+        return ckpts.restore(model, opt, plan.mix, allow_mix_change)
+    if plan.annealed_from:
+        step, tokens = ckpts.load_origin(Path(plan.annealed_from["path"]), model, opt, plan.mix, allow_mix_change)
+        ckpts.notes.append(f"annealing from {plan.annealed_from['path']} (step {step}, lr "
+                           f"{plan.annealed_from['lr']:.3g}) to {ckpts.cfg.optim.min_lr:.3g} over "
+                           f"{plan.annealed_from['steps']} steps")
+        return step, tokens
+    return 0, 0
+
+
 def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: StopOnSignal,
-           allow_mix_change: bool) -> Path:
-    plan = preflight(cfg, source, d)
+           allow_mix_change: bool, origin: dict | None = None) -> Path:
+    plan = preflight(cfg, source, d, origin)
     ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)
     if not resume:
         ckpts.refuse_existing()
     markers = document_markers(source)
     model, opt, amp = init_model_and_optimizer(cfg, d)
-    step, tokens_seen = ckpts.restore(model, opt, plan.mix, allow_mix_change) if resume else (0, 0)
+    step, tokens_seen = _start(ckpts, plan, model, opt, resume, allow_mix_change)
+    guard, validate = Guard(cfg), Validation(cfg, source, d)
+    guard.load(ckpts.trainer)
     if d.is_main:
         ckpts.clean_partial()
-        (Path(cfg.out) / "train-config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
+        (Path(cfg.out) / "train-config.json").write_text(
+            json.dumps({**cfg.to_dict(), "annealed_from": plan.annealed_from}, indent=1), encoding="utf-8")
     d.barrier()
     log = MetricsLogger(cfg.out, d.is_main, resume_step=step)
     for line in ckpts.notes:
@@ -296,42 +379,70 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
                     "found: each window is one sequence, as with document_masking = false")
     window = MetricsWindow(cfg, d)
     model.train()
-    for tokens, corpora in iter_batches(source, step, plan.end, d):
-        n_global = source.batch_sequences(step)
-        lr = lr_at(step, cfg, plan.total)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        r = train_step(model, opt, tokens, cfg, d, amp, markers)
-        if not r["applied"]:
-            raise TrainingError(
-                f"step {step}: the loss or gradient norm is not finite (grad norm {float(r['grad_norm'])}); the "
-                f"update was not applied and the run stopped. Last good checkpoint: {ckpts.latest_name()} "
-                f"(lower optim.lr or raise optim.warmup_steps, then --resume)"
-            )
-        step += 1
-        tokens_seen += n_global * (tokens.shape[1] - 1)
-        window.add(r, corpora, n_global, tokens.shape[1] - 1)
-        if step % cfg.run.log_every == 0 or step == plan.end:
-            log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
-        stopping = stop.requested(d)
-        if ckpts.due(step, plan.end, stopping):
-            path = ckpts.save(step, model, opt, {"tokens": tokens_seen, "total_steps": plan.total, "lr": lr,
-                                                 "config": cfg.to_dict(), "mix": plan.mix,
-                                                 "document_masking": cfg.run.document_masking})
-            log.message(f"saved {path}")
-            window.restart_clock()  # do not count the save in tokens/s
-        if stopping:
-            log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
-            break
+    stopping = False
+    while step < plan.end and not stopping:
+        for tokens, corpora in iter_batches(source, step, plan.end, d):
+            n_global, lr = source.batch_sequences(step), plan.lr(step)
+            if guard.skips(step):
+                log.event({"step": step, "event": "skip", "lr": lr})
+            else:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                r = train_step(model, opt, tokens, cfg, d, amp, markers, check=guard.verdict)
+                if r["why"] is not None:
+                    step, tokens_seen = _rewind(step, r, guard, ckpts, model, opt, plan, log, window)
+                    break
+                guard.applied(r["loss"])
+                tokens_seen += n_global * (tokens.shape[1] - 1)
+                window.add(r, corpora, n_global, tokens.shape[1] - 1)
+            step += 1
+            if window and (step % cfg.run.log_every == 0 or step == plan.end):
+                log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
+            if validate.due(step, plan.end):
+                log.event(validate(model, step))
+                window.restart_clock()
+            stopping = stop.requested(d)
+            if ckpts.due(step, plan.end, stopping):
+                path = ckpts.save(step, model, opt, {
+                    "tokens": tokens_seen, "total_steps": plan.total, "lr": lr, "config": cfg.to_dict(),
+                    "mix": plan.mix, "document_masking": cfg.run.document_masking, "guard": guard.state(),
+                    "annealed_from": plan.annealed_from})
+                log.message(f"saved {path}")
+                window.restart_clock()  # do not count the save in tokens/s
+            if stopping:
+                log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
+                break
     log.close()
     return Path(cfg.out)
 
 
+def _rewind(step: int, r: dict, guard: Guard, ckpts: Checkpointer, model, opt, plan: Plan, log: MetricsLogger,
+            window: MetricsWindow) -> tuple[int, int]:
+    """The guard refused step `step`: without a guard, stop as before; with one, put the step on
+    the skip list (or stop after too many in a row) and go back to the last checkpoint."""
+    if not guard.enabled:
+        raise TrainingError(
+            f"step {step}: the loss or gradient norm is not finite (grad norm {float(r['grad_norm'])}); the "
+            f"update was not applied and the run stopped. Last good checkpoint: {ckpts.latest_name()} "
+            f"(lower optim.lr or raise optim.warmup_steps, then --resume)"
+        )
+    guard.rewound(step, r["why"])  # raises after too many in a row
+    origin = Path(plan.annealed_from["path"]) if plan.annealed_from else None
+    back, tokens = ckpts.rewind(model, opt, plan.mix, origin, ckpts.cfg.run.seed)
+    guard.load(ckpts.trainer, keep_skips=True)  # the history as of that checkpoint, the skips learnt since
+    window.discard()
+    log.rewind_to(back)
+    log.event({"step": step, "event": "rewind", "why": r["why"], "bad_loss": r["loss"],
+               "grad_norm": float(r["grad_norm"]), "to": f"step-{back}" if back else "init", "skip": guard.skip})
+    return back, tokens
+
+
 def train_main(config_path: str, resume: bool = False, overrides: Sequence[str] = (),
-               allow_mix_change: bool = False) -> None:
-    """Entry point for the CLI: `tinyllama train --config FILE [--resume] [--set k=v ...]`."""
+               allow_mix_change: bool = False, anneal_from: str | None = None, anneal_steps: int = 0) -> None:
+    """Entry point for the CLI: `tinyllama train --config FILE [--resume] [--set k=v ...]
+    [--anneal-from CKPT --anneal-steps N]`."""
     cfg = load_config(config_path, overrides)
-    train(cfg, resume=resume, allow_mix_change=allow_mix_change)
+    train(cfg, resume=resume, allow_mix_change=allow_mix_change, anneal_from=anneal_from, anneal_steps=anneal_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,5 +1,10 @@
 """Training metrics: `out/metrics.jsonl` (one JSON object per logged step), TensorBoard events
-when `tensorboard` is importable, and a progress line on a terminal. Rank 0 only."""
+when `tensorboard` is importable, and a progress line on a terminal. Rank 0 only.
+
+Three kinds of line: a step record (has "step" and "loss"); a validation record ("step" and
+"val/loss", "val/loss/<corpus>"; `run.eval_every`); an event ("step" and "event": "rewind" or
+"skip", from the guard; the step is the 0-based schedule step of the batch, as in `mix trace`).
+Readers that want the training curve take the lines with "loss" (`plot.read_metrics`)."""
 
 from __future__ import annotations
 
@@ -60,13 +65,14 @@ class MetricsLogger:
             self.tb = None
         self.start = time.time()
 
-    def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint (the run repeats those steps), and
-        a torn last line (a kill mid-write), saying so."""
+    def _truncate_after(self, step: int, rewind: bool = False) -> None:
+        """On resume (or a guard rewind), drop lines logged after the checkpoint (the run
+        repeats those steps, and logs their skips again), and a torn last line (a kill
+        mid-write), saying so. Rewind events are kept: they happened, and are not repeated."""
         if not self.path.is_file():
             return
         keep, torn = [], 0
-        if step:
+        if step or rewind:
             for n, ln in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 if not ln.strip():
                     continue
@@ -76,7 +82,7 @@ class MetricsLogger:
                     torn += 1
                     sys.stderr.write(f"{self.path}: line {n} is not valid JSON (torn by a kill?): dropped\n")
                     continue
-                if isinstance(rec, dict) and (rec.get("step") or 0) <= step:
+                if isinstance(rec, dict) and ((rec.get("step") or 0) <= step or rec.get("event") == "rewind"):
                     keep.append(ln)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
@@ -106,6 +112,24 @@ class MetricsLogger:
         else:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+    def rewind_to(self, step: int) -> None:
+        if self.enabled:
+            self._truncate_after(step, rewind=True)
+
+    def event(self, record: dict) -> None:
+        """A line that is not a training step: a validation result or a guard event (also to
+        TensorBoard when numeric, and as a message)."""
+        if not self.enabled:
+            return
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+        if self.tb is not None and "event" not in record:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, record["step"])
+        self.message(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -138,6 +162,14 @@ class MetricsWindow:
 
     def restart_clock(self) -> None:
         self.t0 = time.perf_counter()
+
+    def discard(self) -> None:
+        """Forget the steps since the last flush (a guard rewind replays them)."""
+        self._clear()
+        self.restart_clock()
+
+    def __bool__(self) -> bool:
+        return bool(self.seq_losses)
 
     def add(self, result: dict, corpora: list[str], n_global: int, seq_len: int) -> None:
         """One optimizer step: its `train_step` result, this rank's rows' corpora, the global
