@@ -1,0 +1,279 @@
+"""Run health (issue 14): in-loop validation equals `tinyllama eval`, the loss-spike guard
+rewinds and skips reproducibly, annealing branches continue the parent's stream. CPU, tiny
+models, the real data slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_hf import build_tiny_mix, mix_source, train_config
+from test_train import CONFIG, TokenStreamSource, load_source, losses, read_metrics, run_inproc, streams, write_config
+
+from tinyllama.errors import CheckpointError, SpecError, TrainingError
+
+__all__ = ["streams"]  # the fixture, re-exported for pytest
+
+POISON = 9  # the planted spike: the batch of schedule step 9 is random tokens
+GUARD = ["run.save_every=4", "run.guard.window=3", "run.guard.spike_factor=1.15"]
+
+
+def steps_of(metrics: list[dict]) -> list[dict]:
+    return [m for m in metrics if "loss" in m]
+
+
+def events(metrics: list[dict], kind: str) -> list[dict]:
+    return [m for m in metrics if m.get("event") == kind]
+
+
+class PoisonedSource(TokenStreamSource):
+    """The stand-in stream with one garbage batch (uniform random token ids) at `POISON`."""
+
+    def batch(self, step: int, rank: int = 0, world: int = 1):
+        tokens, corpora = super().batch(step, rank, world)
+        if step == POISON:
+            tokens = np.random.default_rng(step).integers(3, 32000, size=tokens.shape, dtype=np.int64)
+        return tokens, corpora
+
+
+def poisoned(path: Path) -> PoisonedSource:
+    src = load_source(path)
+    return PoisonedSource(dict(zip(src.names, src.streams)))
+
+
+def run_poisoned(config: Path, streams: Path, overrides=(), resume=False) -> list[dict]:
+    from tinyllama.train import train
+    from tinyllama.train.config import load_config
+
+    cfg = load_config(config, overrides)
+    train(cfg, resume=resume, source=poisoned(streams))
+    return read_metrics(Path(cfg.out))
+
+
+# ---- 1. in-loop validation ------------------------------------------------------------------
+
+
+class HeldOutSource(TokenStreamSource):
+    """The test_hf stand-in stream over a built mix's training documents, with that mix's
+    held-out documents for validation."""
+
+    def __init__(self, mix_dir: Path):
+        import tinyllama
+
+        src = mix_source(mix_dir)
+        super().__init__(dict(zip(src.names, src.streams)), seq_len=src.seq_len)
+        self.mix = tinyllama.Mix(mix_dir)
+        self.corpora, self.lock = self.mix.corpora, self.mix.lock
+
+    def documents(self, corpus: str, holdout: bool = False):
+        return self.mix.documents(corpus, holdout=holdout)
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory) -> Path:
+    return build_tiny_mix(tmp_path_factory.mktemp("health-mix"))
+
+
+def test_validation_equals_tinyllama_eval_of_the_checkpoint(mix, tmp_path):
+    from tinyllama.eval.perplexity import eval_main
+    from tinyllama.train import train
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    train(train_config(mix, out, steps=3, save_every=2, keep_last=3, eval_every=2), source=HeldOutSource(mix))
+    metrics = read_metrics(out)
+    val = [m for m in metrics if "val/loss" in m]
+    assert [m["step"] for m in val] == [2, 3]  # every 2 steps and at the last
+    assert len(steps_of(metrics)) == 3  # step records unchanged, validation lines apart
+    for rec in val:
+        want = json.loads(eval_main(out / f"checkpoints/step-{rec['step']}", mix, as_json=True))
+        assert set(rec) == {"step", "val/loss", *(f"val/loss/{c}" for c in want["corpora"])}
+        for c, r in want["corpora"].items():
+            assert rec[f"val/loss/{c}"] == pytest.approx(r["nll"], rel=1e-5, abs=0)
+        assert rec["val/loss"] == pytest.approx(want["all"]["nll"], rel=1e-5, abs=0)
+    assert val[0]["val/loss"] != pytest.approx(val[1]["val/loss"], rel=1e-6)  # the model moved
+
+
+def test_validation_sharded_over_ranks_sums_to_one_rank(mix):
+    """Rank r of W scores its share (padded to the same number of forwards); the sums of all
+    ranks' shares are one process' numbers."""
+    from test_hf import MODEL
+
+    from tinyllama.eval import perplexity
+    from tinyllama.model import ModelConfig
+    from tinyllama.train.checkpoint import empty_model
+
+    torch.manual_seed(0)
+    model = empty_model(ModelConfig(**MODEL), "cpu")
+    model.init_weights(1)
+    whole = perplexity.evaluate(model, mix, batch_size=4, max_docs=3)
+    forwards = []
+    real = perplexity._batch_nll
+
+    def counting(*a):
+        forwards.append(1)
+        return real(*a)
+
+    parts = []
+    perplexity._batch_nll = counting
+    try:
+        for rank in range(3):
+            forwards.clear()
+            parts.append(perplexity.evaluate(model, mix, batch_size=4, max_docs=3, rank=rank, world=3,
+                                             all_reduce_sum=lambda t: t))  # no reduction: this rank's share
+            parts[-1]["forwards"] = len(forwards)
+    finally:
+        perplexity._batch_nll = real
+    assert len({p["forwards"] for p in parts}) == 1  # the same number of forwards on every rank
+    for c, r in whole["corpora"].items():
+        assert sum(p["corpora"][c]["tokens"] for p in parts) == r["tokens"]
+        nll = sum(p["corpora"][c]["nll"] * p["corpora"][c]["tokens"] for p in parts if p["corpora"][c]["tokens"])
+        assert nll / r["tokens"] == pytest.approx(r["nll"], rel=1e-9)
+
+
+def test_eval_every_needs_held_out_documents(mix, tmp_path):
+    from tinyllama.train import train
+
+    with pytest.raises(SpecError, match="run.eval_every"):
+        train(train_config(mix, tmp_path / "run", steps=2, eval_every=1), source=mix_source(mix))
+    assert not (tmp_path / "run/checkpoints").exists()
+
+
+# ---- 2. the guard ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(streams, tmp_path_factory) -> Path:
+    """12 steps with a poisoned batch at step 9, checkpoints every 4 steps."""
+    cfg = write_config(tmp_path_factory.mktemp("guarded"))
+    run_poisoned(cfg, streams, GUARD)
+    return cfg.parent / "run"
+
+
+def test_a_planted_spike_is_rewound_and_skipped(guarded, streams, tmp_path):
+    metrics = read_metrics(guarded)
+    (rw,) = events(metrics, "rewind")
+    assert rw["step"] == POISON and rw["to"] == "step-8" and rw["skip"] == [POISON] and "median" in rw["why"]
+    assert [e["step"] for e in events(metrics, "skip")] == [POISON]
+    steps = steps_of(metrics)
+    # one record per applied step, none duplicated by the replay; the skipped step has its event
+    assert [m["step"] for m in steps] == [s for s in range(1, 13) if s != POISON + 1]
+    assert max(m["loss"] for m in steps) < rw["bad_loss"]  # the spike was never applied nor logged
+    trainer = json.loads((guarded / "checkpoints/step-12/trainer.json").read_text())
+    assert trainer["guard"]["skip"] == [POISON]
+    # Without the guard the same data makes the spike a logged, applied step.
+    cfg = write_config(tmp_path / "off")
+    unguarded = steps_of(run_poisoned(cfg, streams, GUARD + ["run.guard.enabled=false"]))
+    assert unguarded[POISON]["loss"] == rw["bad_loss"]
+    # Steps before the rewound one are the same either way; the skip changes what follows.
+    assert losses(unguarded)[POISON] == losses(steps)[POISON]
+    assert losses(unguarded)[12] != losses(steps)[12]
+
+
+def test_resumed_guarded_run_repeats_the_uninterrupted_one(guarded, streams, tmp_path):
+    cfg = write_config(tmp_path)
+    first = run_poisoned(cfg, streams, GUARD + ["run.stop_after=11"])
+    assert json.loads((tmp_path / "run/checkpoints/step-11/trainer.json").read_text())["guard"]["skip"] == [POISON]
+    resumed = run_poisoned(cfg, streams, GUARD, resume=True)
+    assert losses(steps_of(resumed)) == losses(steps_of(read_metrics(guarded)))  # bit-identical
+    assert len(events(first, "rewind")) == 1 and len(events(resumed, "rewind")) == 1  # not rewound again
+    # A repeat from the checkpoint before the spike finds and skips the same step.
+    again = tmp_path / "again"
+    cfg2 = write_config(again)
+    run_poisoned(cfg2, streams, GUARD + ["run.stop_after=8"])
+    repeated = run_poisoned(cfg2, streams, GUARD, resume=True)
+    assert losses(steps_of(repeated)) == losses(steps_of(read_metrics(guarded)))
+    assert [e["step"] for e in events(repeated, "rewind")] == [POISON]
+
+
+def test_guard_config_errors_name_the_key(tmp_path):
+    from tinyllama.train.config import load_config
+
+    path = write_config(tmp_path, CONFIG + "[run.guard]\nspike_factr = 2.0\n")
+    with pytest.raises(SpecError, match="run.guard.spike_factr.*spike_factor"):
+        load_config(path)
+    with pytest.raises(SpecError, match="run.guard.max_rewinds"):
+        load_config(write_config(tmp_path), ["run.guard.max_rewinds=0"])
+
+
+# ---- 3. annealing branches ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parent(streams, tmp_path_factory) -> Path:
+    cfg = write_config(tmp_path_factory.mktemp("parent"))
+    run_inproc(cfg, streams, ["run.save_every=4", "run.keep_last=5"])
+    return cfg.parent / "run"
+
+
+def test_anneal_branch_continues_the_stream_and_decays_the_lr(parent, streams, tmp_path):
+    from tinyllama.train import train
+    from tinyllama.train.config import load_config
+    from tinyllama.train.optim import anneal_lr
+
+    k, n = 4, 4
+    cfg = load_config(write_config(tmp_path, CONFIG.replace('out = "run"', 'out = "branch"')))
+    train(cfg, source=load_source(streams), anneal_from=str(parent / f"checkpoints/step-{k}"), anneal_steps=n)
+    branch = tmp_path / "branch"
+    got = steps_of(read_metrics(branch))
+    base = {m["step"]: m for m in read_metrics(parent)}
+    assert [m["step"] for m in got] == list(range(k + 1, k + n + 1))  # ends after N steps
+    # Step k of the branch: the parent's weights at k and the parent's batch at k -> its loss.
+    assert got[0]["loss"] == base[k + 1]["loss"]
+    assert got[0]["loss/skypile"] == base[k + 1]["loss/skypile"]
+    assert got[0]["tokens"] == base[k + 1]["tokens"]
+    parent_lr = json.loads((parent / f"checkpoints/step-{k}/trainer.json").read_text())["lr"]
+    assert [m["lr"] for m in got] == [anneal_lr(m["step"] - 1, cfg, k, parent_lr, n) for m in got]
+    assert got[-1]["lr"] == cfg.optim.min_lr and got[0]["lr"] < parent_lr
+    assert got[1]["loss"] != base[k + 2]["loss"]  # a different lr: a different second step
+    origin = json.loads((branch / "train-config.json").read_text())["annealed_from"]
+    assert origin["step"] == k and Path(origin["path"]) == (parent / f"checkpoints/step-{k}").resolve()
+    assert json.loads((branch / f"checkpoints/step-{k + n}/trainer.json").read_text())["annealed_from"] == origin
+
+    # --resume of a branch continues the anneal (same losses as the uninterrupted branch).
+    cfg2 = load_config(write_config(tmp_path / "b2", CONFIG), ["run.stop_after=6"])
+    train(cfg2, source=load_source(streams), anneal_from=str(parent / f"checkpoints/step-{k}"), anneal_steps=n)
+    cfg2 = load_config(write_config(tmp_path / "b2", CONFIG))
+    train(cfg2, resume=True, source=load_source(streams))
+    assert losses(steps_of(read_metrics(tmp_path / "b2/run"))) == losses(got)
+    assert [m["lr"] for m in steps_of(read_metrics(tmp_path / "b2/run"))] == [m["lr"] for m in got]
+
+
+def test_anneal_refuses_a_run_dir_with_checkpoints_and_bad_steps(parent, streams, tmp_path):
+    from tinyllama.train import train
+    from tinyllama.train.config import load_config
+
+    cfg = load_config(parent.parent / "train.toml")
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        train(cfg, source=load_source(streams), anneal_from=str(parent / "checkpoints/step-4"), anneal_steps=2)
+    cfg = load_config(write_config(tmp_path))
+    with pytest.raises(SpecError, match="--anneal-steps"):
+        train(cfg, source=load_source(streams), anneal_from=str(parent / "checkpoints/step-4"), anneal_steps=0)
+    with pytest.raises(SpecError, match="--anneal-steps 5000"):
+        train(cfg, source=load_source(streams), anneal_from=str(parent / "checkpoints/step-4"), anneal_steps=5000)
+    assert not (tmp_path / "run/checkpoints").exists()
+
+
+def test_diverging_run_stops_after_max_rewinds(mix, tmp_path):
+    """Guard on (the default): a run whose every step diverges rewinds, skips, and stops after
+    run.guard.max_rewinds failed steps in a row, naming them; nothing non-finite is saved."""
+    from tinyllama.train import train
+    from tinyllama.train.checkpoint import committed_steps, load_model
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    cfg = train_config(mix, out, steps=12, save_every=1, keep_last=2)
+    cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.optim.grad_clip = 1e12, 1e11, 0, 0.0
+    with pytest.raises(TrainingError, match=r"steps (\d+, ){3}\d+ failed in a row") as e:
+        train(cfg, source=mix_source(mix))
+    metrics = read_metrics(out)
+    rewinds = events(metrics, "rewind")
+    assert len(rewinds) == cfg.run.guard.max_rewinds
+    assert f"steps {', '.join(str(r['step']) for r in rewinds)}" in str(e.value)
+    for s in committed_steps(out / "checkpoints"):
+        assert all(torch.isfinite(p).all() for p in load_model(out / f"checkpoints/step-{s}").parameters())
