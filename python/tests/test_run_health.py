@@ -277,3 +277,33 @@ def test_diverging_run_stops_after_max_rewinds(mix, tmp_path):
     assert f"steps {', '.join(str(r['step']) for r in rewinds)}" in str(e.value)
     for s in committed_steps(out / "checkpoints"):
         assert all(torch.isfinite(p).all() for p in load_model(out / f"checkpoints/step-{s}").parameters())
+
+
+class TracedPoisonedSource(PoisonedSource):
+    """The poisoned stand-in plus a `trace` (as a built `tinyllama.Mix` has) answering from a
+    real mix, so the guard can name the documents of the batch it skipped."""
+
+    def __init__(self, streams_path: Path, mix_dir: Path):
+        import tinyllama
+
+        src = load_source(streams_path)
+        super().__init__(dict(zip(src.names, src.streams)))
+        self.mix = tinyllama.Mix(mix_dir)
+
+    def trace(self, step: int, rank: int = 0, world: int = 1):
+        return self.mix.trace(step, rank, world)
+
+
+def test_a_rewind_names_the_documents_of_the_skipped_batch(mix, streams, tmp_path, capsys):
+    import tinyllama
+    from tinyllama.train import train
+    from tinyllama.train.config import load_config
+
+    cfg = load_config(write_config(tmp_path), GUARD)
+    train(cfg, source=TracedPoisonedSource(streams, mix))
+    (rw,) = events(read_metrics(Path(cfg.out)), "rewind")
+    want = tinyllama.Mix(mix).trace(POISON).select("corpus", "source", "row").unique(maintain_order=True).to_dicts()
+    assert rw["documents"] == want and want
+    err = capsys.readouterr().err
+    assert f"step {POISON} skipped; its batch holds {len(want)} document fragments: " in err
+    assert f"{want[0]['source']}:{want[0]['row']}" in err

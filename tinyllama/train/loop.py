@@ -390,7 +390,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
                     g["lr"] = lr
                 r = train_step(model, opt, tokens, cfg, d, amp, markers, check=guard.verdict)
                 if r["why"] is not None:
-                    step, tokens_seen = _rewind(step, r, guard, ckpts, model, opt, plan, log, window)
+                    step, tokens_seen = _rewind(step, r, guard, ckpts, model, opt, plan, log, window, source)
                     break
                 guard.applied(r["loss"])
                 tokens_seen += n_global * (tokens.shape[1] - 1)
@@ -417,7 +417,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
 
 
 def _rewind(step: int, r: dict, guard: Guard, ckpts: Checkpointer, model, opt, plan: Plan, log: MetricsLogger,
-            window: MetricsWindow) -> tuple[int, int]:
+            window: MetricsWindow, source: BatchSource) -> tuple[int, int]:
     """The guard refused step `step`: without a guard, stop as before; with one, put the step on
     the skip list (or stop after too many in a row) and go back to the last checkpoint."""
     if not guard.enabled:
@@ -432,9 +432,24 @@ def _rewind(step: int, r: dict, guard: Guard, ckpts: Checkpointer, model, opt, p
     guard.load(ckpts.trainer, keep_skips=True)  # the history as of that checkpoint, the skips learnt since
     window.discard()
     log.rewind_to(back)
+    docs = skipped_documents(source, step)
     log.event({"step": step, "event": "rewind", "why": r["why"], "bad_loss": r["loss"],
-               "grad_norm": float(r["grad_norm"]), "to": f"step-{back}" if back else "init", "skip": guard.skip})
+               "grad_norm": float(r["grad_norm"]), "to": f"step-{back}" if back else "init", "skip": guard.skip,
+               **({"documents": docs} if docs else {})})
+    if docs:
+        shown = ", ".join(f"{d['corpus']} {d['source']}:{d['row']}" for d in docs[:5])
+        log.message(f"step {step} skipped; its batch holds {len(docs)} document fragments: {shown}"
+                    + (", ..." if len(docs) > 5 else "") + f" (all: tinyllama mix trace MIX --step {step})")
     return back, tokens
+
+
+def skipped_documents(source: BatchSource, step: int) -> list[dict]:
+    """The input records of the global batch at `step` (corpus, file, row), for the guard's
+    messages; empty for a source that cannot trace (a stand-in without a built mix)."""
+    if not hasattr(source, "trace"):
+        return []
+    df = source.trace(step)
+    return df.select("corpus", "source", "row").unique(maintain_order=True).to_dicts()
 
 
 def train_main(config_path: str, resume: bool = False, overrides: Sequence[str] = (),
