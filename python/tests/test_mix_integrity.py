@@ -102,27 +102,40 @@ def test_a_second_build_on_a_held_dir_fails_naming_the_pid_and_changes_nothing(c
 # ---- 2. "up to date" checks what the lock names ----------------------------------------------
 
 
+def flip_footer_checksum(path: Path) -> None:
+    """A byte of the checksum the shard's footer stores (the footer's last 16 bytes begin with
+    it): the shard no longer agrees with its manifest entry."""
+    flip(path, path.stat().st_size - 16)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
 @pytest.mark.parametrize("damage", [
-    "delete a shard", "flip a byte in a shard", "flip a byte in a holdout shard", "edit a manifest",
-    "delete the schedule",
+    "delete a shard", "truncate a shard", "flip a byte in a shard's footer",
+    "flip a byte in a holdout shard's footer", "edit a manifest", "delete the schedule",
 ])
 def test_up_to_date_means_every_file_the_lock_names_verifies(clean, tmp_path, damage):
     spec, _, expected = clean
     out = copy_of(clean, tmp_path)
     target = {
         "delete a shard": "corpora/starcoder/shard-00000.bin",
-        "flip a byte in a shard": "corpora/slimpajama/shard-00001.bin",
-        "flip a byte in a holdout shard": "corpora/slimpajama/holdout-00000.bin",
+        "truncate a shard": "corpora/skypile/shard-00000.bin",
+        "flip a byte in a shard's footer": "corpora/slimpajama/shard-00001.bin",
+        "flip a byte in a holdout shard's footer": "corpora/slimpajama/holdout-00000.bin",
         "edit a manifest": "corpora/skypile/manifest.json",
         "delete the schedule": "schedule.json",
     }[damage]
     path = out / target
     if damage.startswith("delete"):
         path.unlink()
+    elif damage.startswith("truncate"):
+        truncate(path)
     elif damage.startswith("edit"):
         path.write_text(path.read_text().replace('"docs_read"', '"docs_read" ', 1))
     else:
-        flip(path, 1000)
+        flip_footer_checksum(path)
     summary = build_mix(spec, out, workers=2, progress=False)
     assert not summary["up_to_date"]
     assert Path(target).name in summary["rebuilt"]
@@ -130,10 +143,25 @@ def test_up_to_date_means_every_file_the_lock_names_verifies(clean, tmp_path, da
     assert build_mix(spec, out, workers=2, progress=False)["up_to_date"]
 
 
+def test_up_to_date_reads_no_shard_data_a_flipped_data_byte_is_caught_at_first_touch(clean, tmp_path):
+    """"Up to date" checks each shard's size and footer against its manifest, not its data (a
+    rerun on a 2T-token mix must not read every shard): a byte flipped inside a shard's data
+    is caught by `mix verify` and by the first read of that shard."""
+    spec, _, _ = clean
+    out = copy_of(clean, tmp_path)
+    flip(out / "corpora/slimpajama/shard-00001.bin", 1000)
+    assert build_mix(spec, out, workers=2, progress=False)["up_to_date"]
+    mix = tinyllama.Mix(out)
+    with pytest.raises(ShardError, match=r"slimpajama/shard-00001\.bin.*checksum mismatch"):
+        mix.verify()
+    with pytest.raises(ShardError, match=r"slimpajama/shard-00001\.bin.*checksum mismatch"):
+        list(mix.documents("slimpajama"))
+
+
 def test_cli_says_why_it_rebuilt(clean, tmp_path):
     spec, _, expected = clean
     out = copy_of(clean, tmp_path)
-    flip(out / "corpora/skypile/shard-00000.bin", 500)
+    flip_footer_checksum(out / "corpora/skypile/shard-00000.bin")
     done = cli_build(spec, out)
     assert done.returncode == 0, done.stderr
     assert "rebuilt" in done.stdout and "shard-00000.bin" in done.stdout and "checksum" in done.stdout
