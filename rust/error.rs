@@ -1,6 +1,6 @@
 //! One error type for the whole core. Every variant names the thing the user must look at
 //! (a file and line, a spec key, a shard) so the message is actionable on its own; the
-//! bindings map each variant to a typed Python exception (see `lib.rs`).
+//! bindings map each variant to a typed Python exception (see `py/mod.rs`).
 
 use std::path::Path;
 
@@ -30,7 +30,11 @@ pub enum Error {
     /// not match what the build recorded for it: edited, replaced or damaged afterwards.
     #[error("{path}: {msg}")]
     Integrity { path: String, msg: String },
-    /// The build was cancelled (Ctrl-C from Python).
+    /// An API called the wrong way, not a bad spec: a build stage before `prepare`, a corpus
+    /// or file index out of range, a step past the schedule, a rank outside the world.
+    #[error("{0}")]
+    Usage(String),
+    /// The work was cancelled (Ctrl-C from Python).
     #[error("interrupted")]
     Interrupted,
 }

@@ -10,6 +10,7 @@ from tinyllama.errors import (
     StorageError,
     TinyllamaError,
     TokenizerError,
+    UsageError,
 )
 
 
@@ -30,5 +31,6 @@ __all__ = [
     "TinyllamaError",
     "Tokenizer",
     "TokenizerError",
+    "UsageError",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""`tinyllama._core`: the Python bindings of the Rust core (type stubs for rust/lib.rs)."""
+"""`tinyllama._core`: the Python bindings of the Rust core (type stubs for rust/lib.rs and rust/py/)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ __all__ = [
     "TokenizerError",
     "ShardError",
     "StorageError",
+    "UsageError",
     "Tokenizer",
+    "read_tokenizer_json",
     "MixSampler",
     "Loader",
     "Slot",
@@ -51,6 +53,10 @@ class ShardError(TinyllamaError):
 class StorageError(TinyllamaError):
     """An OS-level read/write failure (names the path)."""
 
+class UsageError(TinyllamaError):
+    """An API called the wrong way: a build stage before `prepare`, a corpus or file index out of range, a step
+    past the schedule, a rank outside the world."""
+
 @final
 class Tokenizer:
     """A Hugging Face `tokenizer.json`, encoded by the Rust core."""
@@ -60,10 +66,17 @@ class Tokenizer:
     def sha256(self) -> str: ...
     @property
     def vocab_size(self) -> int: ...
+    def special_ids(self) -> tuple[int | None, int | None, int | None]:
+        """(bos, eos, unk) ids, each None when the tokenizer has none: the ids a build writes around documents,
+        an export declares and generation starts with."""
     def token_to_id(self, token: str) -> int | None: ...
     def encode(self, text: str, add_special_tokens: bool = False) -> npt.NDArray[np.uint32]: ...
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[npt.NDArray[np.uint32]]: ...
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+def read_tokenizer_json(path: str | os.PathLike[str]) -> bytes:
+    """The tokenizer.json bytes of a tokenizer file, decompressed when it is zstd (by its magic number, whatever
+    its name)."""
 
 def build_mix(
     config_json: str,

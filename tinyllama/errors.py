@@ -7,6 +7,8 @@ TinyllamaError
 ├── ShardError      a corrupt shard or manifest (names the shard)
 ├── StorageError    an OS-level read/write failure (names the path)
 │   └── LockedError another process holds the output dir's lock (names the holder)
+├── UsageError      an API called the wrong way: a build stage before `prepare`, a corpus or
+│                   file index out of range, a step past the schedule, a rank outside the world
 ├── CheckpointError a checkpoint that cannot be used: damaged, non-finite, or of another
 │                   run (another mix, model shape or masking) — names the checkpoint and why
 └── TrainingError   the run cannot go on (a non-finite loss or gradient) — names the step
@@ -19,6 +21,7 @@ from tinyllama._core import (
     StorageError,
     TinyllamaError,
     TokenizerError,
+    UsageError,
 )
 
 
@@ -35,4 +38,4 @@ class TrainingError(TinyllamaError):
 
 
 __all__ = ["CheckpointError", "TrainingError", "InputError", "LockedError", "ShardError", "SpecError", "StorageError",
-           "TinyllamaError", "TokenizerError"]
+           "TinyllamaError", "TokenizerError", "UsageError"]

@@ -28,7 +28,15 @@ import torch
 
 from tinyllama.errors import CheckpointError, InputError, SpecError, StorageError, TinyllamaError
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
-from tinyllama.model import Llama, ModelConfig, config_from_hf, from_hf_state_dict, hf_config, hf_state_dict
+from tinyllama.model import (
+    Llama,
+    ModelConfig,
+    build_model,
+    config_from_hf,
+    from_hf_state_dict,
+    hf_config,
+    hf_state_dict,
+)
 from tinyllama.train import checkpoint as ckpt
 
 EXPORT_MARKER = "tinyllama-export.json"  # marks a dir this command wrote (and may replace with --force)
@@ -124,7 +132,7 @@ def load_hf_model(path: str | os.PathLike[str], device: str | torch.device = "cp
         sd = from_hf_state_dict(read_hf_state_dict(path))
     except KeyError as e:
         raise InputError(f"{path}: {e.args[0]}") from None
-    model = ckpt.empty_model(cfg, device)
+    model = build_model(cfg, device, seed=None)
     _load_strict(model, {k: v.float() for k, v in sd.items()}, path)
     return model.eval()
 
@@ -134,7 +142,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     Face dir, as a plain fp32 `Llama` in eval mode: `model(input_ids) -> logits`."""
     if is_hf_dir(path):
         return load_hf_model(path, device)
-    return ckpt.load_model(resolve_checkpoint(path), device)
+    return ckpt.model_from_checkpoint(resolve_checkpoint(path), device)
 
 
 def _load_strict(model: Llama, sd: dict[str, torch.Tensor], src: Path) -> None:
@@ -191,25 +199,20 @@ def find_tokenizer(path: str | os.PathLike[str]) -> Path | None:
     return t if t.is_file() else None
 
 
-def _special_ids(tokenizer_json: dict) -> dict[str, int]:
-    ids = {}
-    for tok in tokenizer_json.get("added_tokens", []):
-        ids[tok["content"]] = tok["id"]
-    vocab = (tokenizer_json.get("model") or {}).get("vocab")
-    if isinstance(vocab, dict):
-        for t in ("<unk>", "<s>", "</s>"):
-            if t not in ids and t in vocab:
-                ids[t] = vocab[t]
-    return ids
+def _special_ids(tok_path: Path) -> tuple[int, int, int]:
+    """(bos, eos, unk) as the Rust core decides them (the ids the build wrote around every
+    document), Llama's 1 / 2 / 0 where the tokenizer has none."""
+    from tinyllama.data.tokenizer import Tokenizer
+
+    bos, eos, unk = Tokenizer(tok_path).special_ids()
+    return (1 if bos is None else bos, 2 if eos is None else eos, 0 if unk is None else unk)
 
 
 def _read_tokenizer_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.suffix == ".zst":
-        import zstandard
+    """tokenizer.json bytes, zstd or not by the file's magic number (the core's one reader)."""
+    from tinyllama.data.tokenizer import read_tokenizer_json
 
-        data = zstandard.ZstdDecompressor().stream_reader(data).read()
-    return data
+    return read_tokenizer_json(path)
 
 
 # ---- export -----------------------------------------------------------------------------------
@@ -271,11 +274,10 @@ def save_hf(
     tok_path = Path(tokenizer)
     tok_bytes = _read_tokenizer_bytes(tok_path)
     try:
-        tok_json = json.loads(tok_bytes)
+        json.loads(tok_bytes)  # a readable tokenizer.json, named in the error otherwise
     except ValueError as e:
         raise InputError(f"{tok_path}: not a tokenizer.json: {e}") from None
-    special = _special_ids(tok_json)
-    bos, eos, unk = special.get("<s>", 1), special.get("</s>", 2), special.get("<unk>", 0)
+    bos, eos, unk = _special_ids(tok_path)
 
     out = Path(out)
     try:
@@ -435,7 +437,7 @@ def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: in
 
     ckpt_dir = run_dir / "checkpoints"
     # The trainer's parameter groups and hyper-parameters (as at resume), single process, CPU.
-    model = ckpt.empty_model(cfg.model, "cpu")
+    model = build_model(cfg.model, "cpu", seed=None)
     opt = build_optimizer(model, cfg.optim, torch.device("cpu"))
     try:
         sd = from_hf_state_dict(read_hf_state_dict(hf_dir))

@@ -5,7 +5,7 @@
 //! removed rows. Nothing removed is ever tokenized.
 
 use super::{
-    display_path, BuildConfig, CorpusConfig, Ctx, DedupMode, DedupWork, FileWork, Removed,
+    display_path, BuildConfig, CorpusConfig, Ctx, DedupMode, DedupWork, FileWork, Progress,
 };
 use crate::dedup::{
     self, keys_path, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
@@ -361,7 +361,7 @@ fn read_pairs(path: &Path, kind: PairsKind, docs: usize) -> Result<Vec<(u32, u32
 
 /// The rows of input file `file` that the committed decision removes. Memory-maps the
 /// decision and binary-searches the file's range, so a task reads only its own rows.
-pub fn removed_rows(dir: &Path, file: usize) -> Result<HashMap<u64, Removed>> {
+pub fn removed_rows(dir: &Path, file: usize) -> Result<HashMap<u64, Kind>> {
     let map = Decision::open(&dir.join(DECISION))?;
     let file = u32::try_from(file)
         .map_err(|_| Error::Spec(format!("input file #{file}: too many files")))?;
@@ -370,14 +370,7 @@ pub fn removed_rows(dir: &Path, file: usize) -> Result<HashMap<u64, Removed>> {
     let mut out = HashMap::with_capacity(end - start);
     for i in start..end {
         let (_, kind, row) = map.record(i);
-        out.insert(
-            row,
-            if kind == 2 {
-                Removed::Near
-            } else {
-                Removed::Exact
-            },
-        );
+        out.insert(row, if kind == 2 { Kind::Near } else { Kind::Exact });
     }
     Ok(out)
 }
@@ -467,9 +460,7 @@ pub fn fingerprint_file(
     if ctx.progress.cancelled() {
         return Err(Error::Interrupted);
     }
-    let docs = write_store(&path, file, &corpus.source_options(), params, || {
-        ctx.progress.docs.fetch_add(1, Relaxed);
-    })?;
+    let docs = write_store(&path, file, &corpus.source_options(), params, ctx.progress)?;
     ctx.progress.files_done.fetch_add(1, Relaxed);
     Ok(FileWork {
         resumed: false,
@@ -507,10 +498,10 @@ mod tests {
             v.sort_by_key(|&(row, _)| row);
             v
         };
-        assert_eq!(got(0), vec![(3, Removed::Exact), (9, Removed::Near)]);
+        assert_eq!(got(0), vec![(3, Kind::Exact), (9, Kind::Near)]);
         assert!(got(1).is_empty());
-        assert_eq!(got(2), vec![(0, Removed::Near), (7, Removed::Exact)]);
-        assert_eq!(got(5), vec![(1, Removed::Exact)]);
+        assert_eq!(got(2), vec![(0, Kind::Near), (7, Kind::Exact)]);
+        assert_eq!(got(5), vec![(1, Kind::Exact)]);
         assert!(got(6).is_empty());
     }
 
@@ -539,18 +530,23 @@ fn write_store(
     file: &Path,
     options: &SourceOptions,
     params: &DedupParams,
-    mut on_doc: impl FnMut(),
+    progress: &Progress,
 ) -> Result<u64> {
     let mut writer = FingerprintWriter::create(store, params)?;
     let mut keys = KeyIndexWriter::new(keys_path(store), params);
     let mut hasher = Fingerprinter::new(params);
-    for record in source::open(file, options)? {
+    for (i, record) in source::open(file, options)?.enumerate() {
+        // Cancellation is looked at every few hundred rows (a fraction of a second of work);
+        // the store is not committed, so nothing partial is left as done.
+        if i % 256 == 0 && progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
         // Bad records are reported (or counted) by the tokenize pass, which reads the same rows.
         if let Record::Doc { row, text } = record? {
             let fp = hasher.fingerprint(&text);
             writer.push(row, &fp)?;
             keys.push(&fp);
-            on_doc();
+            progress.docs.fetch_add(1, Relaxed);
         }
     }
     // The index first: a committed store marks the file as done, so its index must be there.
@@ -573,12 +569,15 @@ pub struct FilesDedup {
 /// fingerprint each file in parallel on a pool of `workers` threads (one store per file under
 /// `work_dir/fingerprints`), then [`dedup::find_duplicates`] on the same pool. The stores and
 /// the spill runs are scratch: they are removed before returning, whatever the outcome.
+/// `progress` counts the documents fingerprinted; its cancel flag stops the work (between
+/// rows of a file, and before the search) with `Error::Interrupted`.
 pub fn dedup_files(
     files: &[PathBuf],
     options: &SourceOptions,
     params: &DedupParams,
     work_dir: &Path,
     workers: usize,
+    progress: &Progress,
 ) -> Result<FilesDedup> {
     params.validate()?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -595,11 +594,14 @@ pub fn dedup_files(
             .enumerate()
             .map(|(i, f)| {
                 let store = stores_dir.join(format!("{i:06}.fp"));
-                let docs = write_store(&store, f, options, params, || {})?;
+                let docs = write_store(&store, f, options, params, progress)?;
                 Ok((store, docs))
             })
             .collect::<Result<_>>()?;
         let fingerprint_seconds = start.elapsed().as_secs_f64();
+        if progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
         let paths: Vec<PathBuf> = stores.iter().map(|(p, _)| p.clone()).collect();
         let start = Instant::now();
         let result = dedup::find_duplicates(&paths, params, &find_dir)?;
@@ -644,7 +646,15 @@ mod dedup_files_tests {
         let mut runs = Vec::new();
         for workers in [1, 2] {
             let work = tempfile::tempdir().unwrap();
-            let out = dedup_files(&files, &options(), &params, work.path(), workers).unwrap();
+            let out = dedup_files(
+                &files,
+                &options(),
+                &params,
+                work.path(),
+                workers,
+                &Progress::default(),
+            )
+            .unwrap();
             assert!(!work.path().join("fingerprints").exists());
             assert!(!work.path().join("find").exists());
             runs.push(out);
@@ -655,6 +665,7 @@ mod dedup_files_tests {
             &params,
             tempfile::tempdir().unwrap().path(),
             1,
+            &Progress::default(),
         )
         .unwrap();
         let out = &runs[0];
@@ -685,5 +696,26 @@ mod dedup_files_tests {
             }
         }
         assert_eq!(out.result.stats.docs, out.docs);
+    }
+
+    /// A cancelled `dedup_files` stops with `Interrupted` and leaves no scratch behind.
+    #[test]
+    fn a_cancelled_dedup_files_is_interrupted_and_cleans_up() {
+        let work = tempfile::tempdir().unwrap();
+        let progress = Progress::default();
+        progress.cancel();
+        let files = [slim(0), slim(1)];
+        let out = dedup_files(
+            &files,
+            &options(),
+            &DedupParams::default(),
+            work.path(),
+            2,
+            &progress,
+        );
+        assert!(matches!(out, Err(Error::Interrupted)), "{out:?}");
+        assert!(!work.path().join("fingerprints").exists());
+        assert!(!work.path().join("find").exists());
+        assert_eq!(progress.docs.load(Relaxed), 0);
     }
 }

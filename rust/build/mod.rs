@@ -16,8 +16,10 @@
 //!
 //! What the output dir may hold ([`Plan::prepare`]): nothing, this build's staging, or a
 //! complete mix. A complete mix of the same identity is "up to date" only when every file its
-//! lock names verifies ([`manifest::verify_mix`]); otherwise it is rebuilt, and the summary
-//! says why. A complete mix of another identity is replaced only with `force`; a non-empty
+//! lock names is there as built ([`manifest::check_mix`]: the small pinned files by sha256,
+//! each shard by its size and footer against its manifest entry, without reading shard data);
+//! otherwise it is rebuilt, and the summary says why. Full content verification is `mix
+//! verify`'s and the readers' first-touch check's job. A complete mix of another identity is replaced only with `force`; a non-empty
 //! dir that is no mix dir at all (no `mix.json`, no `.staging`) is refused: a build deletes
 //! nothing it did not create. Staged parts carry their checksum in their sidecar; a part that
 //! does not verify is redone by the tokenize stage and never packed. (Callers hold the
@@ -29,6 +31,9 @@ pub mod manifest;
 mod pack;
 pub mod progress;
 
+// Why a document was removed before tokenization: the dedup module's own kind (one enum
+// for the decision, its committed file and the report).
+use crate::dedup::Kind;
 use crate::error::{Error, IoContext, Result};
 use crate::mix::{CorpusSize, Schedule, StageSpec};
 use crate::shard::{write_atomic, Dtype, ShardWriter, Source};
@@ -83,13 +88,6 @@ pub struct Prepared {
     pub up_to_date: bool,
     /// A complete mix of this identity was there but did not verify: why (it is rebuilt).
     pub rebuilt: Option<String>,
-}
-
-/// Why a document was removed before tokenization (filled by the dedup stage).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Removed {
-    Exact,
-    Near,
 }
 
 struct Ctx<'a> {
@@ -152,19 +150,20 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         Some(d) => d,
         None => Dtype::for_vocab(vocab),
     };
-    let token_id = |name: &str, want: bool| -> Result<Option<u32>> {
+    // The tokenizer decides which ids are BOS / EOS (one owner: `Tokenizer::bos_id`).
+    let special = |id: Option<u32>, name: &str, want: bool| -> Result<Option<u32>> {
         if !want {
             return Ok(None);
         }
-        tokenizer.token_to_id(name).map(Some).ok_or_else(|| {
+        id.map(Some).ok_or_else(|| {
             Error::tokenizer(
                 &cfg.tokenizer,
                 format!("has no {name} token; set add_bos/add_eos = false"),
             )
         })
     };
-    let bos = token_id("<s>", cfg.add_bos)?;
-    let eos = token_id("</s>", cfg.add_eos)?;
+    let bos = special(tokenizer.bos_id(), "BOS (<s>)", cfg.add_bos)?;
+    let eos = special(tokenizer.eos_id(), "EOS (</s>)", cfg.add_eos)?;
     let mut fingerprint = [0u8; 32];
     hex::decode_to_slice(tokenizer.sha256(), &mut fingerprint)
         .map_err(|e| Error::tokenizer(&cfg.tokenizer, e.to_string()))?;
@@ -238,7 +237,7 @@ impl Plan {
 
     fn corpus(&self, corpus: usize) -> Result<&CorpusConfig> {
         self.cfg.corpora.get(corpus).ok_or_else(|| {
-            Error::Spec(format!(
+            Error::Usage(format!(
                 "corpora: no corpus #{corpus} (the spec has {})",
                 self.cfg.corpora.len()
             ))
@@ -259,7 +258,7 @@ impl Plan {
             .get(file)
             .map(PathBuf::as_path)
             .ok_or_else(|| {
-                Error::Spec(format!(
+                Error::Usage(format!(
                     "corpora.{}: no input file #{file} (found {})",
                     c.name,
                     self.files(corpus).len()
@@ -274,8 +273,8 @@ impl Plan {
     }
 
     /// [`Plan::prepare`], saying why a complete mix of this identity is rebuilt (see the
-    /// module docs for what the output dir may hold). Verifying a complete mix reads every
-    /// shard (on the current rayon pool).
+    /// module docs for what the output dir may hold). Checking a complete mix reads its small
+    /// pinned files and each shard's header and footer, never the shards' data.
     pub fn prepare_report(&self) -> Result<Prepared> {
         let out = &self.cfg.out;
         std::fs::create_dir_all(out).ctx(out)?;
@@ -285,7 +284,7 @@ impl Plan {
         if lock_path.exists() {
             let found = completed_identity(out);
             if found.as_deref() == Some(self.identity.as_str()) {
-                match manifest::verify_mix(out) {
+                match manifest::check_mix(out) {
                     Ok(_) => {
                         // A kill between writing the lock and dropping the staging leaves it.
                         let staging = self.staging();
@@ -366,6 +365,12 @@ impl Plan {
             Ok(_) => Err(Error::Spec(format!(
                 "{}: staging belongs to another build (the inputs, spec or tokenizer seen here \
                  differ from the ones the build was started with)",
+                id_file.display()
+            ))),
+            // A stage before `prepare` (or on a machine that does not see the output dir).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Usage(format!(
+                "{}: {e} (the build's staging was not prepared: call prepare first; or this \
+                 process does not see the output dir)",
                 id_file.display()
             ))),
             Err(e) => Err(Error::io(
@@ -554,7 +559,7 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
     }
     write_atomic(
         &out.join("tokenizer.json"),
-        &tokenizer_json_bytes(&cfg.tokenizer)?,
+        &crate::tokenize::read_tokenizer_json(&cfg.tokenizer)?,
     )?;
     // Pin every metadata file the mix is read through (shards are pinned by the manifests).
     let mut pinned = vec!["schedule.json".to_string(), "tokenizer.json".to_string()];
@@ -727,14 +732,6 @@ fn prepare_staging(staging: &Path, identity: &str) -> Result<()> {
     Ok(())
 }
 
-fn tokenizer_json_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::tokenizer(path, e.to_string()))?;
-    if path.extension().is_some_and(|e| e == "zst") {
-        return zstd::decode_all(&raw[..]).map_err(|e| Error::tokenizer(path, e.to_string()));
-    }
-    Ok(raw)
-}
-
 fn display_path(corpus: &CorpusConfig, file: &Path) -> String {
     file.strip_prefix(&corpus.base)
         .unwrap_or(file)
@@ -822,7 +819,7 @@ fn tokenize_file(
     dir: &Path,
     index: usize,
     file: &Path,
-    removed: Option<&HashMap<u64, Removed>>,
+    removed: Option<&HashMap<u64, Kind>>,
 ) -> Result<(PartStats, bool)> {
     let (part, sidecar) = part_paths(dir, index);
     let bytes = std::fs::metadata(file).ctx(file)?.len();
@@ -854,8 +851,8 @@ fn tokenize_file(
             Record::Doc { row, text } => {
                 stats.docs_read += 1;
                 match removed.and_then(|r| r.get(&row)) {
-                    Some(Removed::Exact) => stats.exact_duplicates += 1,
-                    Some(Removed::Near) => stats.near_duplicates += 1,
+                    Some(Kind::Exact) => stats.exact_duplicates += 1,
+                    Some(Kind::Near) => stats.near_duplicates += 1,
                     None => {
                         batch_bytes += text.len();
                         batch.push((row, text));

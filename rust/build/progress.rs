@@ -1,6 +1,10 @@
 //! Progress counters shared by the build's worker threads and whoever displays them.
 //! Plain atomics: the build never waits on the display, and the display (Python, holding the
 //! GIL for a moment every few hundred ms) never waits on the build.
+//!
+//! It is also the work's cancellation token: the bindings' interruptible helper sets it on
+//! Ctrl-C, and every stage (fingerprint, dedup of loose files, tokenize, pack) looks at it at
+//! file / batch granularity and stops with `Error::Interrupted`, committing nothing partial.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;

@@ -122,12 +122,14 @@ impl Shared {
     }
 
     fn fill(&self, step: u64, buf: &mut [u32]) -> Result<Vec<Sample>> {
-        let samples = self.schedule.rank_batch(step, self.rank, self.world)?;
-        let row = self.schedule.seq_len() as usize + 1;
-        for (x, out) in samples.iter().zip(buf.chunks_exact_mut(row)) {
-            self.source.read_window(x.corpus, x.window, out)?;
-        }
-        Ok(samples)
+        super::gather::gather_into(
+            &self.schedule,
+            self.source.as_ref(),
+            step,
+            self.rank,
+            self.world,
+            buf,
+        )
     }
 
     fn work(&self) {
@@ -189,7 +191,7 @@ impl Loader {
         }
         let end = end_step.unwrap_or(schedule.num_steps());
         if end > schedule.num_steps() || start_step > end {
-            return Err(Error::Spec(format!(
+            return Err(Error::Usage(format!(
                 "loader: steps {start_step}..{end} are outside the schedule (0..{})",
                 schedule.num_steps()
             )));
@@ -298,7 +300,7 @@ impl Loader {
         let sh = &self.shared;
         let mut st = sh.lock();
         if step > st.end {
-            return Err(Error::Spec(format!(
+            return Err(Error::Usage(format!(
                 "loader: cannot seek to step {step}, past the last step {}",
                 st.end
             )));

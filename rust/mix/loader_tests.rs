@@ -289,3 +289,66 @@ fn source_errors_reach_the_consumer_at_their_step() {
     }
     assert!(loader.next_slot().unwrap().is_none());
 }
+
+/// `gather` (what `MixSampler.batch` returns) is the sampled windows, row by row, the same
+/// rows the loader's slots hold, and the ranks' gathers reassemble the global batch.
+#[test]
+fn gather_reads_the_sampled_windows_and_agrees_with_the_loader() {
+    let s = schedule();
+    let src = source(None);
+    let row = SEQ as usize + 1;
+    let delivered = drain(&Loader::new(s.clone(), src.clone(), config(0, 1, 2, 1)).unwrap());
+    for (step, corpora, tokens) in &delivered {
+        let (got, samples) = crate::mix::gather(&s, src.as_ref(), *step, 0, 1).unwrap();
+        assert_eq!(samples, s.batch(*step).unwrap());
+        assert_eq!(
+            &samples.iter().map(|x| x.corpus).collect::<Vec<_>>(),
+            corpora
+        );
+        assert_eq!(&got, tokens, "step {step}");
+        for (i, x) in samples.iter().enumerate() {
+            let start = x.window as usize * SEQ as usize;
+            let want = &streams()[x.corpus as usize][start..start + row];
+            assert_eq!(&got[i * row..(i + 1) * row], want, "step {step} row {i}");
+        }
+        let mut joined = Vec::new();
+        for rank in 0..4 {
+            joined.extend(
+                crate::mix::gather(&s, src.as_ref(), *step, rank, 4)
+                    .unwrap()
+                    .0,
+            );
+        }
+        assert_eq!(&joined, tokens, "4 ranks at step {step}");
+    }
+}
+
+/// Misuse is `Error::Usage`, a source error passes through, a short buffer is refused.
+#[test]
+fn gather_refuses_misuse_and_passes_source_errors() {
+    let s = schedule();
+    let src = source(None);
+    let last = s.num_steps();
+    assert!(
+        matches!(crate::mix::gather(&s, src.as_ref(), last, 0, 1), Err(Error::Usage(m)) if m.contains("past the end"))
+    );
+    assert!(matches!(
+        crate::mix::gather(&s, src.as_ref(), 0, 2, 2),
+        Err(Error::Usage(_))
+    ));
+    assert!(matches!(
+        crate::mix::gather(&s, src.as_ref(), 0, 0, 0),
+        Err(Error::Usage(_))
+    ));
+    let mut short = vec![0u32; 3];
+    assert!(matches!(
+        crate::mix::gather_into(&s, src.as_ref(), 0, 0, 1, &mut short),
+        Err(Error::Usage(m)) if m.contains("buffer")
+    ));
+    let first = s.batch(0).unwrap()[0];
+    let poisoned = source(Some((first.corpus, first.window)));
+    assert!(matches!(
+        crate::mix::gather(&s, poisoned.as_ref(), 0, 0, 1),
+        Err(Error::Shard { msg, .. }) if msg.contains("poisoned")
+    ));
+}

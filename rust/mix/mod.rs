@@ -5,9 +5,11 @@
 //! - `apportion`: exact largest-remainder split of a batch among corpora.
 //! - `permute`: keyed Feistel permutations (one per corpus epoch) and the in-batch shuffle.
 //! - `sampler`: `Schedule::batch(step)` and rank slices.
+//! - `gather`: rank's slice of a step's batch as token rows (the loader's and `batch`'s).
 //! - `loader`: a ring of preallocated token buffers filled ahead of the trainer.
 
 mod apportion;
+pub mod gather;
 pub mod loader;
 pub mod permute;
 pub mod sampler;
@@ -19,6 +21,7 @@ mod loader_tests;
 #[cfg(test)]
 mod tests;
 
+pub use gather::{gather, gather_into};
 pub use loader::{Loader, LoaderConfig, Slot, WindowSource};
 pub use sampler::Sample;
 pub use schedule::{windows_in, CorpusSize, Schedule, StageSpec, WEIGHT_DENOM};

@@ -66,7 +66,7 @@ impl Schedule {
     /// The positions of rank `rank`'s contiguous slice of the batch at `step`.
     pub fn rank_slice(&self, step: u64, rank: u32, world: u32) -> Result<Range<usize>> {
         if world == 0 || rank >= world {
-            return Err(Error::Spec(format!(
+            return Err(Error::Usage(format!(
                 "rank {rank} of world size {world}: need 0 <= rank < world"
             )));
         }

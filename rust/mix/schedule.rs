@@ -407,7 +407,7 @@ impl Schedule {
 
     fn check_step(&self, step: u64) -> Result<()> {
         if step >= self.num_steps {
-            return Err(spec_err(format!(
+            return Err(Error::Usage(format!(
                 "step {step} is past the end of the schedule ({} steps)",
                 self.num_steps
             )));

@@ -60,7 +60,7 @@ impl WindowSource for ShardSource {
         let stream = self
             .streams
             .get(corpus as usize)
-            .ok_or_else(|| Error::Spec(format!("corpus index {corpus} out of range")))?;
+            .ok_or_else(|| Error::Usage(format!("corpus index {corpus} out of range")))?;
         stream.read(window * self.seq_len, out)
     }
 }

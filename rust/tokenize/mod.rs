@@ -1,6 +1,11 @@
 //! Tokenize: load any Hugging Face `tokenizer.json` (plain or zstd-compressed) and encode
 //! documents in parallel, with ids identical to the Python `tokenizers` package.
 //!
+//! This module owns two facts the rest of the project asks it for (the build, the HF export,
+//! generation): how a tokenizer file is read ([`read_tokenizer_json`]: zstd or not by its
+//! magic number, never by its name) and which ids are BOS / EOS / UNK
+//! ([`Tokenizer::bos_id`], [`Tokenizer::eos_id`], [`Tokenizer::unk_id`]).
+//!
 //! Tokenizers of the Llama 2 shape go through [`fast::FastEncoder`] (exact, several times
 //! faster: see its docs for why it is exact); any other shape uses the `tokenizers` crate.
 
@@ -24,6 +29,20 @@ const BOS_NAMES: &[&str] = &[
     "[CLS]",
 ];
 const EOS_NAMES: &[&str] = &["</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>", "[SEP]"];
+const UNK_NAMES: &[&str] = &["<unk>", "[UNK]", "<|unk|>"];
+
+/// The tokenizer.json bytes of `path`, decompressed when the file is a zstd frame (by its
+/// magic number: a compressed file named `tokenizer.json` is still compressed). The one reader
+/// of tokenizer files: loading, the copy into a built mix, the HF export.
+pub fn read_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
+    let raw =
+        std::fs::read(path).map_err(|e| Error::tokenizer(path, format!("cannot read: {e}")))?;
+    if raw.starts_with(&ZSTD_MAGIC) {
+        return zstd::decode_all(raw.as_slice())
+            .map_err(|e| Error::tokenizer(path, format!("not a valid zstd stream: {e}")));
+    }
+    Ok(raw)
+}
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -36,20 +55,13 @@ pub struct Tokenizer {
     path: String,
     bos: Option<u32>,
     eos: Option<u32>,
+    unk: Option<u32>,
 }
 
 impl Tokenizer {
     /// Load `tokenizer.json` or `tokenizer.json.zst` (recognised by its zstd magic number).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw =
-            std::fs::read(path).map_err(|e| Error::tokenizer(path, format!("cannot read: {e}")))?;
-        let json = if raw.starts_with(&ZSTD_MAGIC) {
-            zstd::decode_all(raw.as_slice())
-                .map_err(|e| Error::tokenizer(path, format!("not a valid zstd stream: {e}")))?
-        } else {
-            raw
-        };
-        Self::from_json_bytes(&json, path)
+        Self::from_json_bytes(&read_tokenizer_json(path)?, path)
     }
 
     /// Parse tokenizer.json bytes; `path` only names the source in errors.
@@ -72,6 +84,7 @@ impl Tokenizer {
         };
         let bos = find_special(&inner, BOS_NAMES);
         let eos = find_special(&inner, EOS_NAMES);
+        let unk = find_special(&inner, UNK_NAMES);
         Ok(Tokenizer {
             inner,
             fast,
@@ -80,6 +93,7 @@ impl Tokenizer {
             path: path.display().to_string(),
             bos,
             eos,
+            unk,
         })
     }
 
@@ -98,14 +112,21 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Beginning-of-sequence id (`<s>` for Llama), from the added tokens.
+    /// Beginning-of-sequence id (`<s>` for Llama): the first of the usual names that is an
+    /// added token (special ones preferred), else in the vocabulary. What a build writes
+    /// before each document, what an export declares and what generation starts with.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
     }
 
-    /// End-of-sequence id (`</s>` for Llama), from the added tokens.
+    /// End-of-sequence id (`</s>` for Llama), found like [`Tokenizer::bos_id`].
     pub fn eos_id(&self) -> Option<u32> {
         self.eos
+    }
+
+    /// Unknown-token id (`<unk>` for Llama), found like [`Tokenizer::bos_id`].
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk
     }
 
     /// Encode one text. `add_special_tokens` applies the tokenizer's post-processor (the BOS of
@@ -142,7 +163,8 @@ impl Tokenizer {
     }
 }
 
-/// The first of `names` that is an added token, special ones preferred.
+/// The first of `names` that is an added token, special ones preferred; else the first that
+/// is in the vocabulary (a tokenizer.json may leave `<s>` out of `added_tokens`).
 fn find_special(inner: &tokenizers::Tokenizer, names: &[&str]) -> Option<u32> {
     let added = inner.get_added_tokens_decoder();
     for want_special in [true, false] {
@@ -157,7 +179,7 @@ fn find_special(inner: &tokenizers::Tokenizer, names: &[&str]) -> Option<u32> {
             }
         }
     }
-    None
+    names.iter().find_map(|name| inner.token_to_id(name))
 }
 
 #[allow(dead_code)]

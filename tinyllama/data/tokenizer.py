@@ -30,6 +30,19 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._core.vocab_size
 
+    def special_ids(self) -> tuple[int | None, int | None, int | None]:
+        """(bos, eos, unk) ids, each None when the tokenizer has none. Decided by the Rust core
+        (the ids a build writes around documents): the one place that knows them."""
+        return self._core.special_ids()
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special_ids()[0]
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_ids()[1]
+
     def token_to_id(self, token: str) -> int | None:
         return self._core.token_to_id(token)
 
@@ -44,3 +57,9 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def read_tokenizer_json(path: str | os.PathLike[str]) -> bytes:
+    """The tokenizer.json bytes of a tokenizer file, decompressed when it is zstd (by its magic
+    number, whatever its name): the same reader the build uses to copy it into a mix."""
+    return _core.read_tokenizer_json(os.fspath(path))

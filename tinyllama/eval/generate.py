@@ -162,7 +162,7 @@ def generate(
         raise InputError(f"{path}: cannot find the tokenizer: pass --tokenizer PATH")
     tok = Tokenizer(tok_path)
     model = load_model(path, device)
-    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    bos, eos, _ = tok.special_ids()  # decided by the Rust core, as the build does
     ids = ([bos] if bos is not None else []) + tok.encode(prompt).tolist()
     new = generate_ids(model, ids, sampling, eos_id=eos)
     return prompt + _continuation(tok, ids, new)
