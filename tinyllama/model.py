@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -513,12 +514,21 @@ def _copy_full_into(p: torch.Tensor, full: torch.Tensor) -> None:
         p.copy_(full)
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 3407) -> Llama:
-    """A fully materialised, initialised model (built on meta first: no wasted default init)."""
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = 3407,
+                prepare: Callable[[Llama], object] | None = None) -> Llama:
+    """The one way a model is made: built on the meta device (no wasted default init), then
+    `prepare(model)` while it is still there (the trainer's `parallelize`: compile, activation
+    checkpointing, FSDP), materialised on `device`, and initialised from `seed`, or with
+    `seed=None` left for the caller to load (only the RoPE buffers are filled)."""
     with torch.device("meta"):
         model = Llama(cfg)
+    if prepare is not None:
+        prepare(model)
     model.to_empty(device=device)
-    model.init_weights(seed)
+    if seed is None:
+        model.init_rope()
+    else:
+        model.init_weights(seed)
     return model
 
 

@@ -105,11 +105,10 @@ def test_validation_sharded_over_ranks_sums_to_one_rank(mix):
     from test_hf import MODEL
 
     from tinyllama.eval import perplexity
-    from tinyllama.model import ModelConfig
-    from tinyllama.train.checkpoint import empty_model
+    from tinyllama.model import ModelConfig, build_model
 
     torch.manual_seed(0)
-    model = empty_model(ModelConfig(**MODEL), "cpu")
+    model = build_model(ModelConfig(**MODEL), "cpu", seed=None)
     model.init_weights(1)
     whole = perplexity.evaluate(model, mix, batch_size=4, max_docs=3)
     forwards = []
@@ -262,8 +261,9 @@ def test_anneal_refuses_a_run_dir_with_checkpoints_and_bad_steps(parent, streams
 def test_diverging_run_stops_after_max_rewinds(mix, tmp_path):
     """Guard on (the default): a run whose every step diverges rewinds, skips, and stops after
     run.guard.max_rewinds failed steps in a row, naming them; nothing non-finite is saved."""
+    from tinyllama import load_model
     from tinyllama.train import train
-    from tinyllama.train.checkpoint import committed_steps, load_model
+    from tinyllama.train.checkpoint import committed_steps
 
     torch.set_num_threads(1)
     out = tmp_path / "run"

@@ -145,8 +145,9 @@ def test_diverging_run_stops_without_committing_nan(mix, tmp_path):
     gradient is not finite is not applied, the run stops naming it, every committed checkpoint
     is finite, keep_last kept the good one, and metrics.jsonl stays valid JSON. (With the guard
     on, the default, the run rewinds and skips first: test_run_health.)"""
+    from tinyllama import load_model
     from tinyllama.train import train
-    from tinyllama.train.checkpoint import committed_steps, load_model
+    from tinyllama.train.checkpoint import committed_steps
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
@@ -315,7 +316,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(mix, tmp_path, damage, caps
         (step4 / ".metadata").unlink()
     assert ckpt.verify(step4) is not None
     with pytest.raises(CheckpointError, match="step-4"):
-        ckpt.load_model(step4)
+        ckpt.model_from_checkpoint(step4)
     train(train_config(mix, out, steps=4, save_every=2, keep_last=3), resume=True, source=mix_source(mix))
     err = capsys.readouterr().err
     assert "skipped step-4" in err and "resumed from" in err and "step-2" in err

@@ -234,8 +234,9 @@ def test_resume_is_exact(baseline, streams, tmp_path):
 def test_keep_last_and_load_model(streams, tmp_path):
     import torch
 
+    from tinyllama import load_model
     from tinyllama.errors import CheckpointError
-    from tinyllama.train.checkpoint import committed_steps, load_model
+    from tinyllama.train.checkpoint import committed_steps
 
     cfg = write_config(tmp_path)
     run_inproc(cfg, streams, ["run.max_steps=8", "run.save_every=2", "run.keep_last=2"])

@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from tinyllama.errors import CheckpointError, StorageError
-from tinyllama.model import Llama, ModelConfig
+from tinyllama.model import Llama, ModelConfig, build_model
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -454,19 +454,17 @@ def resolve(path: Path) -> Path:
     raise CheckpointError(f"{path}: no committed training checkpoint (step-N/ with trainer.json) found")
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
-    """The model in `path`, as a plain (unsharded) fp32 `Llama` in eval mode.
-
-    `path` is a training run dir, its `checkpoints/` dir or one `step-N/` dir (single process, no
-    process group needed: DCP reads the shards of any world size). Hugging Face dirs are read by
-    `tinyllama.hf.load_model`, which also takes these.
-    """
-    ckpt = resolve(Path(path))
+def model_from_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Llama:
+    """The model of committed checkpoint `path` (a `step-N/` dir; see `resolve`), verified, as a
+    plain (unsharded) fp32 `Llama` in eval mode. Single process, no process group needed: DCP
+    reads the shards of any world size. Users call `tinyllama.load_model`, which resolves run
+    dirs and also reads Hugging Face dirs."""
+    ckpt = Path(path)
     why = verify(ckpt)
     if why is not None:
         raise CheckpointError(f"{ckpt}: {why}")
     trainer = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
-    model = empty_model(ModelConfig(**trainer["config"]["model"]), device)
+    model = build_model(ModelConfig(**trainer["config"]["model"]), device, seed=None)
     sd = {"model": model.state_dict()}
     try:
         with _quiet():
@@ -477,16 +475,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     return model.eval()
 
 
-def empty_model(cfg: ModelConfig, device) -> Llama:
-    """A model with allocated but uninitialised weights (the caller loads them) and its RoPE cache."""
-    with torch.device("meta"):
-        model = Llama(cfg)
-    model.to_empty(device=device)
-    model.init_rope()
-    return model
-
-
 __all__ = [
-    "Checkpointer", "check_compatible", "clean_partial", "committed_steps", "empty_model", "latest_checkpoint",
-    "load", "load_model", "mix_identity", "resolve", "resume_candidates", "save", "verify", "weights_finite",
+    "Checkpointer", "check_compatible", "clean_partial", "committed_steps", "latest_checkpoint",
+    "load", "mix_identity", "model_from_checkpoint", "resolve", "resume_candidates", "save", "verify", "weights_finite",
 ]

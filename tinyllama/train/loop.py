@@ -34,7 +34,7 @@ import torch
 
 from tinyllama.errors import CheckpointError, SpecError, TinyllamaError, TrainingError
 from tinyllama.lock import exclusive_dir_lock
-from tinyllama.model import Llama, document_ids_from_tokens
+from tinyllama.model import Llama, build_model, document_ids_from_tokens
 from tinyllama.train.checkpoint import Checkpointer, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
 from tinyllama.train.guard import Guard
@@ -203,13 +203,15 @@ def init_model_and_optimizer(
 ) -> tuple[Llama, torch.optim.Optimizer, contextlib.AbstractContextManager]:
     """The model built on the meta device, parallelized, materialised on the device and
     initialised; AdamW over it; the autocast context of a micro-step."""
-    with torch.device("meta"):
-        model = Llama(cfg.model)
     bf16 = cfg.run.precision == "bf16"
-    fsdp_bf16 = parallelize(model, d, compile=cfg.run.compile,
-                            activation_checkpointing=cfg.run.activation_checkpointing, bf16=bf16)
-    model.to_empty(device=d.device)
-    model.init_weights(cfg.run.seed)
+    fsdp = {}
+
+    def prepare(model: Llama) -> None:
+        fsdp["bf16"] = parallelize(model, d, compile=cfg.run.compile,
+                                   activation_checkpointing=cfg.run.activation_checkpointing, bf16=bf16)
+
+    model = build_model(cfg.model, d.device, seed=cfg.run.seed, prepare=prepare)
+    fsdp_bf16 = fsdp["bf16"]
     opt = build_optimizer(model, cfg.optim, d.device)
     amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 and not fsdp_bf16
            else contextlib.nullcontext())
