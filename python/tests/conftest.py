@@ -93,20 +93,27 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     }
 
 
-def build_with_sigkills(spec: Path, out: Path, delays=(0.3, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0)) -> int:
-    """Run `mix build` as a subprocess, SIGKILL it after each delay until one run completes,
-    then finish with a last uninterrupted run. Returns how many runs were killed."""
+def build_with_sigkills(spec: Path, out: Path, delays=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)) -> tuple[int, int]:
+    """Run `mix build` as a subprocess and SIGKILL it `delay` seconds after its staging
+    appeared (so the kill lands inside the build, not in interpreter start-up), once per delay
+    until a run completes, then finish with a last uninterrupted run. Returns (runs killed,
+    kills that landed mid-build: staging there and mix.json not yet written)."""
     cmd = [sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
            "--workers", "2", "--quiet"]
-    kills = 0
+    kills = mid_build = 0
     for delay in delays:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not (out / ".staging").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.005)
         time.sleep(delay)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
+            proc.wait()
+            mid_build += (out / ".staging").is_dir() and not (out / "mix.json").exists()
         proc.wait()
         if (out / "mix.json").exists():
             break
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return kills
+    return kills, mid_build

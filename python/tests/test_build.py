@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -163,8 +165,8 @@ def test_sigkill_at_any_instant_then_resume_gives_identical_bytes(tmp_path, buil
     """Kill the build process with SIGKILL at increasing delays, rerun until done, compare."""
     spec = write_spec(tmp_path)
     out = tmp_path / "mix"
-    kills = build_with_sigkills(spec, out)
-    assert kills >= 1
+    kills, mid_build = build_with_sigkills(spec, out)
+    assert kills >= 1 and mid_build >= 1  # at least one kill landed inside the build
     assert tree_bytes(out) == tree_bytes(built)
     assert not list(out.rglob("*.tmp"))
 
@@ -290,3 +292,55 @@ def test_documents_are_zero_copy_views(built):
     doc = next(tinyllama.Mix(built).documents("skypile"))
     assert isinstance(doc, np.ndarray) and doc.dtype == np.uint16
     assert not doc.flags.owndata and not doc.flags.writeable
+
+
+# --- deterministic fault points (the TINYLLAMA_ABORT_AFTER test hook, rust/build/fault.rs) ---
+
+
+DEDUP_CORPORA = f"""
+[corpora.slimpajama]
+paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
+exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
+dedup = "near"
+holdout_docs = 10
+
+[corpora.skypile]
+paths = ["{CORPORA}/skypile/*.jsonl"]
+dedup = "exact"
+"""
+DEDUP_STAGES = """
+[[stages]]
+name = "basic"
+tokens = "100K"
+batch_tokens = "4K"
+weights = { slimpajama = 0.5, skypile = 0.5 }
+"""
+
+
+@pytest.fixture(scope="module")
+def built_with_dedup(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fault-ref")
+    out = d / "mix"
+    build_mix(write_spec(d, corpora=DEDUP_CORPORA, stages=DEDUP_STAGES), out, workers=1, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("point", ["fingerprint:2", "dedup:1", "dedup:2", "part:3", "shard:1", "manifest:1",
+                                   "manifest:2"])
+def test_abort_at_each_stage_boundary_then_resume_gives_identical_bytes(tmp_path, built_with_dedup, point):
+    """The build process dies (abort: no cleanup) right after the given commit: some
+    fingerprint stores, a dedup decision, some staged parts, a packed shard, a corpus's
+    manifest. It leaves staging and no mix.json; a plain rerun finishes to the same bytes."""
+    spec = write_spec(tmp_path, corpora=DEDUP_CORPORA, stages=DEDUP_STAGES)
+    out = tmp_path / "mix"
+    cmd = [sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
+           "--workers", "1", "--quiet"]
+    env = {**os.environ, "TINYLLAMA_ABORT_AFTER": point}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == -signal.SIGABRT, r.stderr[-2000:]
+    assert f"aborting after {point.replace(':', ' #')}" in r.stderr
+    assert (out / ".staging").is_dir() and not (out / "mix.json").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert tree_bytes(out) == tree_bytes(built_with_dedup)
+    assert not (out / ".staging").exists()

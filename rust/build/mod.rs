@@ -27,6 +27,7 @@
 
 pub mod config;
 mod dedup_stage;
+pub mod fault;
 pub mod manifest;
 mod pack;
 pub mod progress;
@@ -392,14 +393,18 @@ pub fn fingerprint_one(
     let (c, dir) = plan.staged(corpus)?;
     let f = plan.file(corpus, file)?;
     let params = dedup_stage::params(&plan.cfg.dedup, c.dedup)?;
-    dedup_stage::fingerprint_file(
+    let work = dedup_stage::fingerprint_file(
         &plan.ctx(progress),
         c,
         &params,
         &dir.join("fingerprints"),
         file,
         f,
-    )
+    )?;
+    if !work.resumed {
+        fault::committed("fingerprint");
+    }
+    Ok(work)
 }
 
 /// Find corpus `corpus`'s duplicates from its fingerprint stores (all must be committed) and
@@ -417,7 +422,11 @@ pub fn dedup_corpus(plan: &Plan, corpus: usize, partitions: Option<usize>) -> Re
     let ranges = partitions
         .map(|p| band_ranges(plan, corpus, p))
         .transpose()?;
-    dedup_stage::decide(&plan.cfg, c, &dir, plan.files(corpus), ranges.as_deref())
+    let work = dedup_stage::decide(&plan.cfg, c, &dir, plan.files(corpus), ranges.as_deref())?;
+    if !work.resumed {
+        fault::committed("dedup");
+    }
+    Ok(work)
 }
 
 /// The band ranges of `partitions` band partitions of corpus `corpus` (none when the corpus
@@ -460,6 +469,9 @@ pub fn tokenize_one(
     };
     let removed = (!removed.is_empty()).then_some(&removed);
     let (stats, resumed) = tokenize_file(&plan.ctx(progress), c, &dir, file, f, removed)?;
+    if !resumed {
+        fault::committed("part");
+    }
     Ok(FileWork {
         resumed,
         bytes: stats.stats.bytes,

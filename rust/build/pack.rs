@@ -207,6 +207,7 @@ pub fn write_shard(ctx: &Ctx, dir: &Path, plan: &ShardPlan) -> Result<(ShardEntr
     }
     let checksum = writer.finish()?;
     ctx.progress.files_done.fetch_add(1, Relaxed);
+    super::fault::committed("shard");
     Ok((entry(checksum), false))
 }
 
@@ -272,6 +273,7 @@ pub fn pack(
     };
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n";
     crate::shard::write_atomic(&out_dir.join("manifest.json"), text.as_bytes())?;
+    super::fault::committed("manifest");
     Ok(manifest)
 }
 
