@@ -14,7 +14,6 @@ both directions are a renaming: no tensor is changed, and ours -> HF -> ours is 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -310,16 +309,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
-    _fsync_dir(out.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    ckpt.fsync_dir(out.parent)
 
 
 def _write_export(model: Llama, tmp: Path, tok_bytes: bytes, bos: int, eos: int, unk: int, dtype: str) -> None:

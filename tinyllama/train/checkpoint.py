@@ -49,7 +49,8 @@ CHECKSUMS = "checksums.json"
 _HASH_CHUNK = 8 << 20
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (best effort: some filesystems cannot fsync a dir)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -69,7 +70,7 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def committed_steps(ckpt_dir: Path) -> list[int]:
@@ -189,7 +190,7 @@ def save(
         if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         _write_atomic(ckpt_dir / "latest", final.name + "\n")
         # Only checkpoints older than this one are pruned: after a fall-back resume, a newer
         # (damaged) checkpoint must not count against keep_last and push this one out.
@@ -476,6 +477,6 @@ def model_from_checkpoint(path: str | os.PathLike[str], device: str | torch.devi
 
 
 __all__ = [
-    "Checkpointer", "check_compatible", "clean_partial", "committed_steps", "latest_checkpoint",
+    "Checkpointer", "check_compatible", "clean_partial", "committed_steps", "fsync_dir", "latest_checkpoint",
     "load", "mix_identity", "model_from_checkpoint", "resolve", "resume_candidates", "save", "verify", "weights_finite",
 ]

@@ -88,17 +88,23 @@ class MetricsLogger:
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         os.replace(tmp, self.path)
 
-    def log(self, record: dict, total_steps: int) -> None:
-        if not self.enabled:
-            return
-        # JSON has no NaN / inf: a non-finite value is written as null (the line stays valid JSON).
+    def _append(self, record: dict, tensorboard: bool) -> dict:
+        """Append `record` to metrics.jsonl and, with `tensorboard`, its numbers to TensorBoard.
+        JSON has no NaN / inf: a non-finite value is written as null (the line stays valid JSON).
+        Returns the record as written."""
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
-        if self.tb is not None:
+        if tensorboard and self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, record["step"])
+        return record
+
+    def log(self, record: dict, total_steps: int) -> None:
+        if not self.enabled:
+            return
+        record = self._append(record, tensorboard=True)
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
         line = (
             f"step {record['step']}/{total_steps} loss {_fmt(record.get('loss'), '.4f')} "
@@ -122,13 +128,7 @@ class MetricsLogger:
         TensorBoard when numeric, and as a message)."""
         if not self.enabled:
             return
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
-        if self.tb is not None and "event" not in record:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, record["step"])
+        record = self._append(record, tensorboard="event" not in record)
         self.message(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
 
     def message(self, text: str) -> None:
