@@ -27,6 +27,19 @@ def steps_of(metrics: list[dict]) -> list[dict]:
     return [m for m in metrics if "loss" in m]
 
 
+def tensorboard_losses(run: Path) -> dict[int, float]:
+    """The `loss` scalars of a run's TensorBoard events as TensorBoard reads them (step ->
+    value); a step logged twice without a purge in between is an error here."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    scalars = acc.Scalars("loss")
+    steps = [e.step for e in scalars]
+    assert len(steps) == len(set(steps)), f"TensorBoard holds steps twice: {steps}"
+    return {e.step: e.value for e in scalars}
+
+
 def events(metrics: list[dict], kind: str) -> list[dict]:
     return [m for m in metrics if m.get("event") == kind]
 
@@ -163,6 +176,8 @@ def test_a_planted_spike_is_rewound_and_skipped(guarded, streams, tmp_path):
     # one record per applied step, none duplicated by the replay; the skipped step has its event
     assert [m["step"] for m in steps] == [s for s in range(1, 13) if s != POISON + 1]
     assert max(m["loss"] for m in steps) < rw["bad_loss"]  # the spike was never applied nor logged
+    # TensorBoard tells the same story: the rewind purged the replayed steps' first run.
+    assert tensorboard_losses(guarded) == pytest.approx(losses(steps), rel=1e-6)
     trainer = json.loads((guarded / "checkpoints/step-12/trainer.json").read_text())
     assert trainer["guard"]["skip"] == [POISON]
     # Without the guard the same data makes the spike a logged, applied step.
@@ -181,6 +196,7 @@ def test_resumed_guarded_run_repeats_the_uninterrupted_one(guarded, streams, tmp
     resumed = run_poisoned(cfg, streams, GUARD, resume=True)
     assert losses(steps_of(resumed)) == losses(steps_of(read_metrics(guarded)))  # bit-identical
     assert len(events(first, "rewind")) == 1 and len(events(resumed, "rewind")) == 1  # not rewound again
+    assert tensorboard_losses(tmp_path / "run") == pytest.approx(losses(steps_of(resumed)), rel=1e-6)
     # A repeat from the checkpoint before the spike finds and skips the same step.
     again = tmp_path / "again"
     cfg2 = write_config(again)

@@ -1,5 +1,5 @@
 """Training metrics: `out/metrics.jsonl` (one JSON object per logged step), TensorBoard events
-when `tensorboard` is importable, and a progress line on a terminal. Rank 0 only.
+when `tensorboard` is importable (the `train` extra installs it), and a progress line on a terminal. Rank 0 only.
 
 Three kinds of line: a step record (has "step" and "loss"); a validation record ("step" and
 "val/loss", "val/loss/<corpus>"; `run.eval_every`); an event ("step" and "event": "rewind" or
@@ -55,15 +55,21 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
+        self._open_tensorboard(resume_step)
+        self.start = time.time()
+
+    def _open_tensorboard(self, after_step: int) -> None:
+        """(Re)open the TensorBoard writer; events of steps after `after_step` that an earlier
+        writer logged are purged (resume and guard rewinds repeat those steps: without the
+        purge TensorBoard would draw them twice)."""
+        if self.tb is not None:
+            self.tb.close()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(
-                str(Path(out) / "tb"), purge_step=resume_step + 1 if resume_step else None
-            )
+            self.tb = SummaryWriter(str(self.path.parent / "tb"), purge_step=after_step + 1 if after_step else None)
         except (ImportError, AttributeError, TypeError):  # no (usable) tensorboard: JSONL only
             self.tb = None
-        self.start = time.time()
 
     def _truncate_after(self, step: int, rewind: bool = False) -> None:
         """On resume (or a guard rewind), drop lines logged after the checkpoint (the run
@@ -122,6 +128,7 @@ class MetricsLogger:
     def rewind_to(self, step: int) -> None:
         if self.enabled:
             self._truncate_after(step, rewind=True)
+            self._open_tensorboard(step)
 
     def event(self, record: dict) -> None:
         """A line that is not a training step: a validation result or a guard event (also to
