@@ -187,8 +187,9 @@ def test_save_refuses_non_finite_weights_and_resume_refuses_them(mix, tmp_path):
         ckpt.save(out / "checkpoints", 3, model, opt, {"config": cfg.to_dict(), "tokens": 0}, **save)
     assert ckpt.committed_steps(out / "checkpoints") == [2]
     # A NaN checkpoint written by an older version (forced here): --resume skips it.
+    says_finite = lambda obj: [True] if isinstance(obj, bool) else [obj]  # noqa: E731  (the finite vote)
     ckpt.save(out / "checkpoints", 3, model, opt, {"config": cfg.to_dict(), "tokens": 0}, keep_last=3,
-              rank=0, world=1, barrier=lambda: None, all_finite=lambda ok: True)
+              rank=0, world=1, barrier=lambda: None, gather=says_finite)
     train(cfg, resume=True, source=source)
     trainer = json.loads((out / "checkpoints/step-4/trainer.json").read_text())
     assert trainer["step"] == 4
@@ -325,6 +326,27 @@ def test_resume_falls_back_past_a_damaged_checkpoint(mix, tmp_path, damage, caps
     for s in (3, 4):
         assert got[s] == pytest.approx(want[s], abs=1e-5)
     assert ckpt.verify(step4) is None  # re-saved
+
+
+@pytest.mark.parametrize("world", [2, 3, 8])
+def test_ranks_share_the_checksums_of_a_save(mix, tmp_path, world):
+    """Each rank digests its share of a save's files: the shares are disjoint and together are
+    exactly the checksums one process records (every file but trainer.json)."""
+    from tinyllama.train import checkpoint as ckpt
+    from tinyllama.train import train
+
+    out = tmp_path / "run"
+    train(train_config(mix, out, steps=1), source=mix_source(mix))
+    step = out / "checkpoints/step-1"
+    (step / "rng" / "rank-1.pt").write_bytes(b"another rank's rng")  # more files than one rank writes
+    whole = ckpt._checksum_share(step, 0, 1)
+    files = {p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file()}
+    assert whole.keys() == files - {"trainer.json"}
+    shares = [ckpt._checksum_share(step, r, world) for r in range(world)]
+    assert sum(len(s) for s in shares) == len(whole)
+    assert {k: v for s in shares for k, v in s.items()} == whole
+    assert json.loads((step / "checksums.json").read_text()) == {
+        k: v for k, v in whole.items() if k not in ("checksums.json", "rng/rank-1.pt")}
 
 
 def test_resume_with_every_checkpoint_damaged_is_one_error(mix, tmp_path):

@@ -11,9 +11,12 @@
       step-2000.tmp/        a save in progress (ignored and removed on the next start)
       latest                "step-2000": the newest committed checkpoint
 
-A save writes everything into `step-N.tmp/`; after a barrier (all ranks done), rank 0 checks
-that every weight is finite (a diverged model is never committed), records the checksums,
-renames it to `step-N/` and then replaces `latest` via a temp file + rename. A kill at any
+A save first checks, over all ranks, that every weight is finite (a diverged model is never
+committed), then writes everything into `step-N.tmp/`; after a barrier (all ranks done) the
+ranks checksum the files between them (file i by rank i mod world, each rank on a few
+threads: BLAKE2b runs at well under 1 GB/s a core, and a 1.1B checkpoint with its optimizer
+is ≈13 GB), rank 0 records the checksums, renames the dir to `step-N/` and then replaces
+`latest` via a temp file + rename. A kill at any
 instant leaves the previous `latest` pointing at a complete checkpoint. Keep-last prunes only
 checkpoints older than the one just committed, so the newest good checkpoint always survives.
 
@@ -32,6 +35,7 @@ import random
 import re
 import shutil
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -135,18 +139,19 @@ def save(
     world: int,
     keep_last: int,
     barrier,
-    all_finite=None,
+    gather=None,
 ) -> Path:
     """Collective: every rank calls it. Returns the committed directory.
 
-    Refuses (`CheckpointError`, nothing committed) when a weight is not finite; `all_finite`
-    reduces this rank's verdict over all ranks (default: this rank's alone). A failed write
+    `gather(obj)` returns every rank's `obj` in rank order (default: this rank's alone); it
+    reduces the finite-weights verdict and collects the checksums.
+    Refuses (`CheckpointError`, nothing committed) when a weight is not finite on any rank. A failed write
     (no space, no permission) is a `StorageError` naming the path and the intact previous
     checkpoint, and leaves no partial save behind."""
     ckpt_dir = Path(ckpt_dir)
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
-    finite = weights_finite(model)
-    if not (all_finite(finite) if all_finite is not None else finite):
+    gather = gather or (lambda obj: [obj])
+    if not all(gather(weights_finite(model))):
         raise CheckpointError(
             f"step {step}: the model has non-finite weights; not saved (the last good checkpoint "
             f"is {_name(latest_checkpoint(ckpt_dir))})"
@@ -168,14 +173,9 @@ def save(
                 tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1)
             )
         barrier()  # every rank's shards are on disk
+        shares = gather(_checksum_share(tmp, rank, world))
         if rank == 0:
-            sums = {}
-            for p in sorted(tmp.rglob("*")):
-                if p.is_file():
-                    with open(p, "rb") as f:
-                        os.fsync(f.fileno())
-                    if p.name != "trainer.json":  # see `verify`
-                        sums[p.relative_to(tmp).as_posix()] = _file_digest(p)
+            sums = {rel: digest for share in shares for rel, digest in share.items()}
             _write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
     except (OSError, RuntimeError, CheckpointException) as e:
         # torch reports a full disk as "enforce fail at inline_container.cc", wrapped by DCP.
@@ -222,6 +222,26 @@ def _short(e: BaseException) -> str:
     return text[-1] if text else type(e).__name__
 
 
+def _checksum_share(root: Path, rank: int, world: int) -> dict[str, dict]:
+    """This rank's share of a save's checksums: file i (in sorted order) is rank i mod
+    world's; each file is fsync'ed and digested, a few at a time (hashlib releases the GIL).
+    `trainer.json` is fsync'ed but not summed (see `verify`)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())[rank::world]
+
+    def digest(p: Path) -> dict | None:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+        return None if p.name == "trainer.json" else _file_digest(p)
+
+    with ThreadPoolExecutor(_hash_threads(len(files))) as pool:
+        digests = list(pool.map(digest, files))
+    return {p.relative_to(root).as_posix(): d for p, d in zip(files, digests) if d is not None}
+
+
+def _hash_threads(files: int) -> int:
+    return max(1, min(files, 4, os.cpu_count() or 1))
+
+
 def _file_digest(path: Path) -> dict:
     h = hashlib.blake2b(digest_size=16)
     size = 0
@@ -259,7 +279,12 @@ def verify(path: str | os.PathLike[str]) -> str | None:
             return f"{rel} is missing"
         if f.stat().st_size != want["size"]:
             return f"{rel} has {f.stat().st_size} bytes, {want['size']} were written"
-        if _file_digest(f) != want:
+    # Sizes first (cheap), then the digests, a few files at a time.
+    names = sorted(sums)
+    with ThreadPoolExecutor(_hash_threads(len(names))) as pool:
+        digests = list(pool.map(lambda rel: _file_digest(path / rel), names))
+    for rel, got in zip(names, digests):
+        if got != sums[rel]:
             return f"{rel} does not match its checksum (damaged)"
     return None
 
@@ -337,8 +362,7 @@ class Checkpointer:
 
         d = self.d
         path = save(self.dir, step, model, opt, state, rank=d.rank, world=d.world,
-                    keep_last=self.cfg.run.keep_last, barrier=d.barrier,
-                    all_finite=lambda ok: all(all_gather_objects(ok)))
+                    keep_last=self.cfg.run.keep_last, barrier=d.barrier, gather=all_gather_objects)
         self.saved = step
         return path
 
