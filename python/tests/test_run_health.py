@@ -189,6 +189,24 @@ def test_a_planted_spike_is_rewound_and_skipped(guarded, streams, tmp_path):
     assert losses(unguarded)[12] != losses(steps)[12]
 
 
+@pytest.mark.slow
+def test_two_ranks_rewind_and_skip_like_one(guarded, streams, tmp_path):
+    """torchrun, 2 FSDP ranks (gloo): the guard's verdict is the all-reduced loss, so both
+    ranks rewind together to the same checkpoint, skip the same step, and end where the
+    1-process run ends (up to float reduction order); the skip list is in the checkpoint."""
+    from test_train import run_torchrun
+
+    cfg = write_config(tmp_path)
+    two = run_torchrun(2, cfg, streams, GUARD, poisoned=True)
+    one = read_metrics(guarded)
+    assert [(e["step"], e["to"], e["skip"]) for e in events(two, "rewind")] == [
+        (e["step"], e["to"], e["skip"]) for e in events(one, "rewind")]
+    assert [e["step"] for e in events(two, "skip")] == [POISON]
+    assert losses(steps_of(two)) == pytest.approx(losses(steps_of(one)), rel=1e-3)
+    trainer = json.loads((tmp_path / "run/checkpoints/step-12/trainer.json").read_text())
+    assert trainer["guard"]["skip"] == [POISON] and trainer["world"] == 2
+
+
 def test_resumed_guarded_run_repeats_the_uninterrupted_one(guarded, streams, tmp_path):
     cfg = write_config(tmp_path)
     first = run_poisoned(cfg, streams, GUARD + ["run.stop_after=11"])

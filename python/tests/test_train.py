@@ -147,7 +147,7 @@ def run_inproc(config: Path, streams: Path, overrides=(), resume=False) -> list[
     return read_metrics(Path(cfg.out))
 
 
-def run_torchrun(nproc: int, config: Path, streams: Path, overrides=(), resume=False) -> list[dict]:
+def run_torchrun(nproc: int, config: Path, streams: Path, overrides=(), resume=False, poisoned=False) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -163,6 +163,7 @@ def run_torchrun(nproc: int, config: Path, streams: Path, overrides=(), resume=F
         str(streams),
     ]
     cmd += ["--resume"] if resume else []
+    cmd += ["--poisoned"] if poisoned else []
     for ov in overrides:
         cmd += ["--set", ov]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -492,13 +493,20 @@ if __name__ == "__main__":  # torchrun entry point
     ap.add_argument("streams")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--poisoned", action="store_true", help="test_run_health's stream with its planted spike")
     a = ap.parse_args()
     if os.environ.get("TINYLLAMA_TEST_PID_DIR"):  # lets a test signal one rank
         Path(os.environ["TINYLLAMA_TEST_PID_DIR"], f"rank-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     from tinyllama.train import train
     from tinyllama.train.config import load_config
 
-    train(load_config(a.config, a.overrides), resume=a.resume, source=load_source(a.streams))
+    if a.poisoned:
+        from test_run_health import poisoned
+
+        source = poisoned(a.streams)
+    else:
+        source = load_source(a.streams)
+    train(load_config(a.config, a.overrides), resume=a.resume, source=source)
 
 
 def test_mfu_against_a_hand_count(streams, tmp_path):
