@@ -37,7 +37,11 @@ def run(*args: str, module: str = "tinyllama.cli", timeout: int = 600, check: bo
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    return {m["step"]: m["loss"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    return {m["step"]: m["loss"] for m in metrics(run_dir) if "loss" in m}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +188,10 @@ def test_export_generate_eval_import(trained, built, tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_torchrun_on_the_real_mix_matches_one(trained, built, tmp_path):
-    cfg = write_train_config(tmp_path, built)
+    """2 FSDP ranks over the real mix: the losses of the one-process run, and in-loop validation
+    (each rank scores its share of the held-out documents) equal to `tinyllama eval` of the
+    checkpoint."""
+    cfg = write_train_config(tmp_path, built, eval_every=3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -194,6 +201,14 @@ def test_two_rank_torchrun_on_the_real_mix_matches_one(trained, built, tmp_path)
     assert sorted(got) == sorted(want)
     for s in want:
         assert got[s] == pytest.approx(want[s], rel=1e-4, abs=1e-4), s
+    val = [m for m in metrics(tmp_path / "run") if "val/loss" in m]
+    assert [m["step"] for m in val] == [3, 6]
+    for rec in val:
+        printed = json.loads(run("eval", str(tmp_path / f"run/checkpoints/step-{rec['step']}"), "--mix", str(built),
+                                 "--json").stdout)
+        for corpus in ("slimpajama", "skypile"):
+            assert rec[f"val/loss/{corpus}"] == pytest.approx(printed["corpora"][corpus]["nll"], rel=1e-5), corpus
+        assert rec["val/loss"] == pytest.approx(printed["all"]["nll"], rel=1e-5)
 
 
 @pytest.mark.slow
