@@ -6,6 +6,7 @@
 pub mod build;
 pub mod dedup;
 pub mod error;
+pub mod filter;
 pub mod mix;
 pub mod shard;
 pub mod source;
