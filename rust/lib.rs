@@ -29,6 +29,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::build::PyBuildPlan>()?;
     m.add_function(wrap_pyfunction!(py::build::build_mix, m)?)?;
     m.add_function(wrap_pyfunction!(py::build::dedup_files, m)?)?;
+    m.add_function(wrap_pyfunction!(py::filter::judge_documents, m)?)?;
+    m.add_function(wrap_pyfunction!(py::filter::filter_settings, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -25,6 +25,8 @@ __all__ = [
     "BuildPlan",
     "build_mix",
     "dedup_files",
+    "judge_documents",
+    "filter_settings",
     "verify_shard",
     "verify_mix",
     "__version__",
@@ -158,6 +160,16 @@ def dedup_files(
     Returns {docs, exact, near, removed: list[(file index, row)], spilled_runs, fingerprint_seconds,
     find_seconds}.
     """
+
+def judge_documents(
+    filters: list[tuple[str, str]], texts: list[str], workers: int = 0
+) -> list[tuple[str, str] | None]:
+    """Judge `texts` with the filter chain `filters` ([(name, settings as JSON)], applied in that order: the
+    first that drops a text names it) on `workers` threads (0 = all cores). One entry per text: None (kept) or
+    (filter, reason). Raises SpecError naming `filters.<name>.<key>` for a bad setting."""
+
+def filter_settings(filters: list[tuple[str, str]]) -> list[str]:
+    """The resolved settings (JSON, defaults filled in) of each filter of `filters`, as the lock records them."""
 
 def verify_shard(
     path: str | os.PathLike[str], vocab_size: int | None = None, checksum: str | None = None

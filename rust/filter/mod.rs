@@ -67,7 +67,7 @@ pub const ORDER: [&str; 5] = [
 ];
 
 /// Build the filter `name` with the spec's `params` (a TOML table as JSON; `{}` = defaults).
-pub fn filter(name: &str, params: &Value) -> Result<Box<dyn DocFilter>> {
+pub fn filter(name: &str, _params: &Value) -> Result<Box<dyn DocFilter>> {
     #[allow(clippy::match_single_binding)]
     match name {
         _ => Err(Error::Spec(format!(
@@ -133,9 +133,10 @@ impl Params {
     pub fn usize(&mut self, key: &str, default: usize) -> Result<usize> {
         let v = match self.map.remove(key) {
             None => default,
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| self.bad(key, "a whole number >= 0"))? as usize,
+            Some(v) => {
+                v.as_u64()
+                    .ok_or_else(|| self.bad(key, "a whole number >= 0"))? as usize
+            }
         };
         self.resolved.insert(key.into(), v.into());
         Ok(v)
@@ -187,10 +188,7 @@ mod tests {
         let mut p = Params::new("demo", &serde_json::json!({"a": 0.5})).unwrap();
         assert_eq!(p.f64("a", 0.1).unwrap(), 0.5);
         assert_eq!(p.usize("b", 3).unwrap(), 3);
-        assert_eq!(
-            p.finish().unwrap(),
-            serde_json::json!({"a": 0.5, "b": 3})
-        );
+        assert_eq!(p.finish().unwrap(), serde_json::json!({"a": 0.5, "b": 3}));
         let mut p = Params::new("demo", &serde_json::json!({"typo": 1})).unwrap();
         p.f64("a", 0.1).unwrap();
         let err = p.finish().unwrap_err().to_string();

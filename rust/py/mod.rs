@@ -14,6 +14,7 @@
 //!   (`impl From<Error> for PyErr`, so bindings just use `?`).
 
 pub mod build;
+pub mod filter;
 pub mod mix;
 pub mod tokenizer;
 
