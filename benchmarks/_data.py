@@ -38,13 +38,17 @@ def base_texts(shared: Path = SHARED) -> list[str]:
     return texts
 
 
-def scaled_corpus(out: Path, megabytes: int, files: int = 16, shared: Path = SHARED) -> tuple[list[Path], int]:
+def scaled_corpus(out: Path, megabytes: int, files: int = 16, shared: Path = SHARED,
+                  skewed: bool = False) -> tuple[list[Path], int]:
     """Write about `megabytes` MB of text (SlimPajama + SkyPile) as `files` .jsonl.zst files;
-    reuse if present."""
-    return _write_scaled(out, f"{megabytes}-{files}", lambda: base_texts(shared), megabytes, files)
+    reuse if present. `skewed`: file k holds twice as much as file k+1 (half the text in the
+    first file), as real dumps often are."""
+    key = f"{megabytes}-{files}" + ("-skewed" if skewed else "")
+    return _write_scaled(out, key, lambda: base_texts(shared), megabytes, files, skewed)
 
 
-def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int) -> tuple[list[Path], int]:
+def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int,
+                  skewed: bool = False) -> tuple[list[Path], int]:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / f".complete-{key}"
     paths = [out / f"part-{i:03d}.jsonl.zst" for i in range(files)]
@@ -64,10 +68,18 @@ def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int) -> 
             if size >= target:
                 break
         copy += 1
-    per = (len(lines) + files - 1) // files
+    if skewed:
+        weights = [2.0 ** -k for k in range(files)]
+        bounds = [0]
+        for k in range(files):
+            bounds.append(len(lines) if k == files - 1 else
+                          bounds[-1] + max(1, round(len(lines) * weights[k] / sum(weights))))
+    else:
+        per = (len(lines) + files - 1) // files
+        bounds = [min(k * per, len(lines)) for k in range(files + 1)]
     cctx = zstandard.ZstdCompressor(level=3)
     for k, p in enumerate(paths):
-        p.write_bytes(cctx.compress(("\n".join(lines[k * per:(k + 1) * per]) + "\n").encode()))
+        p.write_bytes(cctx.compress(("\n".join(lines[bounds[k]:bounds[k + 1]]) + "\n").encode()))
     marker.write_text(str(size))
     return paths, size
 

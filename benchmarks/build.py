@@ -3,6 +3,15 @@ equivalents on the same scaled corpus and the same cores. Each contender runs in
 subprocess so peak RSS is its own.
 
     python benchmarks/build.py [--mb 100] [--workers 2] [--peers datatrove,dolma] [--dolma-python PATH]
+                               [--layouts many,skewed,one] [--dedup none,near]
+
+Layouts of the same text: `many` (16 files of equal size), `skewed` (10 files, each half the
+size of the one before: half the text in one file) and `one` (a single jsonl.zst). tinyllama
+builds every layout with each `--dedup` mode (near = MinHash near-duplicates, SlimPajama's
+parameters, the whole pipeline); the peers tokenize every layout (no dedup; they split work by
+file, so one file is one task). The last table compares tinyllama's layouts: each one's wall
+time against the `many` layout's with the same dedup (the bar: one file <= 1.1x), and its CPU
+use (the bar: >= 90% of the cores busy on every layout).
 
 dolma pins an old `tokenizers` (0.19), so it lives in a venv of its own (docs/benchmarks.md):
 `--dolma-python` (or $TINYLLAMA_BENCH_DOLMA_PYTHON) names that venv's interpreter, and the
@@ -52,11 +61,11 @@ DOLMA_PYTHON_ENV = "TINYLLAMA_BENCH_DOLMA_PYTHON"
 BOS, EOS = 1, 2  # Llama 2's <s> and </s>
 
 
-def run_tinyllama(data: Path, work: Path, workers: int) -> tuple[int, int | None]:
+def run_tinyllama(data: Path, work: Path, workers: int, dedup: str = "none") -> tuple[int, int | None]:
     import tinyllama
     from tinyllama.data.build import build_mix
 
-    spec = single_corpus_spec(work, data, TOKENIZER)
+    spec = single_corpus_spec(work, data, TOKENIZER, dedup)
     # force: a previous run of another size left its (complete) mix here; this build replaces it
     build_mix(spec, work / "mix", workers, progress=False, force=True)
     totals = tinyllama.Mix(work / "mix").inspect()["corpora"]["c"]
@@ -207,12 +216,15 @@ def check_datatrove_ids(work: Path, data: Path, docs: int = 300) -> str:
 RUNNERS = {"tinyllama": run_tinyllama, "datatrove": run_datatrove, "dolma": run_dolma}
 
 
+LAYOUTS = {"many": {"files": 16}, "skewed": {"files": 10, "skewed": True}, "one": {"files": 1}}
+
+
 def child(name: str, data: Path, work: Path, workers: int, extra: tuple) -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     c0, t0 = cpu_seconds(), time.perf_counter()
-    tokens, docs = RUNNERS[name](data, work, workers, *extra)
+    tokens, docs = RUNNERS[name.split(":")[0]](data, work, workers, *extra)
     seconds = time.perf_counter() - t0
     print(json.dumps({"name": name, "seconds": seconds, "cpu": cpu_seconds() - c0, "tokens": tokens, "docs": docs,
                       "peak_rss_mb": peak_rss_mb()}))
@@ -229,14 +241,28 @@ def main() -> None:
     ap.add_argument("--dolma-tokenizer", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    ap.add_argument("--layouts", default="many,skewed,one", help="of the same text: many, skewed, one")
+    ap.add_argument("--dedup", default="none,near", help="tinyllama's dedup modes to run (none, exact, near)")
+    ap.add_argument("--layout", help=argparse.SUPPRESS)
+    ap.add_argument("--dedup-mode", help=argparse.SUPPRESS)
+    args = ap.parse_args()
     args.work = args.work.resolve()  # the mix spec resolves its paths against its own folder
-    data, size = scaled_corpus(args.work / "data", args.mb)
     if args.child:
-        extra = (Path(args.dolma_python), Path(args.dolma_tokenizer)) if args.child == "dolma" else ()
-        return child(args.child, args.work / "data", args.work / args.child, args.workers, extra)
+        data_dir = args.work / f"data-{args.layout}"
+        if args.child == "dolma":
+            extra = (Path(args.dolma_python), Path(args.dolma_tokenizer))
+        elif args.child == "tinyllama":
+            extra = (args.dedup_mode,)
+        else:
+            extra = ()
+        return child(args.child, data_dir, args.work / f"{args.child}-{args.layout}", args.workers, extra)
     results, notes = [], []
-    for name in ["tinyllama"] + [p for p in args.peers.split(",") if p]:
-        extra = []
+    layouts = [x for x in args.layouts.split(",") if x]
+    sizes = {}
+    for layout in layouts:
+        files, sizes[layout] = scaled_corpus(args.work / f"data-{layout}", args.mb, **LAYOUTS[layout])
+    dolma = None
+    for name in [p for p in args.peers.split(",") if p]:
         if name == "dolma":
             python = find_dolma_python(args.dolma_python)
             has_dolma = "import importlib.util, sys; sys.exit(importlib.util.find_spec('dolma') is None)"
@@ -250,29 +276,51 @@ def main() -> None:
                 print(f"dolma: failed ({e})")
                 continue
             notes.append(note)
-            extra = ["--dolma-python", str(python), "--dolma-tokenizer", str(tokenizer)]
+            dolma = ["--dolma-python", str(python), "--dolma-tokenizer", str(tokenizer)]
+    runs = [("tinyllama", layout, d) for layout in layouts for d in args.dedup.split(",") if d]
+    runs += [(p, layout, "none") for layout in layouts for p in args.peers.split(",")
+             if p and (p != "dolma" or dolma)]
+    for name, layout, dedup in runs:
+        extra = dolma if name == "dolma" else []
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--mb", str(args.mb), "--workers",
-                               str(args.workers), "--work", str(args.work), *extra], capture_output=True, text=True)
+                               str(args.workers), "--work", str(args.work), "--layout", layout, "--dedup-mode",
+                               dedup, *extra], capture_output=True, text=True)
         if proc.returncode != 0:
-            print(f"{name}: failed ({proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
+            print(f"{name} ({layout}): failed ({proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
             continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r.update(layout=layout, dedup=dedup)
+        results.append(r)
         if name == "dolma":
-            notes.append(check_dolma_ids(args.work / "dolma", args.work / "data"))
+            notes.append(f"{layout}: " + check_dolma_ids(args.work / f"dolma-{layout}", args.work / f"data-{layout}"))
         if name == "datatrove":
-            notes.append(check_datatrove_ids(args.work / "datatrove", args.work / "data"))
-    print(f"\nmix build on {size / 1e6:.0f} MB of text ({len(data)} jsonl.zst files), {args.workers} workers\n")
-    print(f"{'tool':<12}{'seconds':>9}{'MB/s':>9}{'Mtok/s':>9}{'tokens':>14}{'peak RSS MB':>13}{'CPU use':>9}"
-          f"{'speed vs':>10}")
-    ours = results[0]["seconds"] if results and results[0]["name"] == "tinyllama" else None
+            notes.append(f"{layout}: " + check_datatrove_ids(args.work / f"datatrove-{layout}",
+                                                            args.work / f"data-{layout}"))
+    size = sizes[layouts[0]]
+    print(f"\nmix build on {size / 1e6:.0f} MB of text, layouts: "
+          + ", ".join(f"{x} ({LAYOUTS[x]['files']} jsonl.zst files{', skewed' if LAYOUTS[x].get('skewed') else ''})"
+                      for x in layouts) + f"; {args.workers} workers, {os.cpu_count()} cores\n")
+    print(f"{'tool':<12}{'layout':<8}{'dedup':<7}{'seconds':>9}{'MB/s':>9}{'Mtok/s':>9}{'tokens':>14}"
+          f"{'peak RSS MB':>13}{'CPU use':>9}{'speed vs':>10}")
+    ours = {(r["layout"]): r["seconds"] for r in results if r["name"] == "tinyllama" and r["dedup"] == "none"}
     for r in results:
-        ratio = f"{r['seconds'] / ours:.2f}x" if ours and r["name"] != "tinyllama" else "-"
-        print(f"{r['name']:<12}{r['seconds']:>9.2f}{size / 1e6 / r['seconds']:>9.1f}"
+        base = ours.get(r["layout"])
+        ratio = f"{r['seconds'] / base:.2f}x" if base and r["name"] != "tinyllama" else "-"
+        mb_s = sizes[r["layout"]] / 1e6 / r["seconds"]
+        print(f"{r['name']:<12}{r['layout']:<8}{r['dedup']:<7}{r['seconds']:>9.2f}{mb_s:>9.1f}"
               f"{r['tokens'] / 1e6 / r['seconds']:>9.2f}{r['tokens']:>14,}{r['peak_rss_mb']:>13.0f}"
               f"{cpu_use(r['cpu'], r['seconds']):>9}{ratio:>10}")
-    print("\n'speed vs' = that tool's time / tinyllama's time in this run (how many times faster tinyllama is).\n"
+    print("\n'speed vs' = that tool's time / tinyllama's time (dedup none, same layout) in this run.\n"
           f"CPU use = (user + sys CPU seconds of the process and its workers) / wall / {os.cpu_count()}"
           " cores, over the build.")
+    mine = {(r["layout"], r["dedup"]): r for r in results if r["name"] == "tinyllama"}
+    if mine:
+        print("\ntinyllama by layout (time / the many-file layout's with the same dedup):")
+        for (layout, dedup), r in mine.items():
+            many = mine.get(("many", dedup))
+            vs = f"{r['seconds'] / many['seconds']:.2f}x" if many else "-"
+            print(f"  {layout:<8}{dedup:<7}{r['seconds']:>8.2f}s  {vs:>6}  CPU use {cpu_use(r['cpu'], r['seconds'])}")
+    results = [r for r in results if r["layout"] == layouts[0] and r["dedup"] == "none"]
     by_name = {r["name"]: r for r in results}
     if "tinyllama" in by_name and "dolma" in by_name:
         tl, dm = by_name["tinyllama"], by_name["dolma"]

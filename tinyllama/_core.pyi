@@ -82,14 +82,16 @@ def read_tokenizer_json(path: str | os.PathLike[str]) -> bytes:
 
 def build_mix(
     config_json: str,
-    progress: Callable[[str, int, int, int, int, int], object] | None = None,
+    progress: Callable[[str, int, int, int, int, int, int, float], object] | None = None,
     interval: float = 0.25,
 ) -> dict[str, Any]:
     """Run `mix build` from a resolved JSON config.
 
     Returns {up_to_date, rebuilt, files_resumed, files_processed, docs_kept, tokens}; `rebuilt` says
     why a complete mix of this identity was rebuilt (None when it was not). `progress` is called
-    as progress(stage, files_done, files_total, docs, tokens, bytes).
+    as progress(stage, files_done, files_total, docs, tokens, bytes, bytes_total, seconds): the current
+    stage's own counts (input bytes as they are read; bytes_total less the files resumed; seconds since
+    the stage started).
     """
 
 @final

@@ -21,6 +21,9 @@ def mix_build(
     spec: Path = typer.Option(..., "--spec", help="The mix spec (TOML)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default: the spec's `out`)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads (default: all cores)."),
+    in_flight_docs: Optional[int] = typer.Option(
+        None, "--in-flight-docs", min=1,
+        help="Cap on documents read and not yet written (bounds memory; default: a few batches per worker)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ray: bool = typer.Option(False, "--ray", help="Run the build's stages as Ray tasks (pip extra `ray`)."),
     ray_address: Optional[str] = typer.Argument(
@@ -49,7 +52,7 @@ def mix_build(
     else:
         from tinyllama.data.build import build_mix
 
-        s = build_mix(spec, out, workers, force=force, progress=not quiet)
+        s = build_mix(spec, out, workers, force=force, progress=not quiet, in_flight_docs=in_flight_docs)
     if s.get("rebuilt"):
         typer.echo(f"the mix was not intact, so it was rebuilt: {s['rebuilt']}")
     if s["up_to_date"]:

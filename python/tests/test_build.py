@@ -104,7 +104,7 @@ def test_progress_shows_every_stage_complete(tmp_path):
     out = io.StringIO()
     build_mix(spec, tmp_path / "mix", workers=2, stream=out)
     lines = out.getvalue().splitlines()
-    for stage in ["dedup slimpajama", "tokenize slimpajama", "tokenize skypile", "tokenize starcoder",
+    for stage in ["fingerprint slimpajama", "tokenize slimpajama", "tokenize skypile", "tokenize starcoder",
                   "pack slimpajama", "pack skypile", "pack starcoder"]:
         done = [ln for ln in lines if ln.startswith(stage + ":")]
         assert done, f"no line for {stage}: {lines}"

@@ -64,6 +64,11 @@ pub struct BuildConfig {
     pub dedup: serde_json::Value,
     #[serde(default)]
     pub stages: serde_json::Value,
+    /// Records read and not yet written at any moment of a per-file stage (bounds memory; see
+    /// `build::stream`); default: a few batches per worker. How to build, not what: not part
+    /// of the identity.
+    #[serde(default)]
+    pub in_flight_docs: Option<usize>,
     /// Replace a complete mix of another identity found in `out` (`mix build --force`).
     /// How to build, not what: never serialised, so never part of the identity.
     #[serde(default, skip_serializing)]
@@ -78,7 +83,7 @@ impl BuildConfig {
     pub fn identity(&self, tokenizer_sha256: &str, inputs: &[Vec<(String, u64)>]) -> String {
         let mut v = serde_json::to_value(self).expect("config serialises");
         if let Some(obj) = v.as_object_mut() {
-            for key in ["out", "workers", "tokenizer"] {
+            for key in ["out", "workers", "in_flight_docs", "tokenizer"] {
                 obj.remove(key);
             }
             if let Some(corpora) = obj.get_mut("corpora").and_then(|c| c.as_array_mut()) {

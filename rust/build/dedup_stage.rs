@@ -4,8 +4,10 @@
 //! staging, where the tokenize stage of any process (thread or Ray task) reads its file's
 //! removed rows. Nothing removed is ever tokenized.
 
+use super::stream::{self, Stage, Start};
 use super::{
-    display_path, BuildConfig, CorpusConfig, Ctx, DedupMode, DedupWork, FileWork, Progress,
+    display_path, largest_first, BuildConfig, CorpusConfig, DedupMode, DedupWork, FileWork,
+    Progress,
 };
 use crate::dedup::{
     self, keys_path, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
@@ -14,7 +16,6 @@ use crate::dedup::{
 use crate::error::{Error, IoContext, Result};
 use crate::shard::write_atomic;
 use crate::source::{self, Record, SourceOptions};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -432,42 +433,109 @@ fn store_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("{index:06}.fp"))
 }
 
-pub fn fingerprint_file(
-    ctx: &Ctx,
-    corpus: &CorpusConfig,
-    params: &DedupParams,
-    dir: &Path,
-    index: usize,
-    file: &Path,
-) -> Result<FileWork> {
-    let path = store_path(dir, index);
-    let bytes = std::fs::metadata(file).ctx(file)?.len();
-    // A committed store made with these parameters, and its key index, are this file's
-    // finished work.
-    let done = FingerprintStore::open(&path, params).and_then(|store| {
-        KeyIndex::open(keys_path(&path), params, store.len())?;
-        Ok(store)
-    });
-    if let Ok(store) = done {
-        ctx.progress.files_done.fetch_add(1, Relaxed);
-        return Ok(FileWork {
-            resumed: true,
-            bytes,
-            docs: store.len() as u64,
+/// The fingerprint stage over some of a corpus's files (or loose files, for [`dedup_files`]):
+/// each file -> one committed store of its documents' fingerprints (+ its key index), in row
+/// order. Runs through [`stream`](super::stream): records are read on a reader thread,
+/// batches are fingerprinted on every thread, the store is written in row order, so it is
+/// byte-identical whatever the threads. Filtered and skipped rows are not fingerprinted (bad
+/// records are reported, or counted, by the tokenize pass, which reads the same rows).
+pub(super) struct Fingerprint<'a> {
+    pub files: &'a [PathBuf],
+    /// Where file `i`'s store goes.
+    pub stores: &'a Path,
+    pub options: &'a SourceOptions,
+    pub params: &'a DedupParams,
+    /// Take a committed store made with these parameters as this file's finished work.
+    pub resume: bool,
+    pub progress: &'a Progress,
+}
+
+pub(super) struct StoreWriter {
+    writer: FingerprintWriter,
+    keys: KeyIndexWriter,
+    bytes: u64,
+    docs: u64,
+}
+
+impl Stage for Fingerprint<'_> {
+    type File = ();
+    type Writer = StoreWriter;
+    type Mapped = Vec<(u64, dedup::Fingerprint)>;
+    type Done = FileWork;
+
+    fn start(&self, index: usize) -> Result<Start<Self>> {
+        let file = &self.files[index];
+        let path = store_path(self.stores, index);
+        let bytes = std::fs::metadata(file).ctx(file)?.len();
+        if self.resume {
+            // A committed store made with these parameters, and its key index, are this
+            // file's finished work.
+            let done = FingerprintStore::open(&path, self.params).and_then(|store| {
+                KeyIndex::open(keys_path(&path), self.params, store.len())?;
+                Ok(store)
+            });
+            if let Ok(store) = done {
+                self.progress.file_resumed(bytes);
+                return Ok(Start::Done(FileWork {
+                    resumed: true,
+                    bytes,
+                    docs: store.len() as u64,
+                    ..Default::default()
+                }));
+            }
+        }
+        if self.progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
+        Ok(Start::Work {
+            records: source::open_with_progress(file, self.options, &self.progress.read)?,
+            file: (),
+            writer: StoreWriter {
+                writer: FingerprintWriter::create(&path, self.params)?,
+                keys: KeyIndexWriter::new(keys_path(&path), self.params),
+                bytes,
+                docs: 0,
+            },
+        })
+    }
+
+    fn map(&self, _: &(), batch: &[Record]) -> Result<Self::Mapped> {
+        let mut hasher = Fingerprinter::new(self.params);
+        Ok(batch
+            .iter()
+            .filter_map(|r| match r {
+                Record::Doc { row, text } => Some((*row, hasher.fingerprint(text))),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn sink(&self, _: &(), w: &mut StoreWriter, _: Vec<Record>, fps: Self::Mapped) -> Result<()> {
+        for (row, fp) in &fps {
+            w.writer.push(*row, fp)?;
+            w.keys.push(fp);
+        }
+        w.docs += fps.len() as u64;
+        self.progress.docs.fetch_add(fps.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    fn finish(&self, _: &(), w: StoreWriter) -> Result<FileWork> {
+        // The index first: a committed store marks the file as done, so its index must be there.
+        w.keys.finish()?;
+        let docs = w.writer.finish()?;
+        debug_assert_eq!(docs, w.docs);
+        self.progress.files_done.fetch_add(1, Relaxed);
+        if self.resume {
+            super::fault::committed("fingerprint");
+        }
+        Ok(FileWork {
+            resumed: false,
+            bytes: w.bytes,
+            docs,
             ..Default::default()
-        });
+        })
     }
-    if ctx.progress.cancelled() {
-        return Err(Error::Interrupted);
-    }
-    let docs = write_store(&path, file, &corpus.source_options(), params, ctx.progress)?;
-    ctx.progress.files_done.fetch_add(1, Relaxed);
-    Ok(FileWork {
-        resumed: false,
-        bytes,
-        docs,
-        ..Default::default()
-    })
 }
 
 #[cfg(test)]
@@ -522,38 +590,6 @@ mod tests {
     }
 }
 
-/// The one fingerprinting loop (used by the build and by [`dedup_files`]): every document of
-/// `file` into a new committed store at `store`, calling `on_doc` once per document. Returns
-/// the number of documents. Filtered and skipped rows are not fingerprinted.
-fn write_store(
-    store: &Path,
-    file: &Path,
-    options: &SourceOptions,
-    params: &DedupParams,
-    progress: &Progress,
-) -> Result<u64> {
-    let mut writer = FingerprintWriter::create(store, params)?;
-    let mut keys = KeyIndexWriter::new(keys_path(store), params);
-    let mut hasher = Fingerprinter::new(params);
-    for (i, record) in source::open(file, options)?.enumerate() {
-        // Cancellation is looked at every few hundred rows (a fraction of a second of work);
-        // the store is not committed, so nothing partial is left as done.
-        if i % 256 == 0 && progress.cancelled() {
-            return Err(Error::Interrupted);
-        }
-        // Bad records are reported (or counted) by the tokenize pass, which reads the same rows.
-        if let Record::Doc { row, text } = record? {
-            let fp = hasher.fingerprint(&text);
-            writer.push(row, &fp)?;
-            keys.push(&fp);
-            progress.docs.fetch_add(1, Relaxed);
-        }
-    }
-    // The index first: a committed store marks the file as done, so its index must be there.
-    keys.finish()?;
-    writer.finish()
-}
-
 /// What [`dedup_files`] found, with the time each of its two stages took (wall clock; for
 /// benchmarks, not part of any determinism contract).
 #[derive(Debug)]
@@ -587,31 +623,42 @@ pub fn dedup_files(
     let stores_dir = work_dir.join("fingerprints");
     let find_dir = work_dir.join("find");
     std::fs::create_dir_all(&stores_dir).map_err(|e| Error::io(&stores_dir, e))?;
-    let out = pool.install(|| {
+    let out = (|| {
         let start = Instant::now();
-        let stores: Vec<(PathBuf, u64)> = files
-            .par_iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let store = stores_dir.join(format!("{i:06}.fp"));
-                let docs = write_store(&store, f, options, params, progress)?;
-                Ok((store, docs))
-            })
-            .collect::<Result<_>>()?;
+        let stage = Fingerprint {
+            files,
+            stores: &stores_dir,
+            options,
+            params,
+            resume: false,
+            progress,
+        };
+        let (done, _) = stream::run(
+            &pool,
+            &stage,
+            &largest_first(files)?,
+            workers.max(1),
+            stream::default_docs_in_flight(workers),
+            progress,
+        )?;
+        let stores: Vec<(PathBuf, u64)> = done
+            .into_iter()
+            .map(|(i, w)| (store_path(&stores_dir, i), w.docs))
+            .collect();
         let fingerprint_seconds = start.elapsed().as_secs_f64();
         if progress.cancelled() {
             return Err(Error::Interrupted);
         }
         let paths: Vec<PathBuf> = stores.iter().map(|(p, _)| p.clone()).collect();
         let start = Instant::now();
-        let result = dedup::find_duplicates(&paths, params, &find_dir)?;
+        let result = pool.install(|| dedup::find_duplicates(&paths, params, &find_dir))?;
         Ok(FilesDedup {
             docs: stores.iter().map(|(_, n)| n).sum(),
             result,
             fingerprint_seconds,
             find_seconds: start.elapsed().as_secs_f64(),
         })
-    });
+    })();
     let _ = std::fs::remove_dir_all(&stores_dir);
     let _ = std::fs::remove_dir_all(&find_dir);
     out

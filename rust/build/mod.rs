@@ -3,14 +3,19 @@
 //! ```text
 //! for each corpus:  discover files (sorted)
 //!   [dedup]         fingerprint each file -> find duplicates (keep the earliest)    (dedup/)
-//!   tokenize        each input file -> one staged part (a shard of its kept docs)  (parallel)
-//!   pack            parts in file order -> fixed-size shards + holdout + manifest   (sequential)
+//!   tokenize        each input file -> one staged part (a shard of its kept docs)
+//!   pack            parts in file order -> fixed-size shards + holdout + manifest
 //! write mix.json last (it pins the schedule, tokenizer and manifests); drop the staging dir
 //! ```
 //!
+//! Parallelism: the per-file stages (fingerprint, tokenize) run through [`stream`]: files are
+//! taken largest first, each read on a reader thread into batches that every thread of the
+//! pool works on, and written in row order by an ordered sink, with a cap on the documents in
+//! flight (`in_flight_docs`); so one big file keeps every core busy as many small ones do.
+//!
 //! Determinism: every per-file output is a pure function of that file, the spec and the
-//! tokenizer, and packing walks files in sorted order, so the bytes never depend on the
-//! number of workers. Resume: parts are committed atomically and carry their stats; a rerun
+//! tokenizer (written in row order whatever the threads), and packing walks files in sorted
+//! order, so the bytes never depend on the number of workers or the in-flight cap. Resume: parts are committed atomically and carry their stats; a rerun
 //! skips files whose part exists (made under the same config identity) and redoes the cheap
 //! pack. A kill at any instant leaves either the previous complete mix or resumable staging.
 //!
@@ -31,30 +36,23 @@ pub mod fault;
 pub mod manifest;
 mod pack;
 pub mod progress;
+pub mod stream;
+mod tokenize_stage;
 
-// Why a document was removed before tokenization: the dedup module's own kind (one enum
-// for the decision, its committed file and the report).
-use crate::dedup::Kind;
 use crate::error::{Error, IoContext, Result};
 use crate::mix::{CorpusSize, Schedule, StageSpec};
-use crate::shard::{write_atomic, Dtype, ShardWriter, Source};
-use crate::source::{self, Record};
+use crate::shard::{write_atomic, Dtype};
+use crate::source;
 use crate::tokenize::Tokenizer;
 pub use config::{BuildConfig, CorpusConfig, DedupMode};
 pub use dedup_stage::{dedup_files, params as dedup_params, FilesDedup, PairsWork};
 use manifest::{FileStats, SkippedRow, LOCK_NAME, MIX_FORMAT, MIX_FORMAT_VERSION, PINS};
 pub use pack::ShardPlan;
 pub use progress::{Progress, Snapshot};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
-
-/// Documents are tokenized in batches of about this many bytes of text: large enough to keep
-/// every worker busy, small enough to bound memory per file in flight.
-const BATCH_BYTES: usize = 8 << 20;
 
 /// What a build did, for the CLI's last line.
 #[derive(Debug, Clone, Default)]
@@ -382,29 +380,87 @@ impl Plan {
     }
 }
 
-/// Fingerprint input file `file` of corpus `corpus` into its committed store (a no-op when the
-/// store is there).
+/// The files `files` of corpus `corpus` in the order readers take them: largest first, so
+/// the end of a stage is not one thread finishing one big file (ties: input order).
+pub fn largest_first(files: &[PathBuf]) -> Result<Vec<usize>> {
+    let mut sized = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        sized.push((std::cmp::Reverse(std::fs::metadata(f).ctx(f)?.len()), i));
+    }
+    sized.sort();
+    Ok(sized.into_iter().map(|(_, i)| i).collect())
+}
+
+impl Plan {
+    /// Records in flight in a per-file stage (see [`stream`]): the config's cap or the default.
+    fn docs_in_flight(&self) -> usize {
+        self.cfg
+            .in_flight_docs
+            .unwrap_or_else(|| stream::default_docs_in_flight(self.cfg.workers))
+    }
+
+    /// Input files `which` of corpus `corpus`, largest first.
+    fn order(&self, corpus: usize, which: &[usize]) -> Result<Vec<usize>> {
+        let mut picked = Vec::with_capacity(which.len());
+        for &i in which {
+            picked.push(self.file(corpus, i)?.to_path_buf());
+        }
+        Ok(largest_first(&picked)?
+            .into_iter()
+            .map(|k| which[k])
+            .collect())
+    }
+}
+
+/// Fingerprint the input files `which` of corpus `corpus` into their committed stores (files
+/// whose store is there are resumed), every file spread over `pool`'s threads, `workers`
+/// files at a time. Returns what each did, in the order of `which`.
+pub fn fingerprint_files(
+    plan: &Plan,
+    pool: &rayon::ThreadPool,
+    corpus: usize,
+    which: &[usize],
+    progress: &Progress,
+) -> Result<Vec<FileWork>> {
+    let (c, dir) = plan.staged(corpus)?;
+    let params = dedup_stage::params(&plan.cfg.dedup, c.dedup)?;
+    let options = c.source_options();
+    let stores = dir.join("fingerprints");
+    let stage = dedup_stage::Fingerprint {
+        files: plan.files(corpus),
+        stores: &stores,
+        options: &options,
+        params: &params,
+        resume: true,
+        progress,
+    };
+    let order = plan.order(corpus, which)?;
+    let (done, _) = stream::run(
+        pool,
+        &stage,
+        &order,
+        plan.cfg.workers,
+        plan.docs_in_flight(),
+        progress,
+    )?;
+    Ok(in_order(which, done))
+}
+
+/// [`fingerprint_files`] of one file (a Ray task).
 pub fn fingerprint_one(
     plan: &Plan,
+    pool: &rayon::ThreadPool,
     corpus: usize,
     file: usize,
     progress: &Progress,
 ) -> Result<FileWork> {
-    let (c, dir) = plan.staged(corpus)?;
-    let f = plan.file(corpus, file)?;
-    let params = dedup_stage::params(&plan.cfg.dedup, c.dedup)?;
-    let work = dedup_stage::fingerprint_file(
-        &plan.ctx(progress),
-        c,
-        &params,
-        &dir.join("fingerprints"),
-        file,
-        f,
-    )?;
-    if !work.resumed {
-        fault::committed("fingerprint");
-    }
-    Ok(work)
+    Ok(fingerprint_files(plan, pool, corpus, &[file], progress)?[0])
+}
+
+/// `done` (by file index) in the order of `which`.
+fn in_order<T: Copy>(which: &[usize], done: Vec<(usize, T)>) -> Vec<T> {
+    let by_index: HashMap<usize, T> = done.into_iter().collect();
+    which.iter().map(|i| by_index[i]).collect()
 }
 
 /// Find corpus `corpus`'s duplicates from its fingerprint stores (all must be committed) and
@@ -453,32 +509,65 @@ pub fn dedup_bands(plan: &Plan, corpus: usize, bands: Range<usize>) -> Result<Pa
     dedup_stage::decide_bands(&plan.cfg, c, &dir, plan.files(corpus), bands)
 }
 
-/// Tokenize input file `file` of corpus `corpus` into its committed staged part, skipping the
-/// rows the corpus's committed dedup decision removed (a no-op when the part is there).
+/// Tokenize the input files `which` of corpus `corpus` into their committed staged parts
+/// (files whose part is there and verifies are resumed), skipping the rows the corpus's
+/// committed dedup decision removed; every file spread over `pool`'s threads, `workers` files
+/// at a time. Returns what each did, in the order of `which`.
+pub fn tokenize_files(
+    plan: &Plan,
+    pool: &rayon::ThreadPool,
+    corpus: usize,
+    which: &[usize],
+    progress: &Progress,
+) -> Result<Vec<FileWork>> {
+    let (c, dir) = plan.staged(corpus)?;
+    let removed = |file: usize| match c.dedup {
+        DedupMode::None => Ok(HashMap::new()),
+        DedupMode::Exact | DedupMode::Near => dedup_stage::removed_rows(&dir, file),
+    };
+    let ctx = plan.ctx(progress);
+    let stage = tokenize_stage::Tokenize {
+        ctx: &ctx,
+        corpus: c,
+        dir: &dir,
+        files: plan.files(corpus),
+        removed: &removed,
+    };
+    let order = plan.order(corpus, which)?;
+    let (done, _) = stream::run(
+        pool,
+        &stage,
+        &order,
+        plan.cfg.workers,
+        plan.docs_in_flight(),
+        progress,
+    )?;
+    let work: Vec<(usize, FileWork)> = done
+        .into_iter()
+        .map(|(i, (stats, resumed))| {
+            let s = &stats.stats;
+            let w = FileWork {
+                resumed,
+                bytes: s.bytes,
+                docs: s.docs_read,
+                docs_kept: s.docs_kept,
+                tokens: s.tokens,
+            };
+            (i, w)
+        })
+        .collect();
+    Ok(in_order(which, work))
+}
+
+/// [`tokenize_files`] of one file (a Ray task).
 pub fn tokenize_one(
     plan: &Plan,
+    pool: &rayon::ThreadPool,
     corpus: usize,
     file: usize,
     progress: &Progress,
 ) -> Result<FileWork> {
-    let (c, dir) = plan.staged(corpus)?;
-    let f = plan.file(corpus, file)?;
-    let removed = match c.dedup {
-        DedupMode::None => HashMap::new(),
-        DedupMode::Exact | DedupMode::Near => dedup_stage::removed_rows(&dir, file)?,
-    };
-    let removed = (!removed.is_empty()).then_some(&removed);
-    let (stats, resumed) = tokenize_file(&plan.ctx(progress), c, &dir, file, f, removed)?;
-    if !resumed {
-        fault::committed("part");
-    }
-    Ok(FileWork {
-        resumed,
-        bytes: stats.stats.bytes,
-        docs: stats.stats.docs_read,
-        docs_kept: stats.stats.docs_kept,
-        tokens: stats.stats.tokens,
-    })
+    Ok(tokenize_files(plan, pool, corpus, &[file], progress)?[0])
 }
 
 /// The shard layout of corpus `corpus` (all its parts must be committed): what
@@ -630,26 +719,17 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     let (mut resumed, mut processed) = (0, 0);
     for (c, corpus) in cfg.corpora.iter().enumerate() {
         let n = plan.files(c).len();
+        let all: Vec<usize> = (0..n).collect();
+        let bytes = input_bytes(plan.files(c))?;
         if corpus.dedup != DedupMode::None {
-            progress.start_stage(&format!("dedup {}", corpus.name), n as u64);
-            let done: Vec<Result<FileWork>> = pool.install(|| {
-                (0..n)
-                    .into_par_iter()
-                    .map(|i| fingerprint_one(&plan, c, i, progress))
-                    .collect()
-            });
-            done.into_iter().collect::<Result<Vec<_>>>()?;
-            dedup_corpus(&plan, c, None)?;
+            progress.start_stage(&format!("fingerprint {}", corpus.name), n as u64, bytes);
+            fingerprint_files(&plan, &pool, c, &all, progress)?;
+            progress.start_stage(&format!("find duplicates {}", corpus.name), 0, 0);
+            pool.install(|| dedup_corpus(&plan, c, None))?;
         }
-        progress.start_stage(&format!("tokenize {}", corpus.name), n as u64);
-        let done: Vec<Result<FileWork>> = pool.install(|| {
-            (0..n)
-                .into_par_iter()
-                .map(|i| tokenize_one(&plan, c, i, progress))
-                .collect()
-        });
-        for work in done {
-            if work?.resumed {
+        progress.start_stage(&format!("tokenize {}", corpus.name), n as u64, bytes);
+        for work in tokenize_files(&plan, &pool, c, &all, progress)? {
+            if work.resumed {
                 resumed += 1;
             } else {
                 processed += 1;
@@ -661,6 +741,15 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     summary.files_processed = processed;
     summary.rebuilt = prepared.rebuilt;
     Ok(summary)
+}
+
+/// The total size of `files`.
+fn input_bytes(files: &[PathBuf]) -> Result<u64> {
+    let mut total = 0;
+    for f in files {
+        total += std::fs::metadata(f).ctx(f)?.len();
+    }
+    Ok(total)
 }
 
 fn validate(cfg: &BuildConfig) -> Result<()> {
@@ -822,126 +911,4 @@ fn matching_part(part: &Path, stats: &PartStats) -> Result<crate::shard::Shard> 
         ));
     }
     Ok(shard)
-}
-
-/// Tokenize one input file into a staged part. Returns its stats and whether it was resumed.
-fn tokenize_file(
-    ctx: &Ctx,
-    corpus: &CorpusConfig,
-    dir: &Path,
-    index: usize,
-    file: &Path,
-    removed: Option<&HashMap<u64, Kind>>,
-) -> Result<(PartStats, bool)> {
-    let (part, sidecar) = part_paths(dir, index);
-    let bytes = std::fs::metadata(file).ctx(file)?.len();
-    if let Ok(text) = std::fs::read_to_string(&sidecar) {
-        if let Ok(done) = serde_json::from_str::<PartStats>(&text) {
-            // Same size is our cheap guard against an input file edited between runs; a part
-            // that does not verify against its sidecar is redone, never trusted.
-            if done.stats.bytes == bytes && verified_part(&part, &done).is_ok() {
-                ctx.progress.files_done.fetch_add(1, Relaxed);
-                return Ok((done, true));
-            }
-        }
-    }
-    if ctx.progress.cancelled() {
-        return Err(Error::Interrupted);
-    }
-    let shown = display_path(corpus, file);
-    let mut stats = FileStats {
-        path: shown.clone(),
-        bytes,
-        ..Default::default()
-    };
-    let mut skipped = Vec::new();
-    let mut writer = ShardWriter::create(&part, ctx.dtype, ctx.fingerprint)?;
-    let mut batch: Vec<(u64, String)> = Vec::new();
-    let mut batch_bytes = 0usize;
-    for record in source::open(file, &corpus.source_options())? {
-        match record? {
-            Record::Doc { row, text } => {
-                stats.docs_read += 1;
-                match removed.and_then(|r| r.get(&row)) {
-                    Some(Kind::Exact) => stats.exact_duplicates += 1,
-                    Some(Kind::Near) => stats.near_duplicates += 1,
-                    None => {
-                        batch_bytes += text.len();
-                        batch.push((row, text));
-                    }
-                }
-            }
-            Record::Filtered { .. } => {
-                stats.docs_read += 1;
-                stats.docs_filtered += 1;
-            }
-            Record::Skipped { row, reason } => {
-                stats.docs_read += 1;
-                stats.docs_skipped += 1;
-                skipped.push(SkippedRow {
-                    file: shown.clone(),
-                    row,
-                    reason,
-                });
-            }
-        }
-        if batch_bytes >= BATCH_BYTES {
-            flush(ctx, index, &mut batch, &mut writer, &mut stats)?;
-            batch_bytes = 0;
-        }
-    }
-    flush(ctx, index, &mut batch, &mut writer, &mut stats)?;
-    let checksum = writer.finish()?;
-    let done = PartStats {
-        stats,
-        skipped,
-        checksum,
-    };
-    write_atomic(
-        &sidecar,
-        &serde_json::to_vec(&done).expect("stats serialise"),
-    )?;
-    ctx.progress.files_done.fetch_add(1, Relaxed);
-    ctx.progress.bytes.fetch_add(bytes, Relaxed);
-    Ok((done, false))
-}
-
-fn flush(
-    ctx: &Ctx,
-    file_index: usize,
-    batch: &mut Vec<(u64, String)>,
-    writer: &mut ShardWriter,
-    stats: &mut FileStats,
-) -> Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    if ctx.progress.cancelled() {
-        return Err(Error::Interrupted);
-    }
-    let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
-    let encoded = ctx.tokenizer.encode_batch(&texts, false)?;
-    let mut ids = Vec::new();
-    let tokens_before = stats.tokens;
-    for ((row, _), doc) in batch.iter().zip(encoded) {
-        ids.clear();
-        ids.extend(ctx.bos);
-        ids.extend_from_slice(&doc);
-        ids.extend(ctx.eos);
-        writer.push(
-            &ids,
-            Source {
-                file: file_index as u64,
-                row: *row,
-            },
-        )?;
-        stats.docs_kept += 1;
-        stats.tokens += ids.len() as u64;
-    }
-    ctx.progress.docs.fetch_add(batch.len() as u64, Relaxed);
-    ctx.progress
-        .tokens
-        .fetch_add(stats.tokens - tokens_before, Relaxed);
-    batch.clear();
-    Ok(())
 }

@@ -236,7 +236,7 @@ pub fn pack(
         ));
     }
     ctx.progress
-        .start_stage(&format!("pack {}", corpus.name), shards.len() as u64);
+        .start_stage(&format!("pack {}", corpus.name), shards.len() as u64, 0);
     let entries: Vec<ShardEntry> = shards
         .par_iter()
         .map(|s| write_shard(ctx, dir, s).map(|(e, _)| e))

@@ -16,7 +16,8 @@ fn build_config(config_json: &str) -> PyResult<build::BuildConfig> {
 }
 
 /// Run `mix build` from a resolved JSON config. `progress`, if given, is called about every
-/// `interval` seconds as `progress(stage, files_done, files_total, docs, tokens, bytes)`;
+/// `interval` seconds as `progress(stage, files_done, files_total, docs, tokens, bytes,
+/// bytes_total, seconds)` (the current stage's own counts, see `build::progress`);
 /// Ctrl-C cancels the build cleanly (committed parts stay, so a rerun resumes).
 #[pyfunction]
 #[pyo3(signature = (config_json, progress = None, interval = 0.25))]
@@ -44,6 +45,8 @@ pub fn build_mix(
                     s.docs,
                     s.tokens,
                     s.bytes,
+                    s.bytes_total,
+                    s.seconds,
                 ),
             )?;
         }
@@ -154,8 +157,10 @@ impl PyBuildPlan {
     }
 
     fn fingerprint(&self, py: Python<'_>, corpus: usize, file: usize) -> PyResult<PyObject> {
-        let w = self.run(py, |p, progress| {
-            build::fingerprint_one(p, corpus, file, progress)
+        // Not inside `install`: the stage's reader feeds the pool (it may run from a pool
+        // thread too, see `build::stream`, but needs not).
+        let w = long(py, |progress| {
+            build::fingerprint_one(&self.plan, &self.pool, corpus, file, progress)
         })?;
         work_dict(py, w)
     }
@@ -203,8 +208,8 @@ impl PyBuildPlan {
     }
 
     fn tokenize(&self, py: Python<'_>, corpus: usize, file: usize) -> PyResult<PyObject> {
-        let w = self.run(py, |p, progress| {
-            build::tokenize_one(p, corpus, file, progress)
+        let w = long(py, |progress| {
+            build::tokenize_one(&self.plan, &self.pool, corpus, file, progress)
         })?;
         work_dict(py, w)
     }
