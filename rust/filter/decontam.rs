@@ -35,7 +35,8 @@
 //! indexed together with an answer, so a one-word answer ("yes") never stands alone.
 //!
 //! Normalisation (both sides): lowercase; a character that is neither a letter, a digit nor
-//! whitespace is deleted (lm-eval's janitor deletes punctuation too: `U.S.` = `US`, `don't`
+//! whitespace (Unicode's Alphabetic / Numeric properties, Rust's `char::is_alphanumeric`:
+//! letters, digits, also circled letters such as `ⓒ` and vowel signs) is deleted (lm-eval's janitor deletes punctuation too: `U.S.` = `US`, `don't`
 //! = `dont`); whitespace splits words; a Han ideograph or kana is a word on its own, since
 //! Chinese and Japanese put no spaces between words (13 characters then make an n-gram).
 //! Every n consecutive words of a passage are indexed (128-bit hash -> first task and item
