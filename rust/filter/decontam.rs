@@ -41,7 +41,11 @@
 //! Chinese and Japanese put no spaces between words (13 characters then make an n-gram).
 //! Every n consecutive words of a passage are indexed (128-bit hash -> first task and item
 //! that has it, in file then record order); a passage shorter than n words contributes its
-//! whole normalised text as one n-gram, which a document must then contain word for word.
+//! whole normalised text as one n-gram, which a document must then contain word for word
+//! (so a `text` item of one word would drop every document holding that word: point `paths`
+//! at benchmark items, not at word lists). Word for word means whole words: an item cut in
+//! the middle of a word (our continuation task cuts at tokens) matches only up to its last
+//! whole word, which for a short item means not at all.
 //!
 //! Judging: the document is normalised the same way and its windows are looked up from its
 //! start; at each position the n-word window first, then the lengths of the short passages,
