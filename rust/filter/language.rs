@@ -258,6 +258,17 @@ mod tests {
     }
 
     #[test]
+    fn chinese_with_commands_stays_chinese() {
+        // More Latin letters than Han characters, but fewer bytes: whatlang alone says Latin.
+        let text =
+            "使用下面的命令挂载磁盘映像文件：\n  $ sudo mount -t auto -o loop disk.img /mnt/image";
+        assert_ne!(whatlang::detect(text).unwrap().lang(), Lang::Cmn);
+        assert_eq!(detect(text), ("zh", 1.0));
+        // And an English text quoting a few Han characters stays English.
+        assert_eq!(detect(&format!("{EN} The sign said 图书馆.")).0, "en");
+    }
+
+    #[test]
     fn code_table_is_two_letters_and_unique() {
         let codes = known_codes();
         assert_eq!(codes.len(), Lang::all().len());
