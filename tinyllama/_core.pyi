@@ -27,6 +27,7 @@ __all__ = [
     "dedup_files",
     "judge_documents",
     "filter_settings",
+    "detect_language",
     "verify_shard",
     "verify_mix",
     "__version__",
@@ -172,6 +173,11 @@ def judge_documents(
 
 def filter_settings(filters: list[tuple[str, str]]) -> list[str]:
     """The resolved settings (JSON, defaults filled in) of each filter of `filters`, as the lock records them."""
+
+def detect_language(texts: list[str]) -> list[tuple[str, float]]:
+    """The language of each text as (ISO 639-1 code, confidence in [0, 1]), as the `language` filter sees it
+    (whatlang's detector, compiled in; ("und", 0.0) for a text without letters). Runs in parallel without the
+    GIL; Ctrl-C interrupts it."""
 
 def verify_shard(
     path: str | os.PathLike[str], vocab_size: int | None = None, checksum: str | None = None

@@ -17,6 +17,9 @@
 //! `filters.<name>.<key>`. Every filter reports its resolved settings ([`DocFilter::settings`])
 //! so the locked `mix.json` records exactly what ran.
 
+pub mod decontam;
+pub mod language;
+
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 
@@ -58,18 +61,20 @@ impl FilterChain {
 }
 
 /// The spec's filter names, in the order a chain applies them.
-pub const ORDER: [&str; 5] = [
+pub const ORDER: [&str; 6] = [
     "language",
     "gopher_quality",
     "gopher_repetition",
     "c4",
     "fineweb",
+    "decontaminate",
 ];
 
 /// Build the filter `name` with the spec's `params` (a TOML table as JSON; `{}` = defaults).
-pub fn filter(name: &str, _params: &Value) -> Result<Box<dyn DocFilter>> {
-    #[allow(clippy::match_single_binding)]
+pub fn filter(name: &str, params: &Value) -> Result<Box<dyn DocFilter>> {
     match name {
+        "language" => Ok(Box::new(language::LanguageFilter::new(params)?)),
+        "decontaminate" => Ok(Box::new(decontam::Decontaminate::new(params)?)),
         _ => Err(Error::Spec(format!(
             "filters.{name}: unknown filter (known: {})",
             ORDER.join(", ")

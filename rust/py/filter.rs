@@ -61,3 +61,21 @@ fn chain(filters: &[(String, String)]) -> PyResult<FilterChain> {
     }
     Ok(FilterChain::new(built))
 }
+
+/// The language of each of `texts` as `(ISO 639-1 code, confidence 0..1)`, as the `language`
+/// filter sees it (`("und", 0.0)` for a text without letters); in parallel, without the GIL.
+#[pyfunction]
+pub fn detect_language(py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<(String, f64)>> {
+    long(py, |progress| {
+        texts
+            .par_iter()
+            .map(|t| {
+                if progress.cancelled() {
+                    return Err(crate::error::Error::Interrupted);
+                }
+                let (code, score) = filter::language::detect(t);
+                Ok((code.to_string(), score))
+            })
+            .collect()
+    })
+}
