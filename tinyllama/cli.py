@@ -87,6 +87,12 @@ def mix_inspect(
     rows = [[name] + [f"{c[k]:,}" for k in cols] for name, c in info["corpora"].items()]
     typer.echo(_table(rows, ["corpus", "files", "read", "filtered", "skipped", "exact dup", "near dup",
                              "kept", "holdout", "tokens", "shards", "epochs"]))
+    names = sorted({f for c in info["corpora"].values() for f in c.get("filters", {})})
+    if names:
+        rows = [[name] + [f"{c.get('filters', {}).get(f, 0):,}" if f in c.get("filters", {}) else "-"
+                          for f in names] for name, c in info["corpora"].items()]
+        typer.echo("\ndropped by filter (the report: Mix.filter_report(corpus)):")
+        typer.echo(_table(rows, ["corpus"] + names))
     typer.echo(f"\nschedule: {info['num_steps']:,} steps, {info['total_tokens']:,} tokens")
     rows = [[s["name"], f"{s['first_step']:,}", f"{s['steps']:,}", f"{s['tokens']:,}", f"{s['batch_tokens']:,}",
              f"{s['batch_sequences']:,}", f"{s['ramp_tokens']:,}",

@@ -29,6 +29,10 @@ pub struct CorpusConfig {
     pub dedup: DedupMode,
     pub holdout_docs: u64,
     pub max_doc_bytes: u64,
+    /// `[corpora.NAME.filters]`: (filter name, its settings table), in the order the chain
+    /// applies them (`filter::ORDER`; Python puts them in it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<(String, serde_json::Value)>,
 }
 
 impl CorpusConfig {
@@ -64,6 +68,11 @@ pub struct BuildConfig {
     pub dedup: serde_json::Value,
     #[serde(default)]
     pub stages: serde_json::Value,
+    /// `[decontaminate]` (`paths`, absolute, and `ngram`), applied to every corpus after its
+    /// own filters. Part of the identity through its resolved settings (files by name and
+    /// sha256), never by path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decontaminate: Option<serde_json::Value>,
     /// Records read and not yet written at any moment of a per-file stage (bounds memory; see
     /// `build::stream`); default: a few batches per worker. How to build, not what: not part
     /// of the identity.
@@ -80,16 +89,35 @@ impl BuildConfig {
     /// output, the tokenizer's fingerprint and each input file's name and size — not where
     /// the spec, the inputs or the output live, nor how many threads make it. A complete mix
     /// with the same identity is up to date; resumed staging must carry the same identity.
-    pub fn identity(&self, tokenizer_sha256: &str, inputs: &[Vec<(String, u64)>]) -> String {
+    ///
+    /// Filters enter through `filters`, their resolved settings (defaults filled in, files by
+    /// name and content), not through the spec's tables: the same filters spelled differently
+    /// are the same build, and a moved benchmark file is not a new one.
+    pub fn identity(
+        &self,
+        tokenizer_sha256: &str,
+        inputs: &[Vec<(String, u64)>],
+        filters: &serde_json::Value,
+    ) -> String {
         let mut v = serde_json::to_value(self).expect("config serialises");
         if let Some(obj) = v.as_object_mut() {
-            for key in ["out", "workers", "in_flight_docs", "tokenizer"] {
+            for key in [
+                "out",
+                "workers",
+                "in_flight_docs",
+                "tokenizer",
+                "decontaminate",
+            ] {
                 obj.remove(key);
+            }
+            if !filters.is_null() {
+                obj.insert("filters".into(), filters.clone());
             }
             if let Some(corpora) = obj.get_mut("corpora").and_then(|c| c.as_array_mut()) {
                 for (c, files) in corpora.iter_mut().zip(inputs) {
                     if let Some(c) = c.as_object_mut() {
                         c.remove("base");
+                        c.remove("filters");
                         c.insert("inputs".into(), serde_json::json!(files));
                     }
                 }

@@ -14,6 +14,7 @@ use crate::dedup::{
     Fingerprinter, KeyIndex, KeyIndexWriter, Kind,
 };
 use crate::error::{Error, IoContext, Result};
+use crate::filter::FilterChain;
 use crate::shard::write_atomic;
 use crate::source::{self, Record, SourceOptions};
 use std::collections::HashMap;
@@ -438,9 +439,13 @@ fn store_path(dir: &Path, index: usize) -> PathBuf {
 /// order. Runs through [`stream`](super::stream): records are read on a reader thread,
 /// batches are fingerprinted on every thread, the store is written in row order, so it is
 /// byte-identical whatever the threads. Filtered and skipped rows are not fingerprinted (bad
-/// records are reported, or counted, by the tokenize pass, which reads the same rows).
+/// records are reported, or counted, by the tokenize pass, which reads the same rows), nor
+/// are documents the corpus's filter chain drops: filters run before dedup, so a dropped
+/// document is never the "kept" original of a duplicate.
 pub(super) struct Fingerprint<'a> {
     pub files: &'a [PathBuf],
+    /// The corpus's filters (empty for loose files).
+    pub chain: &'a FilterChain,
     /// Where file `i`'s store goes.
     pub stores: &'a Path,
     pub options: &'a SourceOptions,
@@ -504,7 +509,9 @@ impl Stage for Fingerprint<'_> {
         Ok(batch
             .iter()
             .filter_map(|r| match r {
-                Record::Doc { row, text } => Some((*row, hasher.fingerprint(text))),
+                Record::Doc { row, text } if self.chain.judge(text).is_none() => {
+                    Some((*row, hasher.fingerprint(text)))
+                }
                 _ => None,
             })
             .collect())
@@ -625,8 +632,10 @@ pub fn dedup_files(
     std::fs::create_dir_all(&stores_dir).map_err(|e| Error::io(&stores_dir, e))?;
     let out = (|| {
         let start = Instant::now();
+        let no_filters = FilterChain::default();
         let stage = Fingerprint {
             files,
+            chain: &no_filters,
             stores: &stores_dir,
             options,
             params,

@@ -14,6 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::shard::Shard;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const MIX_FORMAT: &str = "tinyllama-mix";
@@ -35,6 +36,10 @@ pub struct FileStats {
     pub near_duplicates: u64,
     pub docs_kept: u64,
     pub tokens: u64,
+    /// Documents each quality filter dropped (also counted in `docs_filtered`, with the
+    /// `exclude` rows); only filters that dropped something.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filtered_by: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -69,6 +74,10 @@ pub struct Totals {
     pub tokens: u64,
     pub holdout_tokens: u64,
     pub shards: u64,
+    /// Documents each of the corpus's filters dropped (every filter of its chain, zeros
+    /// included; absent without filters).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filtered_by: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -88,6 +97,9 @@ impl Totals {
         self.bytes += f.bytes;
         self.docs_read += f.docs_read;
         self.docs_filtered += f.docs_filtered;
+        for (name, n) in &f.filtered_by {
+            *self.filtered_by.entry(name.clone()).or_default() += n;
+        }
         self.docs_skipped += f.docs_skipped;
         self.exact_duplicates += f.exact_duplicates;
         self.near_duplicates += f.near_duplicates;

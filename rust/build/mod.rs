@@ -40,6 +40,7 @@ pub mod stream;
 mod tokenize_stage;
 
 use crate::error::{Error, IoContext, Result};
+use crate::filter::{self, DocFilter, FilterChain};
 use crate::mix::{CorpusSize, Schedule, StageSpec};
 use crate::shard::{write_atomic, Dtype};
 use crate::source;
@@ -78,6 +79,9 @@ struct PartStats {
     /// part is redone.
     #[serde(default)]
     checksum: String,
+    /// Every document the corpus's filters dropped, in row order (for the filter report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dropped: Vec<filter::report::DroppedRow>,
 }
 
 /// What [`Plan::prepare_report`] found.
@@ -96,6 +100,8 @@ struct Ctx<'a> {
     dtype: Dtype,
     bos: Option<u32>,
     eos: Option<u32>,
+    /// Each corpus's filter chain (by corpus index; empty chains without filters).
+    chains: &'a [FilterChain],
     progress: &'a Progress,
 }
 
@@ -114,6 +120,9 @@ pub struct Plan {
     inputs: Vec<Vec<PathBuf>>,
     stages: Vec<StageSpec>,
     identity: String,
+    chains: Vec<FilterChain>,
+    /// The resolved settings of every filter, as the lock records them (null without any).
+    filter_settings: serde_json::Value,
 }
 
 /// What one per-file task did, for the caller's progress display.
@@ -192,7 +201,8 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         })
         .collect();
     Schedule::new(cfg.seq_len, cfg.seed, provisional, stages.clone())?;
-    let identity = cfg.identity(tokenizer.sha256(), &input_ids);
+    let (chains, filter_settings) = filter_chains(cfg)?;
+    let identity = cfg.identity(tokenizer.sha256(), &input_ids, &filter_settings);
     Ok(Plan {
         cfg: cfg.clone(),
         tokenizer,
@@ -203,7 +213,44 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         inputs,
         stages,
         identity,
+        chains,
+        filter_settings,
     })
+}
+
+/// Every corpus's filter chain (its `filters`, then `[decontaminate]`, built once for all)
+/// and their resolved settings: `{"corpora": {name: [{name, settings}]}, "decontaminate":
+/// settings}`, or null when no corpus has a filter (so a spec without filters keeps the
+/// identity it always had).
+fn filter_chains(cfg: &BuildConfig) -> Result<(Vec<FilterChain>, serde_json::Value)> {
+    let mut shared: Vec<std::sync::Arc<dyn DocFilter>> = Vec::new();
+    if let Some(table) = &cfg.decontaminate {
+        let f = filter::filter("decontaminate", table).map_err(|e| match e {
+            Error::Spec(msg) => Error::Spec(msg.trim_start_matches("filters.").to_string()),
+            other => other,
+        })?;
+        shared.push(std::sync::Arc::from(f));
+    }
+    let mut chains = Vec::with_capacity(cfg.corpora.len());
+    let mut settings = serde_json::Map::new();
+    for c in &cfg.corpora {
+        let chain = FilterChain::for_corpus(&c.name, &c.filters, &shared)?;
+        if !chain.is_empty() {
+            settings.insert(c.name.clone(), chain.settings());
+        }
+        chains.push(chain);
+    }
+    if settings.is_empty() {
+        return Ok((chains, serde_json::Value::Null));
+    }
+    let decontaminate = shared
+        .first()
+        .map(|f| f.settings())
+        .unwrap_or(serde_json::Value::Null);
+    Ok((
+        chains,
+        serde_json::json!({"corpora": settings, "decontaminate": decontaminate}),
+    ))
 }
 
 impl Plan {
@@ -230,6 +277,7 @@ impl Plan {
             dtype: self.dtype,
             bos: self.bos,
             eos: self.eos,
+            chains: &self.chains,
             progress,
         }
     }
@@ -428,6 +476,7 @@ pub fn fingerprint_files(
     let stores = dir.join("fingerprints");
     let stage = dedup_stage::Fingerprint {
         files: plan.files(corpus),
+        chain: &plan.chains[corpus],
         stores: &stores,
         options: &options,
         params: &params,
@@ -528,6 +577,7 @@ pub fn tokenize_files(
     let ctx = plan.ctx(progress);
     let stage = tokenize_stage::Tokenize {
         ctx: &ctx,
+        chain: &plan.chains[corpus],
         corpus: c,
         dir: &dir,
         files: plan.files(corpus),
@@ -624,7 +674,19 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
         for index in 0..files.len() {
             parts.push(read_part_stats(&dir, index)?);
         }
+        let dropped: Vec<filter::report::DroppedRow> = parts
+            .iter()
+            .flat_map(|p| p.dropped.iter().cloned())
+            .collect();
         let manifest = pack::pack(&ctx, corpus, &dir, parts)?;
+        let has_filters = !plan.chains[i].is_empty();
+        if has_filters {
+            let path = out
+                .join("corpora")
+                .join(&corpus.name)
+                .join("filter_report.parquet");
+            filter::report::write_report(&path, &dropped)?;
+        }
         if corpus.dedup != DedupMode::None {
             // Copied, not moved: a finish killed after this point must find it again.
             let staged = dedup_stage::report_path(&dir);
@@ -664,8 +726,11 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
     )?;
     // Pin every metadata file the mix is read through (shards are pinned by the manifests).
     let mut pinned = vec!["schedule.json".to_string(), "tokenizer.json".to_string()];
-    for corpus in &cfg.corpora {
+    for (i, corpus) in cfg.corpora.iter().enumerate() {
         pinned.push(format!("corpora/{}/manifest.json", corpus.name));
+        if !plan.chains[i].is_empty() {
+            pinned.push(format!("corpora/{}/filter_report.parquet", corpus.name));
+        }
         if corpus.dedup != DedupMode::None {
             pinned.push(format!("corpora/{}/dedup_report.parquet", corpus.name));
         }
@@ -694,6 +759,9 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
         "num_steps": schedule.num_steps(),
         "schedule": "schedule.json",
     });
+    if !plan.filter_settings.is_null() {
+        lock["filters"] = plan.filter_settings.clone();
+    }
     lock[PINS] = pins.into();
     manifest::seal(&mut lock);
     let text = serde_json::to_string_pretty(&lock).expect("lock serialises") + "\n";

@@ -223,6 +223,12 @@ pub fn pack(
     for p in &parts {
         totals.add_file(&p.stats);
     }
+    // Every filter of the corpus's chain, zeros included: "ran and dropped nothing" shows.
+    if let Some(i) = ctx.cfg.corpora.iter().position(|c| c.name == corpus.name) {
+        for f in ctx.chains[i].filters() {
+            totals.filtered_by.entry(f.name().to_string()).or_default();
+        }
+    }
     let shards = layout(dir, parts.len(), ctx.cfg.shard_tokens, corpus.holdout_docs)?;
     let laid_out: u64 = shards.iter().map(|s| s.docs).sum();
     if laid_out != totals.docs_kept {

@@ -3,7 +3,9 @@
 //! presence marks the file done. Runs through [`stream`](super::stream): records are read on
 //! a reader thread, batches are tokenized on every thread, and the part is written in row
 //! order, so it is byte-identical whatever the threads. Rows the corpus's committed dedup
-//! decision removed are counted, not tokenized.
+//! decision removed are counted, not tokenized; the others go through the corpus's filter
+//! chain first (the same decisions the fingerprint stage made: a filter is a pure function
+//! of the text), and a dropped one is counted per filter and recorded for the filter report.
 
 use super::manifest::{FileStats, SkippedRow};
 use super::stream::{Stage, Start};
@@ -11,6 +13,8 @@ use super::{display_path, fault, part_paths, verified_part, Ctx, PartStats};
 use crate::build::config::CorpusConfig;
 use crate::dedup::Kind;
 use crate::error::{Error, IoContext, Result};
+use crate::filter::report::DroppedRow;
+use crate::filter::FilterChain;
 use crate::shard::{write_atomic, ShardWriter, Source};
 use crate::source::{self, Record};
 use std::collections::HashMap;
@@ -19,6 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 pub(super) struct Tokenize<'a> {
     pub ctx: &'a Ctx<'a>,
+    pub chain: &'a FilterChain,
     pub corpus: &'a CorpusConfig,
     /// The corpus's staging dir.
     pub dir: &'a Path,
@@ -39,13 +44,22 @@ pub(super) struct Part {
     writer: ShardWriter,
     stats: FileStats,
     skipped: Vec<SkippedRow>,
+    dropped: Vec<DroppedRow>,
+}
+
+/// A document the dedup decision kept, after the filters.
+pub(super) enum Verdict {
+    /// Its token ids, BOS/EOS included.
+    Keep(Vec<u32>),
+    /// Filter `.0` of the chain dropped it, for reason `.1`.
+    Drop(usize, String),
 }
 
 impl Stage for Tokenize<'_> {
     type File = File;
     type Writer = Part;
-    /// The token ids (BOS/EOS included) of each kept document of the batch, in order.
-    type Mapped = Vec<Vec<u32>>;
+    /// The verdict on each document of the batch that dedup kept, in order.
+    type Mapped = Vec<Verdict>;
     /// The part's sidecar, and whether it was there already (resumed).
     type Done = (PartStats, bool);
 
@@ -87,29 +101,39 @@ impl Stage for Tokenize<'_> {
                     ..Default::default()
                 },
                 skipped: Vec::new(),
+                dropped: Vec::new(),
             },
         })
     }
 
-    fn map(&self, file: &File, batch: &[Record]) -> Result<Vec<Vec<u32>>> {
-        let texts: Vec<&str> = batch
-            .iter()
-            .filter_map(|r| match r {
-                Record::Doc { row, text } if !file.removed.contains_key(row) => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
-        let encoded = self.ctx.tokenizer.encode_batch(&texts, false)?;
-        Ok(encoded
-            .into_iter()
-            .map(|doc| {
-                let mut ids = Vec::with_capacity(doc.len() + 2);
+    fn map(&self, file: &File, batch: &[Record]) -> Result<Vec<Verdict>> {
+        let mut verdicts = Vec::new();
+        let mut texts = Vec::new();
+        for r in batch {
+            if let Record::Doc { row, text } = r {
+                if file.removed.contains_key(row) {
+                    continue;
+                }
+                match self.chain.judge(text) {
+                    Some((i, reason)) => verdicts.push(Verdict::Drop(i, reason)),
+                    None => {
+                        verdicts.push(Verdict::Keep(Vec::new()));
+                        texts.push(text.as_str());
+                    }
+                }
+            }
+        }
+        let mut encoded = self.ctx.tokenizer.encode_batch(&texts, false)?.into_iter();
+        for v in &mut verdicts {
+            if let Verdict::Keep(ids) = v {
+                let doc = encoded.next().expect("one encoding per kept document");
+                ids.reserve(doc.len() + 2);
                 ids.extend(self.ctx.bos);
                 ids.extend_from_slice(&doc);
                 ids.extend(self.ctx.eos);
-                ids
-            })
-            .collect())
+            }
+        }
+        Ok(verdicts)
     }
 
     fn sink(
@@ -117,29 +141,41 @@ impl Stage for Tokenize<'_> {
         file: &File,
         part: &mut Part,
         batch: Vec<Record>,
-        ids: Vec<Vec<u32>>,
+        verdicts: Vec<Verdict>,
     ) -> Result<()> {
         let stats = &mut part.stats;
         let (docs_before, tokens_before) = (stats.docs_read, stats.tokens);
-        let mut ids = ids.into_iter();
+        let mut verdicts = verdicts.into_iter();
         for record in batch {
             stats.docs_read += 1;
             match record {
                 Record::Doc { row, .. } => match file.removed.get(&row) {
                     Some(Kind::Exact) => stats.exact_duplicates += 1,
                     Some(Kind::Near) => stats.near_duplicates += 1,
-                    None => {
-                        let doc = ids.next().expect("one encoding per kept document");
-                        part.writer.push(
-                            &doc,
-                            Source {
-                                file: file.index as u64,
+                    None => match verdicts.next().expect("one verdict per document") {
+                        Verdict::Keep(doc) => {
+                            part.writer.push(
+                                &doc,
+                                Source {
+                                    file: file.index as u64,
+                                    row,
+                                },
+                            )?;
+                            stats.docs_kept += 1;
+                            stats.tokens += doc.len() as u64;
+                        }
+                        Verdict::Drop(i, reason) => {
+                            let filter = self.chain.filters()[i].name().to_string();
+                            stats.docs_filtered += 1;
+                            *stats.filtered_by.entry(filter.clone()).or_default() += 1;
+                            part.dropped.push(DroppedRow {
+                                source: file.shown.clone(),
                                 row,
-                            },
-                        )?;
-                        stats.docs_kept += 1;
-                        stats.tokens += doc.len() as u64;
-                    }
+                                filter,
+                                reason,
+                            });
+                        }
+                    },
                 },
                 Record::Filtered { .. } => stats.docs_filtered += 1,
                 Record::Skipped { row, reason } => {
@@ -168,6 +204,7 @@ impl Stage for Tokenize<'_> {
             stats: part.stats,
             skipped: part.skipped,
             checksum,
+            dropped: part.dropped,
         };
         debug_assert_eq!(done.stats.bytes, file.bytes);
         write_atomic(

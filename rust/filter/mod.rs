@@ -19,6 +19,7 @@
 
 pub mod decontam;
 pub mod language;
+pub mod report;
 
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
@@ -57,6 +58,56 @@ impl FilterChain {
             .iter()
             .enumerate()
             .find_map(|(i, f)| f.judge(text).map(|r| (i, r)))
+    }
+}
+
+/// A filter built once and used by several chains (`[decontaminate]` is every corpus's:
+/// its n-gram index is built once).
+pub struct Shared(pub std::sync::Arc<dyn DocFilter>);
+
+impl DocFilter for Shared {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn judge(&self, text: &str) -> Option<String> {
+        self.0.judge(text)
+    }
+    fn settings(&self) -> Value {
+        self.0.settings()
+    }
+}
+
+impl FilterChain {
+    /// Corpus `corpus`'s chain: its own `filters` (name, settings table), in the order given,
+    /// then `shared` ones (`[decontaminate]`). A bad setting is an error naming
+    /// `corpora.<corpus>.filters.<name>.<key>`.
+    pub fn for_corpus(
+        corpus: &str,
+        filters: &[(String, Value)],
+        shared: &[std::sync::Arc<dyn DocFilter>],
+    ) -> Result<FilterChain> {
+        let mut built: Vec<Box<dyn DocFilter>> = Vec::new();
+        for (name, params) in filters {
+            let f = filter(name, params).map_err(|e| match e {
+                Error::Spec(msg) => Error::Spec(format!("corpora.{corpus}.{msg}")),
+                other => other,
+            })?;
+            built.push(f);
+        }
+        for f in shared {
+            built.push(Box::new(Shared(f.clone())));
+        }
+        Ok(FilterChain::new(built))
+    }
+
+    /// `[{"name", "settings"}]`, in chain order: what the lock records.
+    pub fn settings(&self) -> Value {
+        Value::Array(
+            self.filters
+                .iter()
+                .map(|f| serde_json::json!({"name": f.name(), "settings": f.settings()}))
+                .collect(),
+        )
     }
 }
 

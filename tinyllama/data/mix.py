@@ -2,7 +2,8 @@
 
 A mix dir holds `mix.json` (the lock: tokenizer fingerprint, seq_len, stages, corpora; written
 last, so its presence means the build completed), `schedule.json`, `tokenizer.json`, and per
-corpus `corpora/NAME/{manifest.json, shard-*.bin, holdout-*.bin, dedup_report.parquet}`.
+corpus `corpora/NAME/{manifest.json, shard-*.bin, holdout-*.bin, dedup_report.parquet,
+filter_report.parquet}` (the reports only where the corpus has dedup / filters).
 `build.log` and `.lock` (the build's exclusive lock) sit beside them and are not part of the
 mix: nothing pins them, and they differ between two builds of one spec.
 
@@ -81,6 +82,8 @@ class Mix:
         for entry in self.lock["corpora"]:
             totals = self.manifest(entry["name"])["totals"]
             corpora[entry["name"]] = {k: totals[k] for k in _INSPECT_KEYS}
+            # documents each filter of the corpus's chain dropped (zeros included; {} without filters)
+            corpora[entry["name"]]["filters"] = dict(totals.get("filtered_by", {}))
             corpora[entry["name"]]["windows"] = entry["windows"]
             corpora[entry["name"]]["epochs"] = entry["epochs"]
         steps = self.sampler.stage_steps()
@@ -107,6 +110,8 @@ class Mix:
             "total_tokens": self._total_tokens(),
             "stages": stages,
             "corpora": corpora,
+            # the resolved settings of every filter, as the lock records them (None without filters)
+            "filters": self.lock.get("filters"),
         }
 
     # -- sampling --------------------------------------------------------------------------
@@ -254,6 +259,24 @@ class Mix:
             schema={"source": pl.Utf8, "row": pl.UInt64, "kept_source": pl.Utf8, "kept_row": pl.UInt64,
                     "kind": pl.Utf8, "jaccard": pl.Float32}
         )
+
+    def filter_report(self, corpus: str):
+        """polars.DataFrame of every document the corpus's filters dropped, in input order:
+        source, row, filter, reason, and for `decontaminate` rows the benchmark `task` and
+        `item` (its 0-based index in the task file) the document shared an n-gram with (null on
+        other rows). Empty (same columns) for a corpus without filters."""
+        import polars as pl
+
+        self._check_corpus(corpus)
+        path = self.path / "corpora" / corpus / "filter_report.parquet"
+        if path.exists():
+            df = pl.read_parquet(path)
+        else:
+            df = pl.DataFrame(schema={"source": pl.Utf8, "row": pl.UInt64, "filter": pl.Utf8, "reason": pl.Utf8})
+        # "decontaminated: <task>#<item>: ..." (rust/filter/decontam.rs)
+        hit = pl.col("reason").str.extract(r"^decontaminated: (.+?)#(\d+): ", 1)
+        item = pl.col("reason").str.extract(r"^decontaminated: (.+?)#(\d+): ", 2).cast(pl.UInt64)
+        return df.with_columns(hit.alias("task"), item.alias("item"))
 
     def plot(self, out: str | os.PathLike[str], points: int = 1500) -> None:
         """Draw the mixture proportions (stacked) and the global batch size over training tokens."""

@@ -53,6 +53,21 @@ class CorpusSpec:
     on_error: str = "fail"
     holdout_docs: int = 0
     max_doc_bytes: int = 64 * 2**20
+    # [corpora.NAME.filters]: filter name -> its settings table, in the order the chain applies them
+    filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# The quality filters a corpus may name, in the order its chain applies them (rust/filter/mod.rs
+# `ORDER`, less `decontaminate`, which is the top-level [decontaminate] table).
+FILTERS = ("language", "gopher_quality", "gopher_repetition", "c4", "fineweb")
+
+
+@dataclass
+class DecontaminateSpec:
+    """[decontaminate]: drop training documents sharing a normalised `ngram`-word n-gram with an
+    item of the benchmark files `paths` (resolved against the spec's folder; globs allowed)."""
+    paths: list[Path]
+    ngram: int = 13
 
 
 @dataclass
@@ -91,6 +106,7 @@ class MixSpec:
     shard_tokens: int = 64 * 10**6
     dtype: str | None = None
     dedup: DedupSpec = field(default_factory=DedupSpec)
+    decontaminate: DecontaminateSpec | None = None
 
     @property
     def base(self) -> Path:
@@ -123,9 +139,14 @@ class MixSpec:
                     "dedup": c.dedup,
                     "holdout_docs": c.holdout_docs,
                     "max_doc_bytes": c.max_doc_bytes,
+                    **({"filters": [[name, settings] for name, settings in c.filters.items()]}
+                       if c.filters else {}),
                 }
                 for c in self.corpora.values()
             ],
+            **({"decontaminate": {"paths": [str(p) for p in self.decontaminate.paths],
+                                  "ngram": self.decontaminate.ngram}}
+               if self.decontaminate else {}),
             "dedup": asdict(self.dedup),
             "stages": [asdict(s) for s in self.stages],
         }
@@ -160,7 +181,8 @@ def _corpus(name: str, table: Any) -> CorpusSpec:
         raise SpecError(f"corpora.{name}: expected a table")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise SpecError(f"corpora.{name}: corpus names may use letters, digits, '_', '-', '.'")
-    check_keys(table, {"paths", "text", "exclude", "dedup", "on_error", "holdout_docs", "max_doc_bytes"}, where)
+    check_keys(table, {"paths", "text", "exclude", "dedup", "on_error", "holdout_docs", "max_doc_bytes", "filters"},
+               where)
     paths = _typed(table, "paths", (list, str), where, required=True)
     paths = [paths] if isinstance(paths, str) else paths
     if not paths or not all(isinstance(p, str) and p for p in paths):
@@ -187,7 +209,52 @@ def _corpus(name: str, table: Any) -> CorpusSpec:
         on_error=_choice(_typed(table, "on_error", str, where, "fail"), ("fail", "skip"), f"{where}on_error"),
         holdout_docs=holdout,
         max_doc_bytes=max_doc,
+        filters=_filters(table.get("filters", {}), where),
     )
+
+
+def _filters(table: Any, where: str) -> dict[str, dict[str, Any]]:
+    """`[corpora.NAME.filters]`: known names, each a table of settings; returned in chain order.
+    The settings themselves are checked by the Rust filters (unknown keys, types), here at once."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}filters: expected a table like {{ gopher_quality = {{}} }}")
+    for name, settings in table.items():
+        if name not in FILTERS:
+            hint = " (it is the top-level [decontaminate] table)" if name == "decontaminate" else ""
+            raise SpecError(f"{where}filters.{name}: unknown filter{hint}; known: {', '.join(FILTERS)}")
+        if not isinstance(settings, dict):
+            raise SpecError(f"{where}filters.{name}: expected a table of settings ({{}} for the defaults)")
+    ordered = {name: table[name] for name in FILTERS if name in table}
+    if ordered:
+        import json
+
+        from tinyllama import _core
+
+        try:
+            _core.filter_settings([(n, json.dumps(s)) for n, s in ordered.items()])
+        except _core.SpecError as e:
+            raise SpecError(f"{where}{str(e).removeprefix('spec: ')}") from None
+    return ordered
+
+
+def _decontaminate(table: Any, base: Path) -> DecontaminateSpec:
+    if not isinstance(table, dict):
+        raise SpecError("decontaminate: expected a table with `paths` (and `ngram`)")
+    check_keys(table, {"paths", "ngram"}, "decontaminate.")
+    patterns = _typed(table, "paths", (list, str), "decontaminate.", required=True)
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise SpecError("decontaminate.paths: expected a non-empty list of files or glob patterns")
+    paths: list[Path] = []
+    for pattern in patterns:
+        found = sorted(base.glob(pattern)) if any(ch in pattern for ch in "*?[") else [base / pattern]
+        if not found:
+            raise SpecError(f"decontaminate.paths: {pattern!r} matches no file (relative to {base})")
+        paths += [p.absolute() for p in found]
+    ngram = _typed(table, "ngram", int, "decontaminate.", 13)
+    if ngram < 1:
+        raise SpecError(f"decontaminate.ngram: must be >= 1, got {ngram}")
+    return DecontaminateSpec(paths=paths, ngram=ngram)
 
 
 def _dedup(table: Any) -> DedupSpec:
@@ -256,7 +323,7 @@ def _stages(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int) -> list[Stag
 
 
 _TOP = {"name", "seed", "seq_len", "tokenizer", "out", "add_bos", "add_eos", "shard_tokens", "dtype",
-        "corpora", "dedup", "stages"}
+        "corpora", "dedup", "stages", "decontaminate"}
 
 
 def load_spec(path: str | os.PathLike[str]) -> MixSpec:
@@ -306,4 +373,5 @@ def _parse(path: Path, raw: dict) -> MixSpec:
         shard_tokens=shard_tokens,
         dtype=dtype,
         dedup=_dedup(raw.get("dedup", {})),
+        decontaminate=_decontaminate(raw["decontaminate"], base) if "decontaminate" in raw else None,
     )
