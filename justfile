@@ -10,7 +10,7 @@ build:
 
 # Rust unit tests + the Python suite (without the `slow` marker)
 test: build
-    cargo test --quiet
+    TINYLLAMA_WORD_RULES="$(python -m tinyllama.data.word_rules)" cargo test --quiet
     python -m pytest -q -m "not slow" python/tests
 
 # The heavier checks (multi-process torchrun, whole-build kill/resume); CI runs them

@@ -31,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::build::dedup_files, m)?)?;
     m.add_function(wrap_pyfunction!(py::filter::judge_documents, m)?)?;
     m.add_function(wrap_pyfunction!(py::filter::filter_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(py::filter::load_word_rules, m)?)?;
     m.add_function(wrap_pyfunction!(py::filter::detect_language, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

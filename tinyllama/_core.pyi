@@ -27,6 +27,7 @@ __all__ = [
     "dedup_files",
     "judge_documents",
     "filter_settings",
+    "load_word_rules",
     "detect_language",
     "verify_shard",
     "verify_mix",
@@ -170,6 +171,11 @@ def judge_documents(
     """Judge `texts` with the filter chain `filters` ([(name, settings as JSON)], applied in that order: the
     first that drops a text names it) on `workers` threads (0 = all cores). One entry per text: None (kept) or
     (filter, reason). Raises SpecError naming `filters.<name>.<key>` for a bad setting."""
+
+def load_word_rules(dir: str | os.PathLike[str]) -> str:
+    """Load the English word rules the heuristic filters split with, from `dir` as
+    `tinyllama.data.word_rules` writes them (from the installed spaCy and datatrove); once per process (the
+    same rules again are a no-op, other rules raise UsageError). Returns their digest."""
 
 def filter_settings(filters: list[tuple[str, str]]) -> list[str]:
     """The resolved settings (JSON, defaults filled in) of each filter of `filters`, as the lock records them."""

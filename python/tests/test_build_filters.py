@@ -18,14 +18,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("spacy")  # the heuristic filters' word rules come from spaCy and datatrove
+pytest.importorskip("datatrove")
 import zstandard
 from conftest import CORPORA, DATA, build_with_sigkills, tree_bytes, write_spec
 
 import tinyllama
 from tinyllama import _core
+from tinyllama.data import word_rules
 from tinyllama.data.build import build_mix
 from tinyllama.data.spec import load_spec
 from tinyllama.errors import SpecError
+
+word_rules.ensure()
 
 TASK = DATA / "harness" / "continuation.jsonl"
 WEB_FILTERS = {"language": {"keep": ["en"], "min_score": 0.5}, "gopher_quality": {},
@@ -193,6 +199,8 @@ def test_the_lock_records_the_resolved_settings_and_stays_relocatable(built, tmp
     assert [f["name"] for f in web] == [*WEB_FILTERS, "decontaminate"]
     assert web[0]["settings"] == {"keep": ["en"], "min_score": 0.5}
     assert len(web[1]["settings"]) > 3  # defaults filled in
+    # which spaCy rules split the words is part of what ran
+    assert web[1]["settings"]["word_rules"] == word_rules.ensure()
     assert lock["filters"]["decontaminate"] == web[-1]["settings"]
     assert "corpora/web/filter_report.parquet" in lock["sha256"]
     assert tinyllama.Mix(out).inspect()["filters"] == lock["filters"]

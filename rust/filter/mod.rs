@@ -18,6 +18,7 @@
 //! so the locked `mix.json` records exactly what ran.
 
 pub mod decontam;
+pub mod heuristics;
 pub mod language;
 pub mod report;
 
@@ -126,6 +127,10 @@ pub fn filter(name: &str, params: &Value) -> Result<Box<dyn DocFilter>> {
     match name {
         "language" => Ok(Box::new(language::LanguageFilter::new(params)?)),
         "decontaminate" => Ok(Box::new(decontam::Decontaminate::new(params)?)),
+        "gopher_quality" => Ok(Box::new(heuristics::GopherQuality::new(params)?)),
+        "gopher_repetition" => Ok(Box::new(heuristics::GopherRepetition::new(params)?)),
+        "c4" => Ok(Box::new(heuristics::C4Quality::new(params)?)),
+        "fineweb" => Ok(Box::new(heuristics::FineWebQuality::new(params)?)),
         _ => Err(Error::Spec(format!(
             "filters.{name}: unknown filter (known: {})",
             ORDER.join(", ")
@@ -195,6 +200,42 @@ impl Params {
             }
         };
         self.resolved.insert(key.into(), v.into());
+        Ok(v)
+    }
+
+    /// A whole number that may be negative (datatrove's `-1` turns a check off).
+    pub fn i64(&mut self, key: &str, default: i64) -> Result<i64> {
+        let v = match self.map.remove(key) {
+            None => default,
+            Some(v) => v.as_i64().ok_or_else(|| self.bad(key, "a whole number"))?,
+        };
+        self.resolved.insert(key.into(), v.into());
+        Ok(v)
+    }
+
+    /// `[[n, fraction], ...]` (datatrove's `top_n_grams` / `dup_n_grams`), n >= 1.
+    pub fn pairs(&mut self, key: &str, default: &[(usize, f64)]) -> Result<Vec<(usize, f64)>> {
+        let what = "a list of [n, fraction] pairs with n >= 1";
+        let v: Vec<(usize, f64)> = match self.map.remove(key) {
+            None => default.to_vec(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i.as_array().map(Vec::as_slice) {
+                    Some([n, f]) => match (n.as_u64(), f.as_f64()) {
+                        (Some(n), Some(f)) if n >= 1 => Some((n as usize, f)),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.bad(key, what))?,
+            Some(_) => return Err(self.bad(key, what)),
+        };
+        let resolved: Vec<Value> = v
+            .iter()
+            .map(|&(n, f)| Value::Array(vec![n.into(), f.into()]))
+            .collect();
+        self.resolved.insert(key.into(), resolved.into());
         Ok(v)
     }
 

@@ -79,3 +79,11 @@ pub fn detect_language(py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<(Stri
             .collect()
     })
 }
+
+/// Load the English word rules the heuristic filters split with (`gopher_*`, `c4`,
+/// `fineweb`) from `dir` (as `tinyllama/data/word_rules.py` writes them from the installed
+/// spaCy and datatrove); once per process. Returns their digest.
+#[pyfunction]
+pub fn load_word_rules(py: Python<'_>, dir: std::path::PathBuf) -> PyResult<String> {
+    super::without_gil(py, || crate::filter::heuristics::words::load(&dir))
+}

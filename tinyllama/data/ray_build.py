@@ -81,6 +81,11 @@ def _plan(config_json: str):
     key = hashlib.sha256(config_json.encode()).hexdigest()
     plan = _PLANS.get(key)
     if plan is None:
+        from tinyllama.data import word_rules
+
+        config = json.loads(config_json)
+        if word_rules.needed(name for c in config["corpora"] for name, _ in c.get("filters", [])):
+            word_rules.ensure()  # this worker process's copy of the heuristic filters' rules
         plan = _PLANS[key] = _core.BuildPlan(config_json)
     return plan
 

@@ -229,6 +229,13 @@ def _filters(table: Any, where: str) -> dict[str, dict[str, Any]]:
         import json
 
         from tinyllama import _core
+        from tinyllama.data import word_rules
+
+        if word_rules.needed(ordered):
+            try:
+                word_rules.ensure()
+            except SpecError as e:
+                raise SpecError(f"{where}filters: {e}") from None
 
         try:
             _core.filter_settings([(n, json.dumps(s)) for n, s in ordered.items()])
