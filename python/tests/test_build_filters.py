@@ -92,19 +92,28 @@ def planted_docs() -> list[str]:
     items = read_rows(TASK)
     english = [it for it in items if it["corpus"] == "slimpajama"]
     texts = [r["text"] for f in sorted((CORPORA / "slimpajama").rglob("*.jsonl.zst")) for r in read_rows(f)
-             if len(r["text"]) > 3000]
+             if len(r["text"]) > 1000]
     web = [(n, json.dumps(v)) for n, v in WEB_FILTERS.items()]
     decont = [("decontaminate", json.dumps({"paths": [str(TASK)]}))]
-    hosts = [t for t, v in zip(texts, _core.judge_documents(web + decont, texts)) if v is None][-6:]
+    hosts = [t for t, v in zip(texts, _core.judge_documents(web + decont, texts)) if v is None]
     docs = []
     for k, it in enumerate(english[:4]):
         passage = it["context"] + it["choices"][it["label"]]
         if k % 2:
-            passage = re.sub(r"[.,;:()\-]", " ! ", passage.upper())
-        host = hosts[k]
-        docs.append(host[: len(host) // 2] + "\n" + passage + "\n" + host[len(host) // 2:])
+            # upper case; punctuation between words added, inside words changed
+            passage = re.sub(r"\s+", lambda m: ", " if len(m.group()) == 1 else "; ", passage.upper())
+            passage = passage.replace(".", "!")
+        # a host the quality filters still keep with the item inside (so decontamination decides)
+        for host in hosts:
+            doc = host[: len(host) // 2] + "\n" + passage + "\n" + host[len(host) // 2:]
+            if _core.judge_documents(web, [doc])[0] is None:
+                docs.append(doc)
+                hosts.remove(host)
+                break
+    assert len(docs) == 4, "the slice has too few documents the web filters keep"
+    host = hosts[-1]
     short = " ".join(english[5]["context"].split()[:4])
-    docs.append(hosts[4] + "\n" + short)
+    docs.append(host + "\n" + short)
     return docs
 
 
@@ -224,7 +233,7 @@ def test_changing_a_setting_changes_the_identity(built, tmp_path):
 @pytest.mark.parametrize("body,message", [
     ("c4 = { typo = 1 }", "corpora.web.filters.c4.typo"),
     ("language = { keep = 3 }", "corpora.web.filters.language.keep"),
-    ("nope = {}", "corpora.web.filters.nope: unknown filter"),
+    ("nope = {}", "key 'corpora.web.filters.nope': unknown filter"),
     ("decontaminate = {}", "top-level [decontaminate]"),
 ])
 def test_bad_filter_settings_are_one_line_naming_the_key(tmp_path, body, message):

@@ -11,16 +11,23 @@ import sys
 import textwrap
 
 import pytest
-from conftest import tree_bytes, write_spec
+from conftest import DATA, tree_bytes, write_spec
 
 from tinyllama import _core
 from tinyllama.data.build import build_mix
 from tinyllama.data.ray_build import build_mix_ray
 from tinyllama.errors import ShardError, StorageError
 
-DEDUP = """
+DEDUP = f"""
 [dedup]
 ngram = 5
+
+[corpora.slimpajama.filters]
+language = {{ keep = ["en"] }}
+gopher_repetition = {{}}
+
+[decontaminate]
+paths = ["{DATA / 'harness' / 'continuation.jsonl'}"]
 """
 
 
@@ -188,6 +195,9 @@ def local(tmp_path_factory):
     assert totals["exact_duplicates"] + totals["near_duplicates"] > 0, \
         "the slice should have duplicates, or the dedup decision is not exercised"
     assert "corpora/slimpajama/dedup_report.parquet" in expected
+    # filters (language, a quality heuristic, decontamination) dropped documents in the tasks too
+    assert "corpora/slimpajama/filter_report.parquet" in expected and len(totals["filtered_by"]) == 3
+    assert all(n > 0 for n in totals["filtered_by"].values()), totals["filtered_by"]
     return spec, expected
 
 
