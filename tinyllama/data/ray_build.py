@@ -346,6 +346,9 @@ def _run_tasks(ray, config_json, corpora, ranges, threads, max_retries, chaos, r
             except Exception as e:
                 for r in waiting:
                     ray.cancel(r)
+                # Let the cancelled tasks stop before the driver returns: what is committed when
+                # the build fails is then what a rerun finds (no task commits behind its back).
+                ray.wait(waiting, num_returns=len(waiting), timeout=120)
                 raise _task_error(ray, e, stage) from None
             if stage == "layout":
                 # The shards are known once the corpus's parts are: one pack task each.
