@@ -240,7 +240,6 @@ def main() -> None:
                                            "else the one beside a `dolma` executable on PATH or beside this python)")
     ap.add_argument("--dolma-tokenizer", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
     ap.add_argument("--layouts", default="many,skewed,one", help="of the same text: many, skewed, one")
     ap.add_argument("--dedup", default="none,near", help="tinyllama's dedup modes to run (none, exact, near)")
     ap.add_argument("--layout", help=argparse.SUPPRESS)

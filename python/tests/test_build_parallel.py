@@ -121,3 +121,31 @@ def test_progress_line_shows_rates_and_eta():
     line = progress_line("tokenize web", 1, 4, 2000, 4_000_000, 50_000_000, 200_000_000, 10.0)
     assert "files 1/4" in line and "docs 2.0K (200/s)" in line
     assert "0.40M tok/s" in line and "50.0/200.0 MB (5.0 MB/s)" in line and "ETA 30s" in line
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_bad_lines_decoded_in_parallel_fail_or_skip_in_row_order(tmp_path, on_error):
+    """Lines are decoded on the pool, batch by batch, in any order; still the error is the
+    first bad line's (as a sequential read gives), and skipped rows are listed in row order."""
+    from tinyllama.errors import InputError
+
+    rows = []
+    for f in sorted((CORPORA / "slimpajama").rglob("*.jsonl.zst")):
+        raw = zstandard.ZstdDecompressor().stream_reader(f.read_bytes()).read()
+        rows += [line for line in raw.decode().splitlines() if line.strip()]
+    bad = {300: '{"text": "cut here', 301: "not json at all", 900: '{"no_text": 1}'}
+    lines = [bad.get(i, line) for i, line in enumerate(rows)]
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    spec = write_spec(tmp_path, corpora=f"""
+[corpora.web]
+paths = ["bad.jsonl"]
+on_error = "{on_error}"
+""", stages=STAGES.replace("{ big = 0.4, many = 0.3, skypile = 0.3 }", "{ web = 1.0 }"))
+    if on_error == "fail":
+        with pytest.raises(InputError, match=r"bad\.jsonl: line 301: .*truncated|bad\.jsonl: line 301: "):
+            build_mix(spec, tmp_path / "mix", workers=2, progress=False, in_flight_docs=5)
+        return
+    build_mix(spec, tmp_path / "mix", workers=2, progress=False, in_flight_docs=5)
+    manifest = json.loads((tmp_path / "mix/corpora/web/manifest.json").read_text())
+    assert [s["row"] for s in manifest["skipped"]] == sorted(bad)
+    assert "missing text field" in manifest["skipped"][-1]["reason"]

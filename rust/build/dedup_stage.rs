@@ -493,7 +493,7 @@ impl Stage for Fingerprint<'_> {
             return Err(Error::Interrupted);
         }
         Ok(Start::Work {
-            records: source::open_with_progress(file, self.options, &self.progress.read)?,
+            records: source::open_deferred(file, self.options, &self.progress.read)?,
             file: (),
             writer: StoreWriter {
                 writer: FingerprintWriter::create(&path, self.params)?,

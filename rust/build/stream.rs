@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! reader threads (one file each at a time, largest file first)
-//!   read + decompress + parse records -> batches of records      (in file order)
+//!   read + decompress + split lines -> batches of raw lines       (in file order)
 //!   wait for permits: at most `docs_in_flight` records read and not yet written
 //!   spawn map(batch) on the pool  ->  any thread, in any order
 //! ordered sink: whichever job completes the next batch in order writes it (and any that
@@ -28,7 +28,7 @@
 
 use super::progress::Progress;
 use crate::error::{Error, Result};
-use crate::source::Record;
+use crate::source::{Decoder, Deferred, Record};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
@@ -73,7 +73,8 @@ pub trait Stage: Sync {
 pub enum Start<S: Stage + ?Sized> {
     Done(S::Done),
     Work {
-        records: crate::source::Records,
+        /// From `source::open_deferred`: the items and their decoder.
+        records: crate::source::DeferredRecords,
         file: S::File,
         writer: S::Writer,
     },
@@ -195,16 +196,21 @@ struct Reader<'s, 'scope, S: Stage> {
     progress: &'scope Progress,
 }
 
+/// A batch's decoded records and what `map` made of them.
+type Worked<S> = Result<(Vec<Record>, <S as Stage>::Mapped)>;
+
 /// A file's batches on their way to its writer.
 struct Ordered<S: Stage> {
     next: usize,
-    waiting: BTreeMap<usize, (Vec<Record>, Result<S::Mapped>)>,
+    /// By batch number: its size (the permits it holds) and its work.
+    waiting: BTreeMap<usize, (usize, Worked<S>)>,
     writer: Option<S::Writer>,
     error: Option<Error>,
 }
 
 struct FileSlot<S: Stage> {
     file: S::File,
+    decoder: Option<Decoder>,
     ordered: Mutex<Ordered<S>>,
     written: Condvar,
 }
@@ -212,7 +218,7 @@ struct FileSlot<S: Stage> {
 impl<'scope, S: Stage> Reader<'_, 'scope, S> {
     /// Read file `index` into batches, spawn their jobs, wait for them, finish the file.
     fn file(&self, index: usize) -> Result<S::Done> {
-        let (records, file, writer) = match self.stage.start(index)? {
+        let ((records, decoder), file, writer) = match self.stage.start(index)? {
             Start::Done(done) => return Ok(done),
             Start::Work {
                 records,
@@ -222,6 +228,7 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
         };
         let slot = Arc::new(FileSlot::<S> {
             file,
+            decoder,
             ordered: Mutex::new(Ordered {
                 next: 0,
                 waiting: BTreeMap::new(),
@@ -243,9 +250,7 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
                     break;
                 }
             };
-            if let Record::Doc { text, .. } = &record {
-                bytes += text.len();
-            }
+            bytes += record.text_len();
             batch.push(record);
             if batch.len() >= max_records || bytes >= BATCH_BYTES {
                 if self.progress.cancelled() {
@@ -269,7 +274,9 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
         while ordered.next < spawned {
             ordered = slot.written.wait(ordered).expect("lock");
         }
-        if let Some(e) = read_error.or_else(|| ordered.error.take()) {
+        // A failed batch comes before the point where reading failed: its error is the
+        // first in row order, as a sequential read would report.
+        if let Some(e) = ordered.error.take().or(read_error) {
             return Err(e);
         }
         let writer = ordered.writer.take().expect("writer is there until finish");
@@ -277,32 +284,43 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
         self.stage.finish(&slot.file, writer)
     }
 
-    fn spawn(&self, slot: &Arc<FileSlot<S>>, seq: usize, batch: Vec<Record>) {
-        self.permits.acquire(batch.len());
+    fn spawn(&self, slot: &Arc<FileSlot<S>>, seq: usize, batch: Vec<Deferred>) {
+        let n = batch.len();
+        self.permits.acquire(n);
         self.batches.fetch_add(1, Relaxed);
         let (slot, stage, permits, progress) =
             (Arc::clone(slot), self.stage, self.permits, self.progress);
         self.scope.spawn(move |_| {
-            let mapped = if progress.cancelled() {
+            let worked = if progress.cancelled() {
                 Err(Error::Interrupted)
             } else {
-                caught(|| stage.map(&slot.file, &batch))
+                caught(|| {
+                    let records = batch
+                        .into_iter()
+                        .map(|item| match (&slot.decoder, item) {
+                            (_, Deferred::Ready(r)) => Ok(r),
+                            (Some(d), raw) => d.decode(raw),
+                            (None, _) => Err(Error::Usage("a raw line without a decoder".into())),
+                        })
+                        .collect::<Result<Vec<Record>>>()?;
+                    let mapped = stage.map(&slot.file, &records)?;
+                    Ok((records, mapped))
+                })
             };
             let mut ordered = slot.ordered.lock().expect("lock");
-            ordered.waiting.insert(seq, (batch, mapped));
+            ordered.waiting.insert(seq, (n, worked));
             loop {
                 let next = ordered.next;
-                let Some((batch, mapped)) = ordered.waiting.remove(&next) else {
+                let Some((n, worked)) = ordered.waiting.remove(&next) else {
                     break;
                 };
-                let n = batch.len();
                 if ordered.error.is_none() {
                     let o = &mut *ordered;
                     let writer = o.writer.as_mut().expect("writer is there until finish");
                     let file = &slot.file;
-                    if let Err(e) =
-                        mapped.and_then(|m| caught(|| stage.sink(file, writer, batch, m)))
-                    {
+                    let written =
+                        worked.and_then(|(b, m)| caught(|| stage.sink(file, writer, b, m)));
+                    if let Err(e) = written {
                         o.error = Some(e);
                     }
                 }
@@ -387,7 +405,11 @@ mod tests {
         type Done = Vec<(u64, u64, usize)>;
         fn start(&self, index: usize) -> Result<Start<Self>> {
             Ok(Start::Work {
-                records: source::open(&self.files[index], &options())?,
+                records: source::open_deferred(
+                    &self.files[index],
+                    &options(),
+                    &source::Progress::new(),
+                )?,
                 file: (),
                 writer: Vec::new(),
             })

@@ -82,8 +82,7 @@ impl Stage for Tokenize<'_> {
             return Err(Error::Interrupted);
         }
         let shown = display_path(self.corpus, file);
-        let records =
-            source::open_with_progress(file, &self.corpus.source_options(), &progress.read)?;
+        let records = source::open_deferred(file, &self.corpus.source_options(), &progress.read)?;
         Ok(Start::Work {
             records,
             file: File {

@@ -70,6 +70,59 @@ pub(crate) struct JsonlReader {
     progress: Progress,
 }
 
+/// Decodes the lines a deferring [`JsonlReader`] yields (on any thread, in any order): the
+/// same record, or the same error / counted skip, that the reader gives without deferring.
+pub struct Decoder {
+    path: PathBuf,
+    fields: FieldTree,
+    exclude: Exclude,
+    text_path: String,
+    on_error: OnError,
+    max_doc_bytes: u64,
+}
+
+impl Decoder {
+    pub(crate) fn new(path: &Path, opts: &SourceOptions) -> Self {
+        let exclude = Exclude::new(&opts.exclude);
+        Decoder {
+            path: path.to_path_buf(),
+            fields: FieldTree::new(&opts.text, exclude.fields()),
+            exclude,
+            text_path: opts.text.clone(),
+            on_error: opts.on_error,
+            max_doc_bytes: opts.max_doc_bytes,
+        }
+    }
+
+    /// `Raw` -> its record (or, with `on_error = fail`, the error naming the file and line).
+    pub fn decode(&self, item: super::Deferred) -> Result<Record> {
+        match item {
+            super::Deferred::Ready(r) => Ok(r),
+            super::Deferred::Raw {
+                row,
+                line,
+                truncated,
+            } => match decode(
+                &self.fields,
+                &self.exclude,
+                &self.text_path,
+                self.max_doc_bytes,
+                row,
+                &line,
+                truncated,
+            ) {
+                Ok(r) => Ok(r),
+                Err(msg) => match self.on_error {
+                    OnError::Skip => Ok(Record::Skipped { row, reason: msg }),
+                    OnError::Fail => {
+                        Err(Error::input(&self.path, format!("line {}", row + 1), msg))
+                    }
+                },
+            },
+        }
+    }
+}
+
 impl JsonlReader {
     pub(crate) fn open(
         path: &Path,
@@ -216,20 +269,65 @@ impl Iterator for JsonlReader {
     type Item = Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        Some(match self.next_item()? {
+            Ok(super::Deferred::Ready(r)) => Ok(r),
+            Ok(raw) => {
+                // Not deferring: decode here (a fail-mode error ends the iteration).
+                let (row, line, truncated) = match raw {
+                    super::Deferred::Raw {
+                        row,
+                        line,
+                        truncated,
+                    } => (row, line, truncated),
+                    super::Deferred::Ready(_) => unreachable!("handled above"),
+                };
+                match decode(
+                    &self.fields,
+                    &self.exclude,
+                    &self.text_path,
+                    self.max_doc_bytes,
+                    row,
+                    &line,
+                    truncated,
+                ) {
+                    Ok(record) => Ok(record),
+                    Err(msg) => self.bad(row, msg),
+                }
+            }
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// The reader in deferring mode: lines as read, undecoded.
+pub(crate) struct DeferredLines(pub(crate) JsonlReader);
+
+impl Iterator for DeferredLines {
+    type Item = Result<super::Deferred>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_item()
+    }
+}
+
+impl JsonlReader {
+    /// The next line: `Raw` (to decode), or what the reader decides itself (a too-long line,
+    /// an empty file, a read error).
+    fn next_item(&mut self) -> Option<Result<super::Deferred>> {
+        let ready = |r: Result<Record>| r.map(super::Deferred::Ready);
         loop {
             if self.done {
                 return None;
             }
             let (n, too_long) = match self.read_line() {
                 Ok(x) => x,
-                Err(e) => return Some(self.fatal(e)),
+                Err(e) => return Some(ready(self.fatal(e))),
             };
             if n == 0 {
                 self.done = true;
                 if self.row == 0 {
                     // Nothing at all (a 0-byte file or a zstd stream of nothing) is far more
                     // likely a failed download than an intentionally empty shard.
-                    return Some(self.bad(0, "empty file".into()));
+                    return Some(ready(self.bad(0, "empty file".into())));
                 }
                 return None;
             }
@@ -241,7 +339,7 @@ impl Iterator for JsonlReader {
                     "document of {n} bytes exceeds max_doc_bytes={} (the line was not read)",
                     self.max_doc_bytes
                 );
-                return Some(self.bad(row, msg));
+                return Some(ready(self.bad(row, msg)));
             }
             let has_newline = self.line.last() == Some(&b'\n');
             let mut content = &self.line[..];
@@ -255,19 +353,12 @@ impl Iterator for JsonlReader {
             if content.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let out = decode(
-                &self.fields,
-                &self.exclude,
-                &self.text_path,
-                self.max_doc_bytes,
+            // Decoding is left to the consumer (`next`, or a `Decoder` on another thread).
+            return Some(Ok(super::Deferred::Raw {
                 row,
-                content,
-                !has_newline,
-            );
-            return Some(match out {
-                Ok(record) => Ok(record),
-                Err(msg) => self.bad(row, msg),
-            });
+                line: content.to_vec(),
+                truncated: !has_newline,
+            }));
         }
     }
 }

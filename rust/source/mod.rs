@@ -18,6 +18,7 @@ mod parquet;
 mod tests;
 
 pub use discover::discover;
+pub use jsonl::Decoder;
 pub use jsonl::LINE_SLACK;
 
 use crate::error::{Error, Result};
@@ -132,6 +133,63 @@ impl Progress {
 
 /// A record iterator, as returned by [`open`].
 pub type Records = Box<dyn Iterator<Item = Result<Record>> + Send>;
+
+/// An item of [`open_deferred`]: a record, or a JSONL line still to decode (by the file's
+/// [`Decoder`], on any thread).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deferred {
+    Ready(Record),
+    Raw {
+        row: u64,
+        line: Vec<u8>,
+        /// The file's last line, without a trailing newline (named in its error, if bad).
+        truncated: bool,
+    },
+}
+
+impl Deferred {
+    /// Bytes of text it holds (for batching).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Deferred::Ready(Record::Doc { text, .. }) => text.len(),
+            Deferred::Raw { line, .. } => line.len(),
+            Deferred::Ready(_) => 0,
+        }
+    }
+}
+
+/// What [`open_deferred`] returns: the items, and the decoder of its raw lines (none for
+/// parquet, whose records come decoded).
+pub type DeferredRecords = (
+    Box<dyn Iterator<Item = Result<Deferred>> + Send>,
+    Option<Decoder>,
+);
+
+/// [`open_with_progress`], leaving JSON decoding to the caller: the reader only reads,
+/// decompresses and splits lines (one thread), so decoding (UTF-8 check, JSON parse, field
+/// and exclude rules, size limit) can run on many. `Decoder::decode` of each item gives
+/// exactly what [`open`] gives, row for row; with `on_error = fail`, the first error in row
+/// order is the one `open` would end with.
+pub fn open_deferred(
+    path: &Path,
+    opts: &SourceOptions,
+    progress: &Progress,
+) -> Result<DeferredRecords> {
+    match Format::of(path)? {
+        Format::Jsonl | Format::JsonlZst => {
+            let compressed = Format::of(path)? == Format::JsonlZst;
+            let reader = jsonl::JsonlReader::open(path, opts, compressed, progress.clone())?;
+            Ok((
+                Box::new(jsonl::DeferredLines(reader)),
+                Some(Decoder::new(path, opts)),
+            ))
+        }
+        Format::Parquet => {
+            let records = open_with_progress(path, opts, progress)?;
+            Ok((Box::new(records.map(|r| r.map(Deferred::Ready))), None))
+        }
+    }
+}
 
 /// Stream the records of one file (format from its extension). Bad records give
 /// `Err(Error::Input{..})` with `on_error = fail`, or `Ok(Record::Skipped)` with `skip`.
