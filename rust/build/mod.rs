@@ -447,15 +447,37 @@ impl Plan {
             .unwrap_or_else(|| stream::default_docs_in_flight(self.cfg.workers))
     }
 
-    /// Input files `which` of corpus `corpus`, largest first.
-    fn order(&self, corpus: usize, which: &[usize]) -> Result<Vec<usize>> {
+    /// Run the per-file stage `stage` over input files `which` of corpus `corpus` (largest
+    /// first, `workers` files at a time, every file spread over `pool`'s threads); each
+    /// file's result, in the order of `which`.
+    fn run_stage<S: stream::Stage>(
+        &self,
+        pool: &rayon::ThreadPool,
+        corpus: usize,
+        which: &[usize],
+        stage: &S,
+        progress: &Progress,
+    ) -> Result<Vec<S::Done>> {
         let mut picked = Vec::with_capacity(which.len());
         for &i in which {
             picked.push(self.file(corpus, i)?.to_path_buf());
         }
-        Ok(largest_first(&picked)?
+        let order: Vec<usize> = largest_first(&picked)?
             .into_iter()
             .map(|k| which[k])
+            .collect();
+        let (done, _) = stream::run(
+            pool,
+            stage,
+            &order,
+            self.cfg.workers,
+            self.docs_in_flight(),
+            progress,
+        )?;
+        let mut by_index: HashMap<usize, S::Done> = done.into_iter().collect();
+        Ok(which
+            .iter()
+            .map(|i| by_index.remove(i).expect("a result for every file run"))
             .collect())
     }
 }
@@ -483,16 +505,7 @@ pub fn fingerprint_files(
         resume: true,
         progress,
     };
-    let order = plan.order(corpus, which)?;
-    let (done, _) = stream::run(
-        pool,
-        &stage,
-        &order,
-        plan.cfg.workers,
-        plan.docs_in_flight(),
-        progress,
-    )?;
-    Ok(in_order(which, done))
+    plan.run_stage(pool, corpus, which, &stage, progress)
 }
 
 /// [`fingerprint_files`] of one file (a Ray task).
@@ -504,12 +517,6 @@ pub fn fingerprint_one(
     progress: &Progress,
 ) -> Result<FileWork> {
     Ok(fingerprint_files(plan, pool, corpus, &[file], progress)?[0])
-}
-
-/// `done` (by file index) in the order of `which`.
-fn in_order<T: Copy>(which: &[usize], done: Vec<(usize, T)>) -> Vec<T> {
-    let by_index: HashMap<usize, T> = done.into_iter().collect();
-    which.iter().map(|i| by_index[i]).collect()
 }
 
 /// Find corpus `corpus`'s duplicates from its fingerprint stores (all must be committed) and
@@ -583,30 +590,17 @@ pub fn tokenize_files(
         files: plan.files(corpus),
         removed: &removed,
     };
-    let order = plan.order(corpus, which)?;
-    let (done, _) = stream::run(
-        pool,
-        &stage,
-        &order,
-        plan.cfg.workers,
-        plan.docs_in_flight(),
-        progress,
-    )?;
-    let work: Vec<(usize, FileWork)> = done
+    let done = plan.run_stage(pool, corpus, which, &stage, progress)?;
+    Ok(done
         .into_iter()
-        .map(|(i, (stats, resumed))| {
-            let s = &stats.stats;
-            let w = FileWork {
-                resumed,
-                bytes: s.bytes,
-                docs: s.docs_read,
-                docs_kept: s.docs_kept,
-                tokens: s.tokens,
-            };
-            (i, w)
+        .map(|(part, resumed)| FileWork {
+            resumed,
+            bytes: part.stats.bytes,
+            docs: part.stats.docs_read,
+            docs_kept: part.stats.docs_kept,
+            tokens: part.stats.tokens,
         })
-        .collect();
-    Ok(in_order(which, work))
+        .collect())
 }
 
 /// [`tokenize_files`] of one file (a Ray task).

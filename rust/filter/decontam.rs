@@ -87,7 +87,7 @@ impl Words {
 
 /// Han ideographs (with extensions and compatibility forms) and kana: scripts written without
 /// spaces, so each character is a word.
-fn is_cjk(c: char) -> bool {
+pub(super) fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x3040..=0x30FF      // hiragana, katakana
         | 0x3400..=0x4DBF    // CJK extension A

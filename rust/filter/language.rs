@@ -40,6 +40,8 @@
 //! long runs of Latin (URLs, code, English quotations) can come out as a Latin-script
 //! language; a Han character weighs one character against an English word's several.
 
+// Han ideographs and kana: one list of ranges, the decontamination filter's.
+use super::decontam::is_cjk as is_han_or_kana;
 use super::{DocFilter, Params};
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -63,16 +65,6 @@ pub fn detect(text: &str) -> (&'static str, f64) {
         Some(info) => (iso639_1(info.lang()), info.confidence()),
         None => (UNDETERMINED, 0.0),
     }
-}
-
-/// Han ideographs (with extensions and compatibility forms) and kana.
-fn is_han_or_kana(c: char) -> bool {
-    matches!(c as u32,
-        0x3040..=0x30FF          // hiragana, katakana
-        | 0x3400..=0x4DBF        // CJK extension A
-        | 0x4E00..=0x9FFF        // CJK unified ideographs
-        | 0xF900..=0xFAFF        // compatibility ideographs
-        | 0x20000..=0x3134F) // extensions B..G
 }
 
 /// Whether Han / kana letters weigh more than all other letters together, weighing each

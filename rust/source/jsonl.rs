@@ -54,14 +54,10 @@ fn is_disk_error(e: &io::Error) -> bool {
 }
 
 pub(crate) struct JsonlReader {
-    path: PathBuf,
     reader: Box<dyn BufRead + Send>,
     compressed: bool,
-    fields: FieldTree,
-    exclude: Exclude,
-    text_path: String,
-    on_error: OnError,
-    max_doc_bytes: u64,
+    /// Decodes the lines (`next`) and owns the file's path and the spec's rules.
+    decoder: Decoder,
     line_cap: u64,
     line: Vec<u8>,
     /// 0-based index of the next line.
@@ -102,7 +98,7 @@ impl Decoder {
                 row,
                 line,
                 truncated,
-            } => match decode(
+            } => decode(
                 &self.fields,
                 &self.exclude,
                 &self.text_path,
@@ -110,15 +106,16 @@ impl Decoder {
                 row,
                 &line,
                 truncated,
-            ) {
-                Ok(r) => Ok(r),
-                Err(msg) => match self.on_error {
-                    OnError::Skip => Ok(Record::Skipped { row, reason: msg }),
-                    OnError::Fail => {
-                        Err(Error::input(&self.path, format!("line {}", row + 1), msg))
-                    }
-                },
-            },
+            )
+            .or_else(|msg| self.bad(row, msg)),
+        }
+    }
+
+    /// A bad record: a counted skip, or (with `on_error = fail`) the error naming the line.
+    fn bad(&self, row: u64, msg: String) -> Result<Record> {
+        match self.on_error {
+            OnError::Skip => Ok(Record::Skipped { row, reason: msg }),
+            OnError::Fail => Err(Error::input(&self.path, format!("line {}", row + 1), msg)),
         }
     }
 }
@@ -145,16 +142,10 @@ impl JsonlReader {
         } else {
             Box::new(BufReader::with_capacity(READ_BUF, disk))
         };
-        let exclude = Exclude::new(&opts.exclude);
         Ok(JsonlReader {
-            path: path.to_path_buf(),
             reader,
             compressed,
-            fields: FieldTree::new(&opts.text, exclude.fields()),
-            exclude,
-            text_path: opts.text.clone(),
-            on_error: opts.on_error,
-            max_doc_bytes: opts.max_doc_bytes,
+            decoder: Decoder::new(path, opts),
             line_cap: opts.max_doc_bytes.saturating_add(LINE_SLACK),
             line: Vec::with_capacity(64 * 1024),
             row: 0,
@@ -171,13 +162,13 @@ impl JsonlReader {
 
     /// A bad record: a counted skip, or the error that ends the iteration.
     fn bad(&mut self, row: u64, msg: String) -> Result<Record> {
-        match self.on_error {
-            OnError::Skip => Ok(Record::Skipped { row, reason: msg }),
-            OnError::Fail => {
-                self.done = true;
-                Err(Error::input(&self.path, format!("line {}", row + 1), msg))
-            }
-        }
+        self.ended_by(self.decoder.bad(row, msg))
+    }
+
+    /// `record`; an error ends the iteration.
+    fn ended_by(&mut self, record: Result<Record>) -> Result<Record> {
+        self.done |= record.is_err();
+        record
     }
 
     /// A read error: the stream cannot go on whatever `on_error` says.
@@ -189,7 +180,7 @@ impl JsonlReader {
             // With Skip the rest of the file counts as one skipped record.
             return self.bad(row, msg);
         }
-        Err(Error::io(&self.path, e))
+        Err(Error::io(&self.decoder.path, e))
     }
 
     /// Read one line into `self.line`; returns (bytes consumed, whether it was cut at the cap).
@@ -269,33 +260,10 @@ impl Iterator for JsonlReader {
     type Item = Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        Some(match self.next_item()? {
-            Ok(super::Deferred::Ready(r)) => Ok(r),
-            Ok(raw) => {
-                // Not deferring: decode here (a fail-mode error ends the iteration).
-                let (row, line, truncated) = match raw {
-                    super::Deferred::Raw {
-                        row,
-                        line,
-                        truncated,
-                    } => (row, line, truncated),
-                    super::Deferred::Ready(_) => unreachable!("handled above"),
-                };
-                match decode(
-                    &self.fields,
-                    &self.exclude,
-                    &self.text_path,
-                    self.max_doc_bytes,
-                    row,
-                    &line,
-                    truncated,
-                ) {
-                    Ok(record) => Ok(record),
-                    Err(msg) => self.bad(row, msg),
-                }
-            }
-            Err(e) => Err(e),
-        })
+        // Not deferring: decode here (a fail-mode error ends the iteration).
+        let item = self.next_item()?;
+        let record = item.and_then(|item| self.decoder.decode(item));
+        Some(self.ended_by(record))
     }
 }
 
@@ -337,7 +305,7 @@ impl JsonlReader {
             if too_long {
                 let msg = format!(
                     "document of {n} bytes exceeds max_doc_bytes={} (the line was not read)",
-                    self.max_doc_bytes
+                    self.decoder.max_doc_bytes
                 );
                 return Some(ready(self.bad(row, msg)));
             }

@@ -175,9 +175,10 @@ pub fn open_deferred(
     opts: &SourceOptions,
     progress: &Progress,
 ) -> Result<DeferredRecords> {
-    match Format::of(path)? {
+    let format = Format::of(path)?;
+    match format {
         Format::Jsonl | Format::JsonlZst => {
-            let compressed = Format::of(path)? == Format::JsonlZst;
+            let compressed = format == Format::JsonlZst;
             let reader = jsonl::JsonlReader::open(path, opts, compressed, progress.clone())?;
             Ok((
                 Box::new(jsonl::DeferredLines(reader)),
