@@ -47,8 +47,33 @@ def scaled_corpus(out: Path, megabytes: int, files: int = 16, shared: Path = SHA
     return _write_scaled(out, key, lambda: base_texts(shared), megabytes, files, skewed)
 
 
+def tree_texts(root: Path) -> list[tuple[str, str]]:
+    """(relative path, text) of every UTF-8 text file under `root`, in sorted path order: a real
+    source tree as a corpus (e.g. Debian's linux-source-6.1, unpacked). Binary files (a NUL byte,
+    or not UTF-8) and empty files are left out."""
+    docs = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        raw = path.read_bytes()
+        if not raw or b"\0" in raw:
+            continue
+        try:
+            docs.append((str(path.relative_to(root)), raw.decode()))
+        except UnicodeDecodeError:
+            continue
+    return docs
+
+
+def tree_corpus(out: Path, root: Path, files: int = 16, skewed: bool = False) -> tuple[list[Path], int]:
+    """Every text file under `root` once (no copies, no perturbation), laid out as `files`
+    .jsonl.zst files like `scaled_corpus`; reuse if present."""
+    key = f"tree-{root.name}-{files}" + ("-skewed" if skewed else "")
+    return _write_scaled(out, key, lambda: tree_texts(root), 0, files, skewed)
+
+
 def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int,
                   skewed: bool = False) -> tuple[list[Path], int]:
+    """`megabytes` > 0: perturbed copies of the texts up to that size; 0: `texts_fn` gives
+    (id, text) pairs, written once each."""
     out.mkdir(parents=True, exist_ok=True)
     marker = out / f".complete-{key}"
     paths = [out / f"part-{i:03d}.jsonl.zst" for i in range(files)]
@@ -60,6 +85,9 @@ def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int,
     target = megabytes * 10**6
     lines: list[str] = []
     size = copy = 0
+    if megabytes == 0:
+        lines = [json.dumps({"id": i, "text": t}, ensure_ascii=False) for i, t in texts]
+        size = sum(len(t.encode()) for _, t in texts)
     while size < target:
         for i, t in enumerate(texts):
             doc = f"[{copy}] {t}"  # perturbed: not identical to any other copy

@@ -3,10 +3,13 @@ equivalents on the same scaled corpus and the same cores. Each contender runs in
 subprocess so peak RSS is its own.
 
     python benchmarks/build.py [--mb 100] [--workers 2] [--peers datatrove,dolma] [--dolma-python PATH]
-                               [--layouts many,skewed,one] [--dedup none,near]
+                               [--layouts many,skewed,one] [--dedup none,near] [--tree DIR]
 
 Layouts of the same text: `many` (16 files of equal size), `skewed` (10 files, each half the
-size of the one before: half the text in one file) and `one` (a single jsonl.zst). tinyllama
+size of the one before: half the text in one file) and `one` (a single jsonl.zst). `--tree DIR`
+takes a real source tree nobody here wrote instead (every UTF-8 text file once, a document each,
+in path order; e.g. Debian's `linux-source-6.1`: `apt-get download linux-source-6.1`, unpack the
+.deb and the tarball inside it). tinyllama
 builds every layout with each `--dedup` mode (near = MinHash near-duplicates, SlimPajama's
 parameters, the whole pipeline); the peers tokenize every layout (no dedup; they split work by
 file, so one file is one task). The last table compares tinyllama's layouts: each one's wall
@@ -54,7 +57,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, cpu_seconds, cpu_use, peak_rss_mb, read_docs, scaled_corpus, single_corpus_spec
+from _data import SHARED, cpu_seconds, cpu_use, peak_rss_mb, read_docs, scaled_corpus, single_corpus_spec, tree_corpus
 
 TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.json"
 DOLMA_PYTHON_ENV = "TINYLLAMA_BENCH_DOLMA_PYTHON"
@@ -241,6 +244,8 @@ def main() -> None:
     ap.add_argument("--dolma-tokenizer", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--layouts", default="many,skewed,one", help="of the same text: many, skewed, one")
+    ap.add_argument("--tree", type=Path, help="build this source tree's text files instead of --mb of the shared "
+                                              "corpora (e.g. Debian's linux-source-6.1, unpacked)")
     ap.add_argument("--dedup", default="none,near", help="tinyllama's dedup modes to run (none, exact, near)")
     ap.add_argument("--layout", help=argparse.SUPPRESS)
     ap.add_argument("--dedup-mode", help=argparse.SUPPRESS)
@@ -259,7 +264,10 @@ def main() -> None:
     layouts = [x for x in args.layouts.split(",") if x]
     sizes = {}
     for layout in layouts:
-        files, sizes[layout] = scaled_corpus(args.work / f"data-{layout}", args.mb, **LAYOUTS[layout])
+        if args.tree:
+            files, sizes[layout] = tree_corpus(args.work / f"data-{layout}", args.tree.resolve(), **LAYOUTS[layout])
+        else:
+            files, sizes[layout] = scaled_corpus(args.work / f"data-{layout}", args.mb, **LAYOUTS[layout])
     dolma = None
     for name in [p for p in args.peers.split(",") if p]:
         if name == "dolma":

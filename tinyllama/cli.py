@@ -24,6 +24,10 @@ def mix_build(
     in_flight_docs: Optional[int] = typer.Option(
         None, "--in-flight-docs", min=1,
         help="Cap on documents read and not yet written (bounds memory; default: a few batches per worker)."),
+    in_flight_mb: Optional[int] = typer.Option(
+        None, "--in-flight-mb", min=1,
+        help="Cap on MiB of text read and not yet written (bounds memory when documents are huge; "
+             "default: a few 1 MiB batches per worker)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ray: bool = typer.Option(False, "--ray", help="Run the build's stages as Ray tasks (pip extra `ray`)."),
     ray_address: Optional[str] = typer.Argument(
@@ -52,7 +56,8 @@ def mix_build(
     else:
         from tinyllama.data.build import build_mix
 
-        s = build_mix(spec, out, workers, force=force, progress=not quiet, in_flight_docs=in_flight_docs)
+        s = build_mix(spec, out, workers, force=force, progress=not quiet, in_flight_docs=in_flight_docs,
+                      in_flight_mb=in_flight_mb)
     if s.get("rebuilt"):
         typer.echo(f"the mix was not intact, so it was rebuilt: {s['rebuilt']}")
     if s["up_to_date"]:

@@ -70,12 +70,13 @@ def reference(spec, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("workers,in_flight", [(2, None), (4, None), (2, 3), (4, 1)])
-def test_same_bytes_for_any_threads_and_in_flight_cap(spec, reference, tmp_path, workers, in_flight):
-    """1, 2 and 4 threads, with the default cap and with caps far below a batch (3 and 1
-    documents in flight), on one big file and on many files: the same bytes."""
+@pytest.mark.parametrize("workers,in_flight,in_flight_mb", [(2, None, None), (4, None, None), (2, 3, None),
+                                                            (4, 1, None), (2, None, 1)])
+def test_same_bytes_for_any_threads_and_in_flight_cap(spec, reference, tmp_path, workers, in_flight, in_flight_mb):
+    """1, 2 and 4 threads, with the default caps and with caps far below a batch (3 and 1
+    documents; 1 MiB of text, one batch at a time), on one big file and on many files: the same bytes."""
     out = tmp_path / "mix"
-    build_mix(spec, out, workers=workers, progress=False, in_flight_docs=in_flight)
+    build_mix(spec, out, workers=workers, progress=False, in_flight_docs=in_flight, in_flight_mb=in_flight_mb)
     assert tree_bytes(out) == tree_bytes(reference)
 
 

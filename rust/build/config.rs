@@ -78,6 +78,11 @@ pub struct BuildConfig {
     /// of the identity.
     #[serde(default)]
     pub in_flight_docs: Option<usize>,
+    /// MiB of document text read and not yet written at any moment of a per-file stage (with
+    /// `in_flight_docs`, what bounds memory when documents are huge); default: a few batches
+    /// per worker. Not part of the identity either.
+    #[serde(default)]
+    pub in_flight_mb: Option<usize>,
     /// Replace a complete mix of another identity found in `out` (`mix build --force`).
     /// How to build, not what: never serialised, so never part of the identity.
     #[serde(default, skip_serializing)]
@@ -105,6 +110,7 @@ impl BuildConfig {
                 "out",
                 "workers",
                 "in_flight_docs",
+                "in_flight_mb",
                 "tokenizer",
                 "decontaminate",
             ] {

@@ -647,7 +647,7 @@ pub fn dedup_files(
             &stage,
             &largest_first(files)?,
             workers.max(1),
-            stream::default_docs_in_flight(workers),
+            stream::InFlight::default_for(workers),
             progress,
         )?;
         let stores: Vec<(PathBuf, u64)> = done

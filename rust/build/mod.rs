@@ -440,11 +440,17 @@ pub fn largest_first(files: &[PathBuf]) -> Result<Vec<usize>> {
 }
 
 impl Plan {
-    /// Records in flight in a per-file stage (see [`stream`]): the config's cap or the default.
-    fn docs_in_flight(&self) -> usize {
-        self.cfg
-            .in_flight_docs
-            .unwrap_or_else(|| stream::default_docs_in_flight(self.cfg.workers))
+    /// What a per-file stage may hold in flight (see [`stream`]): the config's caps, each
+    /// defaulting on its own.
+    fn in_flight(&self) -> stream::InFlight {
+        let default = stream::InFlight::default_for(self.cfg.workers);
+        stream::InFlight {
+            docs: self.cfg.in_flight_docs.unwrap_or(default.docs),
+            bytes: self
+                .cfg
+                .in_flight_mb
+                .map_or(default.bytes, |mb| mb.saturating_mul(1 << 20)),
+        }
     }
 
     /// Run the per-file stage `stage` over input files `which` of corpus `corpus` (largest
@@ -471,7 +477,7 @@ impl Plan {
             stage,
             &order,
             self.cfg.workers,
-            self.docs_in_flight(),
+            self.in_flight(),
             progress,
         )?;
         let mut by_index: HashMap<usize, S::Done> = done.into_iter().collect();

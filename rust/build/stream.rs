@@ -3,22 +3,27 @@
 //! ```text
 //! reader threads (one file each at a time, largest file first)
 //!   read + decompress + split lines -> batches of raw lines       (in file order)
-//!   wait for permits: at most `docs_in_flight` records read and not yet written
+//!   wait for permits: at most `in_flight.docs` records and `in_flight.bytes` bytes of text
+//!   read and not yet written
 //!   spawn map(batch) on the pool  ->  any thread, in any order
-//! ordered sink: whichever job completes the next batch in order writes it (and any that
-//!   were waiting behind it) into the file's writer, then frees their permits
+//! ordered sink: a finished job queues its batch; whichever job holds the file's writer
+//!   writes every batch that is next in order (its own and the ones queued behind it), then
+//!   frees their permits; a job that finds the writer busy leaves its batch to the holder
 //! after the file's last batch is written: finish (commit) the file's output
 //! ```
 //!
 //! Contract: the writer of a file sees its batches in file order, one at a time, exactly as a
 //! sequential loop would give them, so every output byte is independent of the number of
-//! threads, of the batch boundaries' timing and of the in-flight cap. Memory is bounded by the
-//! cap: a record counts from the moment it is read until its batch is written (records waiting
-//! behind a slower batch included). A batch never holds more records than the cap, so a cap of
-//! 1 still makes progress.
+//! threads, of the batch boundaries' timing and of the in-flight caps. Memory is bounded by
+//! the caps: a record and its text count from the moment it is read until its batch is
+//! written (records waiting behind a slower batch included). Counting bytes as well as records
+//! matters for source trees and dumps whose documents run from bytes to tens of MB: a run of
+//! huge files under a record cap alone would hold hundreds of MB. A batch never holds more
+//! than the caps (except one document bigger than the byte cap, which then travels alone), so
+//! caps of 1 still make progress.
 //!
 //! Deadlock freedom: pool threads only run `map` + the ordered sink, which never wait on other
-//! jobs (the sink takes the file's lock for as long as one write takes). Only reader threads
+//! jobs (queueing takes a lock for an insert; a busy writer is left to its holder). Only reader threads
 //! (plain OS threads) block: on permits, which the sinks free, and at a file's end for its own
 //! jobs. The calling thread waits for the readers while running pool jobs itself when it is a
 //! pool thread (a Ray task's stage runs on its plan's pool), so a pool of one thread works.
@@ -39,10 +44,29 @@ use std::sync::{Arc, Condvar, Mutex};
 pub const BATCH_RECORDS: usize = 512;
 pub const BATCH_BYTES: usize = 1 << 20;
 
-/// The in-flight cap when the config leaves it unset: enough batches to keep every thread
-/// busy while the reader runs ahead, independent of anything that shapes the output.
-pub fn default_docs_in_flight(workers: usize) -> usize {
-    (4 * BATCH_RECORDS * workers.max(1)).max(8 * BATCH_RECORDS)
+/// What may be in flight at once in a per-file stage: records read and not yet written, and
+/// the bytes of their text. How to build, not what: never part of the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub docs: usize,
+    pub bytes: usize,
+}
+
+impl InFlight {
+    /// The caps a config leaves unset, independent of anything that shapes the output: enough
+    /// batches to keep every thread busy while the reader runs ahead (4 per worker, at least
+    /// 8), and at least 32 MiB, room for the huge documents source trees hold (generated
+    /// headers of 10-25 MB) beside their neighbours: a document bigger than the byte cap runs
+    /// alone while the other threads idle. Measured on the Linux tree (2 workers, no dedup):
+    /// heap peaks at 0.5 GB with 32 MiB, 0.6 GB with 64 MiB, 0.3 GB with 8 MiB, and 1.9 GB
+    /// under the record cap alone (4096 documents: all of its 20 MB headers at once).
+    pub fn default_for(workers: usize) -> Self {
+        let batches = (4 * workers.max(1)).max(8);
+        InFlight {
+            docs: batches * BATCH_RECORDS,
+            bytes: (batches * BATCH_BYTES).max(32 << 20),
+        }
+    }
 }
 
 /// One per-file stage.
@@ -88,21 +112,23 @@ pub type Done<S> = Vec<(usize, <S as Stage>::Done)>;
 pub struct RunStats {
     /// The most records read and not yet written at any moment.
     pub peak_in_flight: usize,
+    /// The most bytes of text read and not yet written at any moment.
+    pub peak_bytes_in_flight: usize,
     pub batches: usize,
 }
 
 /// Run `stage` over the files `order` (the order readers take them in: largest first keeps
-/// the tail short) on `pool`, `readers` files at a time, at most `docs_in_flight` records in
-/// flight. Returns each file's result, by file index.
+/// the tail short) on `pool`, `readers` files at a time, within the `in_flight` caps.
+/// Returns each file's result, by file index.
 pub fn run<S: Stage>(
     pool: &rayon::ThreadPool,
     stage: &S,
     order: &[usize],
     readers: usize,
-    docs_in_flight: usize,
+    in_flight: InFlight,
     progress: &Progress,
 ) -> Result<(Done<S>, RunStats)> {
-    let permits = Permits::new(docs_in_flight.max(1));
+    let permits = Permits::new(in_flight);
     let batches = AtomicUsize::new(0);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, S::Done)>> = Mutex::new(Vec::with_capacity(order.len()));
@@ -159,7 +185,8 @@ pub fn run<S: Stage>(
     Ok((
         results,
         RunStats {
-            peak_in_flight: permits.peak(),
+            peak_in_flight: permits.peak().docs,
+            peak_bytes_in_flight: permits.peak().bytes,
             batches: batches.into_inner(),
         },
     ))
@@ -199,20 +226,24 @@ struct Reader<'s, 'scope, S: Stage> {
 /// A batch's decoded records and what `map` made of them.
 type Worked<S> = Result<(Vec<Record>, <S as Stage>::Mapped)>;
 
-/// A file's batches on their way to its writer.
-struct Ordered<S: Stage> {
+/// A file's finished batches on their way to its writer.
+struct Queue<S: Stage> {
+    /// Batches written so far (the number of the next one to write).
     next: usize,
-    /// By batch number: its size (the permits it holds) and its work.
-    waiting: BTreeMap<usize, (usize, Worked<S>)>,
-    writer: Option<S::Writer>,
+    /// By batch number: the permits it holds and its work.
+    waiting: BTreeMap<usize, (Size, Worked<S>)>,
+    /// The first failure in batch order; later batches are then dropped unwritten.
     error: Option<Error>,
 }
 
 struct FileSlot<S: Stage> {
     file: S::File,
     decoder: Option<Decoder>,
-    ordered: Mutex<Ordered<S>>,
+    queue: Mutex<Queue<S>>,
+    /// Signalled (with `queue`) each time a batch is written.
     written: Condvar,
+    /// Held by the one job writing; `None` once the file is finished.
+    writer: Mutex<Option<S::Writer>>,
 }
 
 impl<'scope, S: Stage> Reader<'_, 'scope, S> {
@@ -229,15 +260,16 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
         let slot = Arc::new(FileSlot::<S> {
             file,
             decoder,
-            ordered: Mutex::new(Ordered {
+            queue: Mutex::new(Queue {
                 next: 0,
                 waiting: BTreeMap::new(),
-                writer: Some(writer),
                 error: None,
             }),
             written: Condvar::new(),
+            writer: Mutex::new(Some(writer)),
         });
-        let max_records = BATCH_RECORDS.min(self.permits.cap);
+        let max_records = BATCH_RECORDS.min(self.permits.cap.docs);
+        let max_bytes = BATCH_BYTES.min(self.permits.cap.bytes);
         let mut spawned = 0usize;
         let mut batch = Vec::new();
         let mut bytes = 0usize;
@@ -250,43 +282,75 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
                     break;
                 }
             };
-            bytes += record.text_len();
+            // Cut before a record that would take the batch past the byte cap (a huge
+            // document goes alone: its neighbours do not wait inside its batch), and after
+            // one that fills the batch.
+            let len = record.text_len();
+            let mut go_on = true;
+            if !batch.is_empty() && bytes + len > max_bytes {
+                go_on = self.send(&slot, &mut spawned, &mut batch, &mut bytes, &mut read_error);
+            }
+            if !go_on {
+                break;
+            }
+            bytes += len;
             batch.push(record);
-            if batch.len() >= max_records || bytes >= BATCH_BYTES {
-                if self.progress.cancelled() {
-                    read_error = Some(Error::Interrupted);
-                    break;
-                }
-                if slot.ordered.lock().expect("lock").error.is_some() {
-                    break; // a job failed: stop reading, report it below
-                }
-                self.spawn(&slot, spawned, std::mem::take(&mut batch));
-                spawned += 1;
-                bytes = 0;
+            if (batch.len() >= max_records || bytes >= max_bytes)
+                && !self.send(&slot, &mut spawned, &mut batch, &mut bytes, &mut read_error)
+            {
+                break;
             }
         }
         if read_error.is_none() && !batch.is_empty() {
-            self.spawn(&slot, spawned, batch);
+            self.spawn(&slot, spawned, batch, bytes);
             spawned += 1;
         }
         // Wait for every job of this file (they hold permits and reference the slot).
-        let mut ordered = slot.ordered.lock().expect("lock");
-        while ordered.next < spawned {
-            ordered = slot.written.wait(ordered).expect("lock");
+        let mut queue = lock(&slot.queue);
+        while queue.next < spawned {
+            queue = slot.written.wait(queue).unwrap_or_else(|p| p.into_inner());
         }
         // A failed batch comes before the point where reading failed: its error is the
         // first in row order, as a sequential read would report.
-        if let Some(e) = ordered.error.take().or(read_error) {
+        if let Some(e) = queue.error.take().or(read_error) {
             return Err(e);
         }
-        let writer = ordered.writer.take().expect("writer is there until finish");
-        drop(ordered);
+        drop(queue);
+        let writer = lock(&slot.writer)
+            .take()
+            .expect("writer is there until finish");
         self.stage.finish(&slot.file, writer)
     }
 
-    fn spawn(&self, slot: &Arc<FileSlot<S>>, seq: usize, batch: Vec<Deferred>) {
-        let n = batch.len();
-        self.permits.acquire(n);
+    /// Spawn the job of `batch` (the file's batch number `spawned`) and start a new one;
+    /// false when reading must stop: a job failed (its error is reported in batch order) or
+    /// the build was cancelled (`read_error`).
+    fn send(
+        &self,
+        slot: &Arc<FileSlot<S>>,
+        spawned: &mut usize,
+        batch: &mut Vec<Deferred>,
+        bytes: &mut usize,
+        read_error: &mut Option<Error>,
+    ) -> bool {
+        if self.progress.cancelled() {
+            *read_error = Some(Error::Interrupted);
+            return false;
+        }
+        if lock(&slot.queue).error.is_some() {
+            return false;
+        }
+        self.spawn(slot, *spawned, std::mem::take(batch), std::mem::take(bytes));
+        *spawned += 1;
+        true
+    }
+
+    fn spawn(&self, slot: &Arc<FileSlot<S>>, seq: usize, batch: Vec<Deferred>, bytes: usize) {
+        let size = Size {
+            docs: batch.len(),
+            bytes,
+        };
+        self.permits.acquire(size);
         self.batches.fetch_add(1, Relaxed);
         let (slot, stage, permits, progress) =
             (Arc::clone(slot), self.stage, self.permits, self.progress);
@@ -307,66 +371,133 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
                     Ok((records, mapped))
                 })
             };
-            let mut ordered = slot.ordered.lock().expect("lock");
-            ordered.waiting.insert(seq, (n, worked));
-            loop {
-                let next = ordered.next;
-                let Some((n, worked)) = ordered.waiting.remove(&next) else {
-                    break;
-                };
-                if ordered.error.is_none() {
-                    let o = &mut *ordered;
-                    let writer = o.writer.as_mut().expect("writer is there until finish");
-                    let file = &slot.file;
-                    let written =
-                        worked.and_then(|(b, m)| caught(|| stage.sink(file, writer, b, m)));
-                    if let Err(e) = written {
-                        o.error = Some(e);
-                    }
-                }
-                ordered.next += 1;
-                permits.release(n);
-            }
-            drop(ordered);
-            slot.written.notify_all();
+            lock(&slot.queue).waiting.insert(seq, (size, worked));
+            write_ready(stage, &slot, permits);
         });
     }
 }
 
-/// Counting permits for records in flight, with the peak seen.
+/// Write every queued batch of `slot` that is next in order, unless another job holds the
+/// writer: then it will (it looks at the queue again after letting the writer go, so a batch
+/// queued while it held it is never stranded). Pool threads never wait behind another write.
+fn write_ready<S: Stage>(stage: &S, slot: &FileSlot<S>, permits: &Permits) {
+    loop {
+        let mut writer = match slot.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        loop {
+            let (size, worked, failed) = {
+                let mut q = lock(&slot.queue);
+                let next = q.next;
+                let Some((size, worked)) = q.waiting.remove(&next) else {
+                    break;
+                };
+                (size, worked, q.error.is_some())
+            };
+            let written = if failed {
+                Ok(()) // after a failure, batches are only counted off
+            } else {
+                let w = writer.as_mut().expect("writer is there until finish");
+                worked.and_then(|(b, m)| caught(|| stage.sink(&slot.file, w, b, m)))
+            };
+            {
+                let mut q = lock(&slot.queue);
+                if let Err(e) = written {
+                    q.error.get_or_insert(e);
+                }
+                q.next += 1;
+            }
+            permits.release(size);
+            slot.written.notify_all();
+        }
+        drop(writer);
+        let q = lock(&slot.queue);
+        if !q.waiting.contains_key(&q.next) {
+            return;
+        }
+    }
+}
+
+/// A lock whose holder cannot have panicked mid-update (jobs' panics are caught), so a
+/// poisoned one is taken as is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How much one batch holds: records and bytes of text.
+#[derive(Clone, Copy, Debug, Default)]
+struct Size {
+    docs: usize,
+    bytes: usize,
+}
+
+/// Counting permits for records and bytes in flight, with the peaks seen.
 struct Permits {
-    cap: usize,
-    used: Mutex<usize>,
+    cap: InFlight,
+    state: Mutex<PermitState>,
     freed: Condvar,
-    peak: AtomicUsize,
+}
+
+#[derive(Default)]
+struct PermitState {
+    /// What the batches in flight claim (each at most the caps).
+    claimed: Size,
+    /// What they hold, and its peak: above the byte cap only while one document bigger than
+    /// the cap is in flight alone.
+    held: Size,
+    peak: Size,
 }
 
 impl Permits {
-    fn new(cap: usize) -> Self {
+    fn new(cap: InFlight) -> Self {
         Permits {
-            cap,
-            used: Mutex::new(0),
+            cap: InFlight {
+                docs: cap.docs.max(1),
+                bytes: cap.bytes.max(1),
+            },
+            state: Mutex::new(PermitState::default()),
             freed: Condvar::new(),
-            peak: AtomicUsize::new(0),
         }
     }
-    /// Wait until `n` more records fit (`n` <= cap: batches are cut to fit).
-    fn acquire(&self, n: usize) {
-        let n = n.min(self.cap);
-        let mut used = self.used.lock().expect("lock");
-        while *used + n > self.cap {
-            used = self.freed.wait(used).expect("lock");
+    /// A batch's claim: at most the caps (batches are cut to fit; a single document bigger
+    /// than the byte cap claims all of it, so it waits for the others and travels alone).
+    fn claim(&self, size: Size) -> Size {
+        Size {
+            docs: size.docs.min(self.cap.docs),
+            bytes: size.bytes.min(self.cap.bytes),
         }
-        *used += n;
-        self.peak.fetch_max(*used, Relaxed);
     }
-    fn release(&self, n: usize) {
-        let n = n.min(self.cap);
-        *self.used.lock().expect("lock") -= n;
+    /// Wait until `size` more fits.
+    fn acquire(&self, size: Size) {
+        let n = self.claim(size);
+        let mut st = lock(&self.state);
+        while st.claimed.docs + n.docs > self.cap.docs
+            || st.claimed.bytes + n.bytes > self.cap.bytes
+        {
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.claimed.docs += n.docs;
+        st.claimed.bytes += n.bytes;
+        st.held.docs += size.docs;
+        st.held.bytes += size.bytes;
+        st.peak.docs = st.peak.docs.max(st.held.docs);
+        st.peak.bytes = st.peak.bytes.max(st.held.bytes);
+    }
+    fn release(&self, size: Size) {
+        let n = self.claim(size);
+        {
+            let mut st = lock(&self.state);
+            st.claimed.docs -= n.docs;
+            st.claimed.bytes -= n.bytes;
+            st.held.docs -= size.docs;
+            st.held.bytes -= size.bytes;
+        }
         self.freed.notify_all();
     }
-    fn peak(&self) -> usize {
-        self.peak.load(Relaxed)
+    fn peak(&self) -> Size {
+        lock(&self.state).peak
     }
 }
 
@@ -457,6 +588,13 @@ mod tests {
             .collect()
     }
 
+    fn small(docs: usize) -> InFlight {
+        InFlight {
+            docs,
+            bytes: 1 << 30,
+        }
+    }
+
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -474,13 +612,30 @@ mod tests {
             files: files.clone(),
             fail_at: None,
         };
-        for (threads, readers, cap) in [
-            (1, 1, 1 << 20),
-            (2, 1, 3),
-            (4, 2, 64),
-            (4, 3, 1),
-            (2, 2, 700),
+        // What the byte caps count: each record's length as read (a JSON line, escapes and all).
+        let largest = files
+            .iter()
+            .flat_map(|f| {
+                let (records, _) =
+                    source::open_deferred(f, &options(), &source::Progress::new()).unwrap();
+                records.map(|r| r.unwrap().text_len())
+            })
+            .max()
+            .unwrap();
+        let total_docs: usize = want.iter().map(Vec::len).sum();
+        for (threads, readers, docs, bytes) in [
+            (1, 1, 1 << 20, 1 << 30),
+            (2, 1, 3, 1 << 30),
+            (4, 2, 64, 1 << 30),
+            (4, 3, 1, 1 << 30),
+            (2, 2, 700, 1 << 30),
+            // Byte caps: below the largest document (which then goes alone), a few documents,
+            // a few batches.
+            (2, 1, 1 << 20, largest / 2),
+            (4, 2, 1 << 20, 20_000),
+            (2, 2, 1 << 20, 3 << 20),
         ] {
+            let cap = InFlight { docs, bytes };
             let (got, stats) = run(
                 &pool(threads),
                 &stage,
@@ -492,13 +647,22 @@ mod tests {
             .unwrap();
             assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
             for ((_, out), want) in got.iter().zip(&want) {
-                assert_eq!(out, want, "threads {threads} readers {readers} cap {cap}");
+                assert_eq!(out, want, "threads {threads} readers {readers} cap {cap:?}");
             }
-            assert!(stats.peak_in_flight <= cap, "{stats:?} cap {cap}");
+            assert!(stats.peak_in_flight <= docs, "{stats:?} cap {cap:?}");
             assert!(stats.peak_in_flight > 0);
-            if cap <= 3 {
+            // Over the byte cap only with one document bigger than it, alone.
+            assert!(
+                stats.peak_bytes_in_flight <= bytes.max(largest),
+                "{stats:?} cap {cap:?}"
+            );
+            if docs <= 3 {
                 // Batches were cut to the cap: many more batches than documents / 512.
-                assert!(stats.batches * cap >= want.iter().map(Vec::len).sum::<usize>());
+                assert!(stats.batches * docs >= total_docs);
+            }
+            if bytes <= 20_000 {
+                let text: usize = want.iter().flatten().map(|d| d.2).sum();
+                assert!(stats.batches >= text / bytes, "{stats:?} cap {cap:?}");
             }
         }
     }
@@ -513,7 +677,7 @@ mod tests {
         };
         let p = pool(1);
         let (got, _) = p
-            .install(|| run(&p, &stage, &[0], 1, 8, &Progress::default()))
+            .install(|| run(&p, &stage, &[0], 1, small(8), &Progress::default()))
             .unwrap();
         assert_eq!(got[0].1, sequential(&slim(0)));
     }
@@ -525,7 +689,15 @@ mod tests {
             files: vec![slim(0), slim(1)],
             fail_at: Some(300),
         };
-        let err = run(&pool(2), &stage, &[0, 1], 2, 100, &Progress::default()).unwrap_err();
+        let err = run(
+            &pool(2),
+            &stage,
+            &[0, 1],
+            2,
+            small(100),
+            &Progress::default(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("planted failure at row 300"),
             "{err}"
@@ -536,7 +708,7 @@ mod tests {
             files: vec![slim(0)],
             fail_at: None,
         };
-        let out = run(&pool(2), &stage, &[0], 1, 100, &progress);
+        let out = run(&pool(2), &stage, &[0], 1, small(100), &progress);
         assert!(matches!(out, Err(Error::Interrupted)), "{out:?}");
     }
 }

@@ -58,20 +58,23 @@ def build_mix(
     progress: bool = True,
     stream=None,
     in_flight_docs: int | None = None,
+    in_flight_mb: int | None = None,
 ) -> dict:
     """Build (or resume) the mix a spec describes. Returns the build summary; its `rebuilt`
     says why a complete mix of this spec was rebuilt (None when it was not).
 
     `force`: replace a complete mix of another spec found in `out` (refused otherwise).
-    `in_flight_docs`: cap on documents read and not yet written within the per-file stages
-    (bounds memory; how to build, not what: the bytes do not depend on it)."""
+    `in_flight_docs` / `in_flight_mb`: caps on documents / MiB of text read and not yet written
+    within the per-file stages (they bound memory; how to build, not what: the bytes do not
+    depend on them)."""
     spec = load_spec(spec_path)
     config = spec.build_config(out, workers)
     config["force"] = bool(force)
-    if in_flight_docs is not None:
-        if in_flight_docs < 1:
-            raise SpecError(f"in_flight_docs: must be >= 1, not {in_flight_docs}")
-        config["in_flight_docs"] = int(in_flight_docs)
+    for key, cap in (("in_flight_docs", in_flight_docs), ("in_flight_mb", in_flight_mb)):
+        if cap is not None:
+            if cap < 1:
+                raise SpecError(f"{key}: must be >= 1, not {cap}")
+            config[key] = int(cap)
     out_dir = Path(config["out"])
     refuse_foreign_out(out_dir)
     stream = stream or sys.stderr
