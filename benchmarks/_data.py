@@ -47,12 +47,14 @@ def scaled_corpus(out: Path, megabytes: int, files: int = 16, shared: Path = SHA
     return _write_scaled(out, key, lambda: base_texts(shared), megabytes, files, skewed)
 
 
-def tree_texts(root: Path) -> list[tuple[str, str]]:
+def tree_texts(root: Path, max_bytes: int | None = None) -> list[tuple[str, str]]:
     """(relative path, text) of every UTF-8 text file under `root`, in sorted path order: a real
     source tree as a corpus (e.g. Debian's linux-source-6.1, unpacked). Binary files (a NUL byte,
-    or not UTF-8) and empty files are left out."""
+    or not UTF-8), empty files and files over `max_bytes` are left out."""
     docs = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            continue
         raw = path.read_bytes()
         if not raw or b"\0" in raw:
             continue
@@ -63,11 +65,12 @@ def tree_texts(root: Path) -> list[tuple[str, str]]:
     return docs
 
 
-def tree_corpus(out: Path, root: Path, files: int = 16, skewed: bool = False) -> tuple[list[Path], int]:
-    """Every text file under `root` once (no copies, no perturbation), laid out as `files`
-    .jsonl.zst files like `scaled_corpus`; reuse if present."""
-    key = f"tree-{root.name}-{files}" + ("-skewed" if skewed else "")
-    return _write_scaled(out, key, lambda: tree_texts(root), 0, files, skewed)
+def tree_corpus(out: Path, root: Path, files: int = 16, skewed: bool = False,
+                max_bytes: int | None = None) -> tuple[list[Path], int]:
+    """Every text file under `root` (up to `max_bytes` each) once (no copies, no perturbation),
+    laid out as `files` .jsonl.zst files like `scaled_corpus`; reuse if present."""
+    key = f"tree-{root.name}-{max_bytes}-{files}" + ("-skewed" if skewed else "")
+    return _write_scaled(out, key, lambda: tree_texts(root, max_bytes), 0, files, skewed)
 
 
 def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int,

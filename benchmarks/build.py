@@ -3,7 +3,7 @@ equivalents on the same scaled corpus and the same cores. Each contender runs in
 subprocess so peak RSS is its own.
 
     python benchmarks/build.py [--mb 100] [--workers 2] [--peers datatrove,dolma] [--dolma-python PATH]
-                               [--layouts many,skewed,one] [--dedup none,near] [--tree DIR]
+                               [--layouts many,skewed,one] [--dedup none,near] [--tree DIR [--tree-max-kb N]]
 
 Layouts of the same text: `many` (16 files of equal size), `skewed` (10 files, each half the
 size of the one before: half the text in one file) and `one` (a single jsonl.zst). `--tree DIR`
@@ -48,9 +48,11 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -246,6 +248,11 @@ def main() -> None:
     ap.add_argument("--layouts", default="many,skewed,one", help="of the same text: many, skewed, one")
     ap.add_argument("--tree", type=Path, help="build this source tree's text files instead of --mb of the shared "
                                               "corpora (e.g. Debian's linux-source-6.1, unpacked)")
+    ap.add_argument("--tree-max-kb", type=int,
+                    help="with --tree: leave out files over this size (the peers' HF tokenizers took 14.9 GB "
+                         "on one of the Linux tree's 10-24 MB generated headers)")
+    ap.add_argument("--timeout", type=float, default=3600,
+                    help="seconds a contender may take before it is killed and reported as failed")
     ap.add_argument("--dedup", default="none,near", help="tinyllama's dedup modes to run (none, exact, near)")
     ap.add_argument("--layout", help=argparse.SUPPRESS)
     ap.add_argument("--dedup-mode", help=argparse.SUPPRESS)
@@ -261,11 +268,16 @@ def main() -> None:
             extra = ()
         return child(args.child, data_dir, args.work / f"{args.child}-{args.layout}", args.workers, extra)
     results, notes = [], []
+    if "datatrove" in args.peers.split(",") and importlib.util.find_spec("psutil") is None:
+        notes.append("psutil is not installed (pip extra `bench`): datatrove's CPU use misses its process pool's "
+                     "workers")
     layouts = [x for x in args.layouts.split(",") if x]
     sizes = {}
     for layout in layouts:
         if args.tree:
-            files, sizes[layout] = tree_corpus(args.work / f"data-{layout}", args.tree.resolve(), **LAYOUTS[layout])
+            max_bytes = args.tree_max_kb * 1024 if args.tree_max_kb else None
+            files, sizes[layout] = tree_corpus(args.work / f"data-{layout}", args.tree.resolve(), max_bytes=max_bytes,
+                                               **LAYOUTS[layout])
         else:
             files, sizes[layout] = scaled_corpus(args.work / f"data-{layout}", args.mb, **LAYOUTS[layout])
     dolma = None
@@ -289,15 +301,29 @@ def main() -> None:
              if p and (p != "dolma" or dolma)]
     for name, layout, dedup in runs:
         extra = dolma if name == "dolma" else []
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--mb", str(args.mb), "--workers",
-                               str(args.workers), "--work", str(args.work), "--layout", layout, "--dedup-mode",
-                               dedup, *extra], capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{name} ({layout}): failed ({proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
+        cmd = [sys.executable, __file__, "--child", name, "--mb", str(args.mb), "--workers", str(args.workers),
+               "--work", str(args.work), "--layout", layout, "--dedup-mode", dedup, *extra]
+        # A session of its own: on a timeout the contender and its worker processes go together
+        # (a process pool whose worker the kernel's OOM killer took waits forever).
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            print(f"{name} ({layout}, dedup {dedup}): failed (no result after {args.timeout} s: killed)", flush=True)
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        if proc.returncode != 0:
+            print(f"{name} ({layout}, dedup {dedup}): failed ({err.strip().splitlines()[-1:] or proc.returncode})",
+                  flush=True)
+            continue
+        r = json.loads(out.strip().splitlines()[-1])
         r.update(layout=layout, dedup=dedup)
         results.append(r)
+        # As it comes, so a later contender that hangs or is killed does not take it along.
+        print(f"done: {name} {layout} {dedup}: {r['seconds']:.2f} s, CPU use {cpu_use(r['cpu'], r['seconds'])}, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         if name == "dolma":
             notes.append(f"{layout}: " + check_dolma_ids(args.work / f"dolma-{layout}", args.work / f"data-{layout}"))
         if name == "datatrove":

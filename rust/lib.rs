@@ -8,6 +8,7 @@ pub mod dedup;
 pub mod error;
 pub mod filter;
 pub mod mix;
+pub mod parquet_table;
 pub mod shard;
 pub mod source;
 pub mod tokenize;

@@ -676,22 +676,7 @@ pub fn dedup_files(
 #[cfg(test)]
 mod dedup_files_tests {
     use super::*;
-    use crate::source::OnError;
-
-    fn slim(i: usize) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-            "python/tests/data/corpora/slimpajama/train/chunk1/example_train_000{i}.jsonl.zst"
-        ))
-    }
-
-    fn options() -> SourceOptions {
-        SourceOptions {
-            text: "text".into(),
-            exclude: Vec::new(),
-            on_error: OnError::Fail,
-            max_doc_bytes: 64 << 20,
-        }
-    }
+    use crate::build::fixtures::{options, slim};
 
     /// A file given twice: every document of the second copy goes, kept in an earlier file;
     /// the outcome is the same on 1 and 2 workers, and the scratch stores are gone.

@@ -39,6 +39,30 @@ pub mod progress;
 pub mod stream;
 mod tokenize_stage;
 
+/// Inputs the build's unit tests share: the test slice's SlimPajama files.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::source::{OnError, SourceOptions};
+    use std::path::{Path, PathBuf};
+
+    /// SlimPajama file `i` (0 or 1) of the test slice.
+    pub fn slim(i: usize) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "python/tests/data/corpora/slimpajama/train/chunk1/example_train_000{i}.jsonl.zst"
+        ))
+    }
+
+    /// Reading `text`, failing on a bad record.
+    pub fn options() -> SourceOptions {
+        SourceOptions {
+            text: "text".into(),
+            exclude: Vec::new(),
+            on_error: OnError::Fail,
+            max_doc_bytes: 64 << 20,
+        }
+    }
+}
+
 use crate::error::{Error, IoContext, Result};
 use crate::filter::{self, DocFilter, FilterChain};
 use crate::mix::{CorpusSize, Schedule, StageSpec};

@@ -504,23 +504,9 @@ impl Permits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{self, OnError, SourceOptions};
+    use crate::build::fixtures::{options, slim};
+    use crate::source;
     use std::path::{Path, PathBuf};
-
-    fn slim(i: usize) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-            "python/tests/data/corpora/slimpajama/train/chunk1/example_train_000{i}.jsonl.zst"
-        ))
-    }
-
-    fn options() -> SourceOptions {
-        SourceOptions {
-            text: "text".into(),
-            exclude: Vec::new(),
-            on_error: OnError::Fail,
-            max_doc_bytes: 64 << 20,
-        }
-    }
 
     /// A toy stage: per document, (row, a hash of its text, its length), written in order;
     /// `fail_at` makes the map of the batch holding that row fail.

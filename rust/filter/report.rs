@@ -4,24 +4,16 @@
 //! Columns: `source` (utf8: the input file as the manifest names it), `row` (uint64),
 //! `filter` (utf8: the filter's spec name) and `reason` (utf8: the filter's reason; for
 //! `decontaminate` it names the task, the item and the shared n-gram). Rows in input order
-//! (files in sorted path order, then row). Written like the dedup report (low-level column
-//! writers, zstd, committed atomically); the bytes depend only on the rows.
+//! (files in sorted path order, then row). Written by [`parquet_table`] (zstd, row groups,
+//! committed atomically); the bytes depend only on the rows.
 
-use crate::dedup::store::{commit, tmp_path};
 use crate::error::{Error, IoContext, Result};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
-use parquet::file::properties::WriterProperties;
+use crate::parquet_table::{self, Column};
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::file::writer::SerializedFileWriter;
 use parquet::record::RowAccessor;
-use parquet::schema::parser::parse_message_type;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
-
-const ROW_GROUP: usize = 1 << 20;
 
 const SCHEMA: &str = "message filter_report {
     REQUIRED BYTE_ARRAY source (UTF8);
@@ -40,63 +32,19 @@ pub struct DroppedRow {
 }
 
 fn perr(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::io(path, format!("filter report: {e}"))
+    parquet_table::error("filter report", path, e)
 }
 
-/// Write `rows` to `path` atomically.
+/// Write `rows` to `path` atomically. An empty report still has its schema (one empty row
+/// group keeps readers simple).
 pub fn write_report(path: &Path, rows: &[DroppedRow]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let result = write_to(&tmp, path, rows);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn write_to(tmp: &Path, path: &Path, rows: &[DroppedRow]) -> Result<()> {
-    let schema = Arc::new(parse_message_type(SCHEMA).map_err(|e| perr(path, e))?);
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build(),
-    );
-    let file = File::create(tmp).ctx(tmp)?;
-    let mut w = SerializedFileWriter::new(file, schema, props).map_err(|e| perr(tmp, e))?;
-    // An empty report still has its schema (one empty row group keeps readers simple).
-    let chunks: Vec<&[DroppedRow]> = if rows.is_empty() {
-        vec![&[]]
-    } else {
-        rows.chunks(ROW_GROUP).collect()
-    };
-    for chunk in chunks {
-        let mut rg = w.next_row_group().map_err(|e| perr(tmp, e))?;
-        let mut col = 0;
-        while let Some(mut c) = rg.next_column().map_err(|e| perr(tmp, e))? {
-            let written = if col == 1 {
-                // uint64 is stored in INT64's bits (parquet's unsigned logical type).
-                let v: Vec<i64> = chunk.iter().map(|r| r.row as i64).collect();
-                c.typed::<Int64Type>().write_batch(&v, None, None)
-            } else {
-                let v: Vec<ByteArray> = chunk
-                    .iter()
-                    .map(|r| {
-                        ByteArray::from(match col {
-                            0 => r.source.as_str(),
-                            2 => r.filter.as_str(),
-                            _ => r.reason.as_str(),
-                        })
-                    })
-                    .collect();
-                c.typed::<ByteArrayType>().write_batch(&v, None, None)
-            };
-            written.map_err(|e| perr(tmp, e))?;
-            c.close().map_err(|e| perr(tmp, e))?;
-            col += 1;
-        }
-        rg.close().map_err(|e| perr(tmp, e))?;
-    }
-    let file = w.into_inner().map_err(|e| perr(tmp, e))?;
-    commit(file, tmp, path)
+    let columns = [
+        Column::Utf8(|r: &DroppedRow| r.source.as_str()),
+        Column::U64(|r: &DroppedRow| r.row),
+        Column::Utf8(|r: &DroppedRow| r.filter.as_str()),
+        Column::Utf8(|r: &DroppedRow| r.reason.as_str()),
+    ];
+    parquet_table::write("filter report", path, SCHEMA, &columns, rows, true)
 }
 
 /// Read a report written by [`write_report`].
