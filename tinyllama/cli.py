@@ -52,7 +52,7 @@ def mix_build(
         from tinyllama.data.ray_build import build_mix_ray
 
         s = build_mix_ray(spec, out, address, threads_per_task=workers or 1, band_partitions=band_partitions,
-                          force=force, progress=not quiet)
+                          force=force, progress=not quiet, in_flight_docs=in_flight_docs, in_flight_mb=in_flight_mb)
     else:
         from tinyllama.data.build import build_mix
 

@@ -150,3 +150,13 @@ on_error = "{on_error}"
     manifest = json.loads((tmp_path / "mix/corpora/web/manifest.json").read_text())
     assert [s["row"] for s in manifest["skipped"]] == sorted(bad)
     assert "missing text field" in manifest["skipped"][-1]["reason"]
+
+
+@pytest.mark.parametrize("key", ["in_flight_docs", "in_flight_mb"])
+def test_a_cap_below_one_is_one_line_before_anything_is_written(spec, tmp_path, key):
+    from tinyllama.errors import SpecError
+
+    out = tmp_path / "mix"
+    with pytest.raises(SpecError, match=f"^{key}: must be >= 1, not 0$"):
+        build_mix(spec, out, workers=2, progress=False, **{key: 0})
+    assert not out.exists()

@@ -226,9 +226,10 @@ def test_same_bytes_as_local_build(cluster, local, tmp_path):
 
 @pytest.mark.slow
 @needs_ray
-def test_band_partitions_do_not_change_the_bytes(cluster, local, tmp_path):
+def test_band_partitions_and_in_flight_caps_do_not_change_the_bytes(cluster, local, tmp_path):
     spec, expected = local
-    summary = build_mix_ray(spec, tmp_path / "mix", band_partitions=2, progress=False)
+    summary = build_mix_ray(spec, tmp_path / "mix", band_partitions=2, progress=False, in_flight_docs=3,
+                            in_flight_mb=1)
     assert summary["stages"]["bands"]["files"] == 2
     assert tree_bytes(tmp_path / "mix") == expected
 

@@ -49,6 +49,17 @@ def refuse_foreign_out(out_dir: Path) -> None:
                         "mix build refuses to write into it (nothing was changed); choose a new or empty --out")
 
 
+def set_in_flight(config: dict, in_flight_docs: int | None, in_flight_mb: int | None) -> None:
+    """Put the in-flight caps (documents / MiB of text read and not yet written within a per-file
+    stage) into a build config; None leaves the default. How to build, not what: not part of
+    the identity, so the bytes do not depend on them."""
+    for key, cap in (("in_flight_docs", in_flight_docs), ("in_flight_mb", in_flight_mb)):
+        if cap is not None:
+            if cap < 1:
+                raise SpecError(f"{key}: must be >= 1, not {cap}")
+            config[key] = int(cap)
+
+
 def build_mix(
     spec_path: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -70,11 +81,7 @@ def build_mix(
     spec = load_spec(spec_path)
     config = spec.build_config(out, workers)
     config["force"] = bool(force)
-    for key, cap in (("in_flight_docs", in_flight_docs), ("in_flight_mb", in_flight_mb)):
-        if cap is not None:
-            if cap < 1:
-                raise SpecError(f"{key}: must be >= 1, not {cap}")
-            config[key] = int(cap)
+    set_in_flight(config, in_flight_docs, in_flight_mb)
     out_dir = Path(config["out"])
     refuse_foreign_out(out_dir)
     stream = stream or sys.stderr

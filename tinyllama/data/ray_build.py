@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyllama import _core
-from tinyllama.data.build import refuse_foreign_out
+from tinyllama.data.build import refuse_foreign_out, set_in_flight
 from tinyllama.data.progress import human, reporter
 from tinyllama.data.spec import load_spec
 from tinyllama.errors import TinyllamaError
@@ -211,6 +211,8 @@ def build_mix_ray(
     force: bool = False,
     progress: bool = True,
     stream=None,
+    in_flight_docs: int | None = None,
+    in_flight_mb: int | None = None,
     _chaos: dict | None = None,
 ) -> dict:
     """Build (or resume) the mix a spec describes, its stages spread over a Ray cluster.
@@ -222,13 +224,14 @@ def build_mix_ray(
     of a near-deduplicated corpus are split into `band_partitions` tasks (default: one per band;
     the result does not depend on it). A task whose worker
     dies is retried up to `max_retries` times. `force`: replace a complete mix of another spec
-    found in `out`. Returns the build summary (as `build_mix`, plus per-stage counts under
-    "stages").
+    found in `out`. `in_flight_docs` / `in_flight_mb`: each task's caps, as in `build_mix`.
+    Returns the build summary (as `build_mix`, plus per-stage counts under "stages").
     """
-    ray = _import_ray()
     spec = load_spec(spec_path)
     config = spec.build_config(out, threads_per_task)
     config["force"] = bool(force)
+    set_in_flight(config, in_flight_docs, in_flight_mb)
+    ray = _import_ray()
     out_dir = Path(config["out"])
     refuse_foreign_out(out_dir)
     with exclusive_dir_lock(out_dir, "mix build"):
