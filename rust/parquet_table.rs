@@ -45,60 +45,51 @@ pub fn write<R>(
     empty_group: bool,
 ) -> Result<()> {
     let tmp = tmp_path(path);
-    let result = write_to(what, &tmp, path, schema, columns, rows, empty_group);
-    if result.is_err() {
+    let perr = |e: &dyn std::fmt::Display| error(what, &tmp, e);
+    let written = (|| {
+        let schema = Arc::new(parse_message_type(schema).map_err(|e| error(what, path, e))?);
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build(),
+        );
+        let file = File::create(&tmp).ctx(&tmp)?;
+        let mut w = SerializedFileWriter::new(file, schema, props).map_err(|e| perr(&e))?;
+        let mut groups: Vec<&[R]> = rows.chunks(ROW_GROUP).collect();
+        if groups.is_empty() && empty_group {
+            groups.push(&[]);
+        }
+        for group in groups {
+            let mut rg = w.next_row_group().map_err(|e| perr(&e))?;
+            let mut col = 0;
+            while let Some(mut c) = rg.next_column().map_err(|e| perr(&e))? {
+                let written = match columns.get(col) {
+                    Some(Column::Utf8(get)) => {
+                        let v: Vec<ByteArray> =
+                            group.iter().map(|r| ByteArray::from(get(r))).collect();
+                        c.typed::<ByteArrayType>().write_batch(&v, None, None)
+                    }
+                    Some(Column::U64(get)) => {
+                        let v: Vec<i64> = group.iter().map(|r| get(r) as i64).collect();
+                        c.typed::<Int64Type>().write_batch(&v, None, None)
+                    }
+                    Some(Column::F32(get)) => {
+                        let v: Vec<f32> = group.iter().map(get).collect();
+                        c.typed::<FloatType>().write_batch(&v, None, None)
+                    }
+                    None => return Err(perr(&format!("the schema has more than {col} columns"))),
+                };
+                written.map_err(|e| perr(&e))?;
+                c.close().map_err(|e| perr(&e))?;
+                col += 1;
+            }
+            rg.close().map_err(|e| perr(&e))?;
+        }
+        let file = w.into_inner().map_err(|e| perr(&e))?;
+        commit(file, &tmp, path)
+    })();
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
-}
-
-fn write_to<R>(
-    what: &str,
-    tmp: &Path,
-    path: &Path,
-    schema: &str,
-    columns: &[Column<R>],
-    rows: &[R],
-    empty_group: bool,
-) -> Result<()> {
-    let perr = |e: &dyn std::fmt::Display| error(what, tmp, e);
-    let schema = Arc::new(parse_message_type(schema).map_err(|e| error(what, path, e))?);
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build(),
-    );
-    let file = File::create(tmp).ctx(tmp)?;
-    let mut w = SerializedFileWriter::new(file, schema, props).map_err(|e| perr(&e))?;
-    let mut groups: Vec<&[R]> = rows.chunks(ROW_GROUP).collect();
-    if groups.is_empty() && empty_group {
-        groups.push(&[]);
-    }
-    for group in groups {
-        let mut rg = w.next_row_group().map_err(|e| perr(&e))?;
-        let mut col = 0;
-        while let Some(mut c) = rg.next_column().map_err(|e| perr(&e))? {
-            let written = match columns.get(col) {
-                Some(Column::Utf8(get)) => {
-                    let v: Vec<ByteArray> = group.iter().map(|r| ByteArray::from(get(r))).collect();
-                    c.typed::<ByteArrayType>().write_batch(&v, None, None)
-                }
-                Some(Column::U64(get)) => {
-                    let v: Vec<i64> = group.iter().map(|r| get(r) as i64).collect();
-                    c.typed::<Int64Type>().write_batch(&v, None, None)
-                }
-                Some(Column::F32(get)) => {
-                    let v: Vec<f32> = group.iter().map(get).collect();
-                    c.typed::<FloatType>().write_batch(&v, None, None)
-                }
-                None => return Err(perr(&format!("the schema has more than {col} columns"))),
-            };
-            written.map_err(|e| perr(&e))?;
-            c.close().map_err(|e| perr(&e))?;
-            col += 1;
-        }
-        rg.close().map_err(|e| perr(&e))?;
-    }
-    let file = w.into_inner().map_err(|e| perr(&e))?;
-    commit(file, tmp, path)
+    written
 }
