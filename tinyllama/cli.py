@@ -27,7 +27,7 @@ def mix_build(
     in_flight_mb: Optional[int] = typer.Option(
         None, "--in-flight-mb", min=1,
         help="Cap on MiB of text read and not yet written (bounds memory when documents are huge; "
-             "default: a few 1 MiB batches per worker)."),
+             "default: 32 MiB, or 4 MiB per worker beyond 8 workers)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ray: bool = typer.Option(False, "--ray", help="Run the build's stages as Ray tasks (pip extra `ray`)."),
     ray_address: Optional[str] = typer.Argument(

@@ -79,8 +79,8 @@ pub struct BuildConfig {
     #[serde(default)]
     pub in_flight_docs: Option<usize>,
     /// MiB of document text read and not yet written at any moment of a per-file stage (with
-    /// `in_flight_docs`, what bounds memory when documents are huge); default: a few batches
-    /// per worker. Not part of the identity either.
+    /// `in_flight_docs`, what bounds memory when documents are huge); default: 32 MiB, or
+    /// 4 MiB per worker beyond 8 workers. Not part of the identity either.
     #[serde(default)]
     pub in_flight_mb: Option<usize>,
     /// Replace a complete mix of another identity found in `out` (`mix build --force`).

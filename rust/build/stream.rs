@@ -286,11 +286,10 @@ impl<'scope, S: Stage> Reader<'_, 'scope, S> {
             // document goes alone: its neighbours do not wait inside its batch), and after
             // one that fills the batch.
             let len = record.text_len();
-            let mut go_on = true;
-            if !batch.is_empty() && bytes + len > max_bytes {
-                go_on = self.send(&slot, &mut spawned, &mut batch, &mut bytes, &mut read_error);
-            }
-            if !go_on {
+            if !batch.is_empty()
+                && bytes + len > max_bytes
+                && !self.send(&slot, &mut spawned, &mut batch, &mut bytes, &mut read_error)
+            {
                 break;
             }
             bytes += len;
