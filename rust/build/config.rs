@@ -46,6 +46,13 @@ impl CorpusConfig {
     }
 }
 
+/// One branch of a family: its name and the stages that follow the trunk's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BranchConfig {
+    pub name: String,
+    pub stages: serde_json::Value,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BuildConfig {
     pub name: String,
@@ -68,6 +75,11 @@ pub struct BuildConfig {
     pub dedup: serde_json::Value,
     #[serde(default)]
     pub stages: serde_json::Value,
+    /// A family's branches (`[[branches.NAME.stages]]`), in the spec's order: each continues
+    /// the trunk (`stages`) with its own stages. Empty for a plain spec, and then not
+    /// serialised, so a plain spec's identity is what it always was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<BranchConfig>,
     /// `[decontaminate]` (`paths`, absolute, and `ngram`), applied to every corpus after its
     /// own filters. Part of the identity through its resolved settings (files by name and
     /// sha256), never by path.

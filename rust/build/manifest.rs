@@ -21,7 +21,9 @@ pub const MIX_FORMAT: &str = "tinyllama-mix";
 /// 2: `mix.json` pins its metadata files (`sha256`) and seals itself (`lock_sha256`); staged
 /// parts carry their checksum. A format-1 mix is refused with "rebuild" (a rebuild over it,
 /// same spec, needs no `--force`).
-pub const MIX_FORMAT_VERSION: u32 = 2;
+/// 3: corpora's sample streams keyed by name (schedule v2); families (`branches` in the
+/// lock, a schedule per branch). A format-2 mix is refused the same way.
+pub const MIX_FORMAT_VERSION: u32 = 3;
 
 /// Per input file, what happened to its records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

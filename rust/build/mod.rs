@@ -142,11 +142,25 @@ pub struct Plan {
     bos: Option<u32>,
     eos: Option<u32>,
     inputs: Vec<Vec<PathBuf>>,
+    /// The trunk's stages (a plain spec's whole schedule).
     stages: Vec<StageSpec>,
+    /// A family's branches: name, the branch's own stages, and its whole schedule's stages
+    /// (the trunk's, then its own).
+    branches: Vec<Branch>,
     identity: String,
     chains: Vec<FilterChain>,
     /// The resolved settings of every filter, as the lock records them (null without any).
     filter_settings: serde_json::Value,
+}
+
+/// One branch of a family, resolved.
+#[derive(Clone, Debug)]
+struct Branch {
+    name: String,
+    /// As the spec gave them (recorded in the lock).
+    own: serde_json::Value,
+    /// Trunk stages, then the branch's own: the branch's whole schedule.
+    stages: Vec<StageSpec>,
 }
 
 /// What one per-file task did, for the caller's progress display.
@@ -216,7 +230,7 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         .map_err(|e| Error::Spec(format!("stages: {e}")))?;
     // Check the schedule now (weights, batch sizes), not after hours of tokenizing; only
     // "a weighted corpus came out empty" has to wait for the real token counts.
-    let provisional = cfg
+    let provisional: Vec<CorpusSize> = cfg
         .corpora
         .iter()
         .map(|c| CorpusSize {
@@ -224,7 +238,24 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
             tokens: 1 << 40,
         })
         .collect();
-    Schedule::new(cfg.seq_len, cfg.seed, provisional, stages.clone())?;
+    Schedule::new(cfg.seq_len, cfg.seed, provisional.clone(), stages.clone())?;
+    let mut branches = Vec::with_capacity(cfg.branches.len());
+    for b in &cfg.branches {
+        let key = format!("branches.{}.stages", b.name);
+        let own: Vec<StageSpec> = serde_json::from_value(b.stages.clone())
+            .map_err(|e| Error::Spec(format!("{key}: {e}")))?;
+        if own.is_empty() {
+            return Err(Error::Spec(format!("{key}: a branch needs at least one stage")));
+        }
+        let whole: Vec<StageSpec> = stages.iter().cloned().chain(own).collect();
+        Schedule::new(cfg.seq_len, cfg.seed, provisional.clone(), whole.clone())
+            .map_err(|e| Error::Spec(format!("branches.{}: {e}", b.name)))?;
+        branches.push(Branch {
+            name: b.name.clone(),
+            own: b.stages.clone(),
+            stages: whole,
+        });
+    }
     let (chains, filter_settings) = filter_chains(cfg)?;
     let identity = cfg.identity(tokenizer.sha256(), &input_ids, &filter_settings);
     Ok(Plan {
@@ -236,6 +267,7 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         eos,
         inputs,
         stages,
+        branches,
         identity,
         chains,
         filter_settings,
@@ -424,6 +456,22 @@ impl Plan {
                 }
             }
         }
+        // And the branch schedules it locked that this build does not (the others are
+        // rewritten): the schedule file, then its dir if nothing else is in it.
+        let branches = old.get("branches").and_then(|b| b.as_object());
+        for name in branches.into_iter().flat_map(|b| b.keys()) {
+            let plain =
+                !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
+            if plain && !self.cfg.branches.iter().any(|b| &b.name == name) {
+                let dir = out.join("branches").join(name);
+                let file = dir.join("schedule.json");
+                if file.is_file() {
+                    std::fs::remove_file(&file).ctx(&file)?;
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(out.join("branches"));
         Ok(())
     }
 
@@ -734,8 +782,32 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
             "shards": manifest.shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         }));
     }
-    let schedule = Schedule::new(cfg.seq_len, cfg.seed, sizes, plan.stages.clone())?;
+    let schedule = Schedule::new(cfg.seq_len, cfg.seed, sizes.clone(), plan.stages.clone())?;
     schedule.save(out.join("schedule.json"))?;
+    // A family: one schedule per branch (the trunk's stages, then its own), beside the
+    // trunk's; every corpus's shards serve them all.
+    let mut branches = serde_json::Map::new();
+    let mut branch_files = Vec::new();
+    for b in &plan.branches {
+        let whole = Schedule::new(cfg.seq_len, cfg.seed, sizes.clone(), b.stages.clone())
+            .map_err(|e| Error::Spec(format!("branches.{}: {e}", b.name)))?;
+        let rel = format!("branches/{}/schedule.json", b.name);
+        let path = out.join(&rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ctx(dir)?;
+        }
+        whole.save(&path)?;
+        branches.insert(
+            b.name.clone(),
+            serde_json::json!({
+                "stages": b.own,
+                "num_steps": whole.num_steps(),
+                "schedule": rel,
+                "epochs": whole.epochs(),
+            }),
+        );
+        branch_files.push(rel);
+    }
     for ((c, w), e) in corpus_summaries
         .iter_mut()
         .zip(schedule.windows())
@@ -750,6 +822,7 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
     )?;
     // Pin every metadata file the mix is read through (shards are pinned by the manifests).
     let mut pinned = vec!["schedule.json".to_string(), "tokenizer.json".to_string()];
+    pinned.extend(branch_files);
     for (i, corpus) in cfg.corpora.iter().enumerate() {
         pinned.push(format!("corpora/{}/manifest.json", corpus.name));
         if !plan.chains[i].is_empty() {
@@ -785,6 +858,11 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
     });
     if !plan.filter_settings.is_null() {
         lock["filters"] = plan.filter_settings.clone();
+    }
+    if !branches.is_empty() {
+        // The trunk's last step + 1: every branch's batches equal the trunk's before it.
+        lock["branch_step"] = schedule.num_steps().into();
+        lock["branches"] = branches.into();
     }
     lock[PINS] = pins.into();
     manifest::seal(&mut lock);

@@ -25,4 +25,4 @@ pub use gather::{gather, gather_into};
 pub use loader::{Loader, LoaderConfig, Slot, WindowSource};
 pub use sampler::Sample;
 pub use schedule::{windows_in, CorpusSize, Schedule, StageSpec, WEIGHT_DENOM};
-pub use shard_source::{open_mix, ShardSource};
+pub use shard_source::{branch_names, open_mix, ShardSource};

@@ -2,15 +2,18 @@
 //! (schedule, seed, step).
 //!
 //! Corpus `c` contributes `counts_at(step)[c]` consecutive draws starting at its cursor;
-//! draw `d` is window `perm(seed, c, epoch)(d % windows_c)` of epoch `d / windows_c`, each
-//! epoch with its own keyed permutation. The batch is then shuffled with a generator keyed
+//! draw `d` is window `perm(seed, name_c, epoch)(d % windows_c)` of epoch `d / windows_c`,
+//! each epoch with its own keyed permutation. The key is the corpus's *name*, never its
+//! position in the spec: the same corpus gives the same windows in any mix, whatever the
+//! other corpora or their order, so a family's branch (trunk stages + its own, one schedule)
+//! continues exactly where the trunk's cursor stopped. The batch is then shuffled with a generator keyed
 //! by (seed, step), so any contiguous rank slice holds the corpora in about their batch
 //! proportions, and rank `r` of `W` takes `[r*n/W, (r+1)*n/W)`: the global stream does not
 //! depend on the world size.
 
 use std::ops::Range;
 
-use super::permute::{derive, Permutation, SplitMix};
+use super::permute::{derive, name_key, Permutation, SplitMix};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 
@@ -28,9 +31,11 @@ pub struct Sample {
 }
 
 impl Schedule {
-    /// The permutation corpus `corpus` follows in epoch `epoch`.
+    /// The permutation corpus `corpus` (an index into `corpora()`) follows in epoch `epoch`:
+    /// keyed by (seed, the corpus's name, epoch).
     pub fn epoch_permutation(&self, corpus: u32, epoch: u64) -> Permutation {
-        let key = derive(derive(derive(self.seed(), TAG_EPOCH), corpus as u64), epoch);
+        let name = &self.corpora()[corpus as usize].name;
+        let key = derive(derive(derive(self.seed(), TAG_EPOCH), name_key(name)), epoch);
         Permutation::new(self.windows()[corpus as usize], key)
     }
 

@@ -39,7 +39,9 @@ const RAMP_BLOCK: u64 = 64;
 const MAX_BATCH_SEQUENCES: u64 = 1 << 24;
 /// Ramps are enumerated once when the schedule is built; bound that work.
 const MAX_RAMP_STEPS: u64 = 1 << 22;
-const FORMAT: &str = "tinyllama-schedule-v1";
+/// v2: a corpus's epoch permutations are keyed by its name, not its index (v1's streams
+/// differ: a v1 schedule is refused, naming the file, and the mix must be rebuilt).
+const FORMAT: &str = "tinyllama-schedule-v2";
 
 /// Windows of `seq_len + 1` tokens (overlapping by one token) in a stream of `tokens` tokens.
 pub fn windows_in(tokens: u64, seq_len: u32) -> u64 {

@@ -11,7 +11,7 @@ use super::{Schedule, WindowSource};
 use crate::build::manifest::{open_entry, open_lock, MixLock};
 use crate::error::{Error, Result};
 use crate::shard::CorpusStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct ShardSource {
@@ -66,9 +66,54 @@ impl WindowSource for ShardSource {
 }
 
 /// Open a built mix for sampling: its checked lock, its locked schedule and its token streams.
-pub fn open_mix(mix_dir: &Path) -> Result<(Arc<Schedule>, Arc<ShardSource>)> {
+/// `branch`: one branch of a family mix (its whole schedule: the trunk's stages, then its
+/// own); `None`: the trunk of a family, the whole schedule of a plain mix.
+pub fn open_mix(mix_dir: &Path, branch: Option<&str>) -> Result<(Arc<Schedule>, Arc<ShardSource>)> {
     let lock = open_lock(mix_dir)?;
-    let schedule = Schedule::load(mix_dir.join("schedule.json"))?;
+    let schedule = Schedule::load(mix_dir.join(schedule_file(&lock, branch)?))?;
     let source = ShardSource::open(&lock, &schedule)?;
     Ok((Arc::new(schedule), Arc::new(source)))
+}
+
+/// The names of a family mix's branches (sorted; empty for a plain mix).
+pub fn branch_names(lock: &MixLock) -> Vec<String> {
+    lock.value
+        .get("branches")
+        .and_then(serde_json::Value::as_object)
+        .map(|b| b.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The schedule file (relative to the mix dir) of the trunk or of branch `branch`; an
+/// unknown branch is one line naming the mix and the branches it has.
+fn schedule_file(lock: &MixLock, branch: Option<&str>) -> Result<PathBuf> {
+    let Some(name) = branch else {
+        return Ok(PathBuf::from("schedule.json"));
+    };
+    let names = branch_names(lock);
+    if names.is_empty() {
+        return Err(Error::Usage(format!(
+            "branch {name:?}: {} is a plain mix, not a family (it has no branches)",
+            lock.dir.display()
+        )));
+    }
+    let rel = lock.value["branches"]
+        .get(name)
+        .and_then(|b| b.get("schedule"))
+        .and_then(serde_json::Value::as_str);
+    match rel {
+        // Pinned like every metadata file: `open_lock` checked its bytes.
+        Some(rel) if lock.value[crate::build::manifest::PINS].get(rel).is_some() => {
+            Ok(PathBuf::from(rel))
+        }
+        Some(rel) => Err(Error::integrity(
+            &lock.dir.join(crate::build::manifest::LOCK_NAME),
+            format!("does not pin {rel}: edited after the build"),
+        )),
+        None => Err(Error::Usage(format!(
+            "branch {name:?}: no such branch in {}; it has {}",
+            lock.dir.display(),
+            names.join(", ")
+        ))),
+    }
 }

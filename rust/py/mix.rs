@@ -71,9 +71,11 @@ pub struct PyMixSampler {
 
 #[pymethods]
 impl PyMixSampler {
+    /// `branch`: a branch of a family mix; None: the trunk (a plain mix's whole schedule).
     #[new]
-    fn new(py: Python<'_>, mix_dir: PathBuf) -> PyResult<Self> {
-        let (schedule, source) = without_gil(py, || mix::open_mix(&mix_dir))?;
+    #[pyo3(signature = (mix_dir, branch = None))]
+    fn new(py: Python<'_>, mix_dir: PathBuf, branch: Option<String>) -> PyResult<Self> {
+        let (schedule, source) = without_gil(py, || mix::open_mix(&mix_dir, branch.as_deref()))?;
         Ok(PyMixSampler { schedule, source })
     }
 
@@ -157,7 +159,7 @@ pub struct PyLoader {
 #[pymethods]
 impl PyLoader {
     #[new]
-    #[pyo3(signature = (mix_dir, rank = 0, world = 1, start_step = 0, end_step = None, slots = 4, threads = 1))]
+    #[pyo3(signature = (mix_dir, rank = 0, world = 1, start_step = 0, end_step = None, slots = 4, threads = 1, branch = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -168,9 +170,10 @@ impl PyLoader {
         end_step: Option<u64>,
         slots: usize,
         threads: usize,
+        branch: Option<String>,
     ) -> PyResult<Self> {
         without_gil(py, || {
-            let (schedule, source) = mix::open_mix(&mix_dir)?;
+            let (schedule, source) = mix::open_mix(&mix_dir, branch.as_deref())?;
             let seq_len = schedule.seq_len() as usize;
             let config = mix::LoaderConfig {
                 rank,

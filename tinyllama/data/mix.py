@@ -7,6 +7,13 @@ filter_report.parquet}` (the reports only where the corpus has dedup / filters).
 `build.log` and `.lock` (the build's exclusive lock) sit beside them and are not part of the
 mix: nothing pins them, and they differ between two builds of one spec.
 
+A *family* mix (a spec with `[[branches.NAME.stages]]`) holds every corpus once and one
+schedule per branch (`branches/NAME/schedule.json`: the trunk's stages, then the branch's own).
+`Mix(DIR)` is its trunk (steps `0 .. branch_step()`), `Mix(DIR, branch="NAME")` one branch: its
+batches equal the trunk's at every trunk step, and after the branch point every corpus continues
+from the trunk's cursor (streams are keyed by corpus name), so trunk + branch reads no window
+twice within an epoch and skips none.
+
 Integrity where the data is used: opening a `Mix` checks the lock's format and seal and the
 sha256 of every file it pins (schedule, tokenizer, manifests, dedup reports): an edited file
 is one `ShardError` line naming it, a mix of an older format a `SpecError` saying "rebuild".
@@ -33,8 +40,9 @@ _INSPECT_KEYS = ("files", "docs_read", "docs_filtered", "docs_skipped", "exact_d
 
 
 class Mix:
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], branch: str | None = None):
         self.path = Path(path)
+        self.branch = branch
         lock = self.path / "mix.json"
         if not lock.is_file():
             staging = (self.path / ".staging").exists()
@@ -43,6 +51,10 @@ class Mix:
             raise SpecError(f"{self.path}: not a built mix (no mix.json): {why}")
         _core.verify_mix(str(self.path))  # the lock's format and seal, the pinned files' sha256
         self.lock: dict[str, Any] = json.loads(lock.read_text())
+        if branch is not None and branch not in self.branches():
+            raise SpecError(f"branch {branch!r}: no such branch in {self.path}; "
+                            + (f"it has {', '.join(self.branches())}" if self.branches()
+                               else "it is a plain mix, not a family (it has no branches)"))
         self._manifests: dict[str, dict] = {}
         self._sampler: _core.MixSampler | None = None
         self._doc_index: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
@@ -61,6 +73,22 @@ class Mix:
     @property
     def tokenizer_path(self) -> Path:
         return self.path / self.lock["tokenizer"]
+
+    def branches(self) -> list[str]:
+        """The branches of a family mix (sorted); [] for a plain mix."""
+        return sorted(self.lock.get("branches") or {})
+
+    def branch_step(self) -> int | None:
+        """A family's branch point: the trunk's number of steps, the first step that is a
+        branch's own (every branch's batches equal the trunk's before it). None for a plain mix."""
+        b = self.lock.get("branch_step")
+        return None if b is None else int(b)
+
+    def stage_specs(self) -> list[dict]:
+        """The stages of this view's whole schedule, as the spec gave them: the trunk's (a plain
+        mix's), then this branch's own."""
+        own = self.lock["branches"][self.branch]["stages"] if self.branch else []
+        return list(self.lock["stages"]) + list(own)
 
     def manifest(self, corpus: str) -> dict:
         if corpus not in self._manifests:
@@ -85,10 +113,11 @@ class Mix:
             # documents each filter of the corpus's chain dropped (zeros included; {} without filters)
             corpora[entry["name"]]["filters"] = dict(totals.get("filtered_by", {}))
             corpora[entry["name"]]["windows"] = entry["windows"]
-            corpora[entry["name"]]["epochs"] = entry["epochs"]
+        for name, epochs in zip(self.corpora, self.sampler.epochs()):  # of this view's schedule
+            corpora[name]["epochs"] = epochs
         steps = self.sampler.stage_steps()
         stages = []
-        for stage, (first, end) in zip(self.lock["stages"], steps):
+        for stage, (first, end) in zip(self.stage_specs(), steps):
             stages.append({
                 **stage,
                 "first_step": first,
@@ -112,6 +141,12 @@ class Mix:
             "corpora": corpora,
             # the resolved settings of every filter, as the lock records them (None without filters)
             "filters": self.lock.get("filters"),
+            # a family: this view (None = the trunk), the branch point and every branch's own
+            # stages and length; None / {} for a plain mix
+            "branch": self.branch,
+            "branch_step": self.branch_step(),
+            "branches": {name: {"num_steps": b["num_steps"], "stages": b["stages"]}
+                         for name, b in sorted((self.lock.get("branches") or {}).items())},
         }
 
     # -- sampling --------------------------------------------------------------------------
@@ -119,7 +154,7 @@ class Mix:
     @property
     def sampler(self) -> _core.MixSampler:
         if self._sampler is None:
-            self._sampler = _core.MixSampler(str(self.path))
+            self._sampler = _core.MixSampler(str(self.path), self.branch)
         return self._sampler
 
     def num_steps(self) -> int:
@@ -279,12 +314,23 @@ class Mix:
         return df.with_columns(hit.alias("task"), item.alias("item"))
 
     def plot(self, out: str | os.PathLike[str], points: int = 1500) -> None:
-        """Draw the mixture proportions (stacked) and the global batch size over training tokens."""
+        """Draw the mixture proportions (stacked) and the global batch size over training tokens.
+        A family's trunk view draws one panel per branch (trunk + branch, the branch point
+        marked); a branch view draws that branch."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        views = [Mix(self.path, b) for b in self.branches()] if self.branches() and not self.branch else [self]
+        fig, axes = plt.subplots(len(views), 1, figsize=(10, 4.2 * len(views)), squeeze=False)
+        for view, ax in zip(views, axes[:, 0]):
+            view._plot_panel(ax, points)
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+
+    def _plot_panel(self, ax, points: int) -> None:
         n = self.num_steps()
         steps = set(np.linspace(0, n - 1, min(points, n)).astype(int).tolist())
         for first, end in self.sampler.stage_steps():  # sharp edges at stage boundaries
@@ -295,7 +341,6 @@ class Mix:
         batch = np.array([self.sampler.batch_sequences(s) * self.seq_len for s in steps], dtype=np.float64)
         scale, unit = next((10**e, u) for e, u in ((12, "T"), (9, "B"), (6, "M"), (3, "K"), (0, ""))
                            if tokens[-1] >= 10**e)
-        fig, ax = plt.subplots(figsize=(10, 5))
         ax.stackplot(tokens / scale, weights.T, labels=self.corpora, alpha=0.8, step="post")
         ax.set_xlabel(f"tokens trained ({unit})")
         ax.set_ylabel("mixture proportion")
@@ -303,6 +348,10 @@ class Mix:
         ax.set_xlim(0, tokens[-1] / scale)
         for first, _ in self.sampler.stage_steps()[1:]:
             ax.axvline(self.sampler.tokens_before(first) / scale, color="k", lw=0.8, ls=":")
+        point = self.branch_step()
+        if point is not None and self.branch and point < n:
+            x = self.sampler.tokens_before(point) / scale
+            ax.axvline(x, color="crimson", lw=2, ls="--", label=f"branch point (step {point:,})")
         twin = ax.twinx()
         twin.step(tokens / scale, batch / 1e6, where="post", color="k", lw=1.5, label="global batch")
         twin.set_ylabel("global batch (M tokens)")
@@ -310,10 +359,9 @@ class Mix:
         handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
         ax.legend(handles, labels, loc="lower left")
-        ax.set_title(f"{self.lock['name']}: mixture and batch size ({n:,} steps)")
-        fig.tight_layout()
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
+        what = f"{self.lock['name']} / {self.branch}" if self.branch else self.lock["name"]
+        ax.set_title(f"{what}: mixture and batch size ({n:,} steps)")
 
     def __repr__(self) -> str:
-        return f"Mix({str(self.path)!r}, corpora={self.corpora})"
+        branch = f", branch={self.branch!r}" if self.branch else ""
+        return f"Mix({str(self.path)!r}{branch}, corpora={self.corpora})"

@@ -1,5 +1,9 @@
 """The mix spec: a TOML file naming the corpora, the tokenizer, dedup and the training stages.
 
+A *family* spec adds `[[branches.NAME.stages]]`: the top-level `[[stages]]` are the trunk, and
+each branch continues it with its own stages (TinyLlama v1.1: one 1.5T-token SlimPajama trunk,
+three continual-pretraining variants). Corpora are declared once and built once.
+
 `load_spec(path)` parses and validates it with errors that name the key (`SpecError`), then
 `MixSpec.build_config(out, workers)` resolves it into the JSON the Rust build consumes.
 Paths in the spec are relative to the spec file; token counts take the suffixes K, M, B, T.
@@ -107,6 +111,8 @@ class MixSpec:
     dtype: str | None = None
     dedup: DedupSpec = field(default_factory=DedupSpec)
     decontaminate: DecontaminateSpec | None = None
+    # a family's branches, in the spec's order: name -> the stages that follow the trunk's
+    branches: dict[str, list[StageSpec]] = field(default_factory=dict)
 
     @property
     def base(self) -> Path:
@@ -149,6 +155,8 @@ class MixSpec:
                if self.decontaminate else {}),
             "dedup": asdict(self.dedup),
             "stages": [asdict(s) for s in self.stages],
+            **({"branches": [{"name": name, "stages": [asdict(s) for s in stages]}
+                             for name, stages in self.branches.items()]} if self.branches else {}),
         }
 
 
@@ -179,7 +187,7 @@ def _corpus(name: str, table: Any) -> CorpusSpec:
     where = f"corpora.{name}."
     if not isinstance(table, dict):
         raise SpecError(f"corpora.{name}: expected a table")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+    if not re.fullmatch(_NAME, name):
         raise SpecError(f"corpora.{name}: corpus names may use letters, digits, '_', '-', '.'")
     check_keys(table, {"paths", "text", "exclude", "dedup", "on_error", "holdout_docs", "max_doc_bytes", "filters"},
                where)
@@ -285,19 +293,24 @@ def _dedup(table: Any) -> DedupSpec:
     return d
 
 
-def _stages(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int) -> list[StageSpec]:
+def _stages(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int, key: str = "stages",
+            after: list[StageSpec] | None = None) -> list[StageSpec]:
+    """`[[stages]]`, or with `after` (the trunk's) a branch's `[[branches.NAME.stages]]`: its
+    first stage may ramp from the trunk's last weights, and its names must differ from the
+    trunk's (the branch's whole schedule names every stage once)."""
     if not isinstance(raw, list) or not raw:
-        raise SpecError("stages: at least one [[stages]] table is required")
+        raise SpecError(f"{key}: at least one [[{key}]] table is required")
     stages: list[StageSpec] = []
-    seen: set[str] = set()
+    seen: set[str] = {s.name for s in after or ()}
     for i, table in enumerate(raw):
-        where = f"stages[{i}]."
+        where = f"{key}[{i}]."
         if not isinstance(table, dict):
-            raise SpecError(f"stages[{i}]: expected a table")
+            raise SpecError(f"{key}[{i}]: expected a table")
         check_keys(table, {"name", "tokens", "batch_tokens", "weights", "ramp_tokens"}, where)
-        name = _typed(table, "name", str, where, f"stage{i}")
+        name = _typed(table, "name", str, where, f"stage{i + len(after or ())}")
         if name in seen:
-            raise SpecError(f"{where}name: stage name {name!r} is used twice")
+            raise SpecError(f"{where}name: stage name {name!r} is used twice"
+                            + (" (the trunk has it)" if after and name in {s.name for s in after} else ""))
         seen.add(name)
         tokens = parse_count(_typed(table, "tokens", (int, str), where, required=True), f"{where}tokens")
         batch = parse_count(_typed(table, "batch_tokens", (int, str), where, required=True), f"{where}batch_tokens")
@@ -310,7 +323,7 @@ def _stages(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int) -> list[Stag
             raise SpecError(f"{where}batch_tokens: {batch} is larger than the stage ({tokens} tokens)")
         if ramp > tokens:
             raise SpecError(f"{where}ramp_tokens: {ramp} is longer than the stage ({tokens} tokens)")
-        if ramp and i == 0:
+        if ramp and i == 0 and not after:
             raise SpecError(f"{where}ramp_tokens: the first stage has no previous weights to ramp from")
         weights = _typed(table, "weights", dict, where, required=True)
         clean: dict[str, float] = {}
@@ -330,7 +343,24 @@ def _stages(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int) -> list[Stag
 
 
 _TOP = {"name", "seed", "seq_len", "tokenizer", "out", "add_bos", "add_eos", "shard_tokens", "dtype",
-        "corpora", "dedup", "stages", "decontaminate"}
+        "corpora", "dedup", "stages", "decontaminate", "branches"}
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+def _branches(raw: Any, corpora: dict[str, CorpusSpec], seq_len: int, trunk: list[StageSpec]
+              ) -> dict[str, list[StageSpec]]:
+    """`[branches.NAME]` tables, each with its `[[branches.NAME.stages]]` after the trunk's."""
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("branches: expected [[branches.NAME.stages]] tables (at least one branch)")
+    out: dict[str, list[StageSpec]] = {}
+    for name, table in raw.items():
+        if not re.fullmatch(_NAME, name):
+            raise SpecError(f"branches.{name}: branch names may use letters, digits, '_', '-', '.'")
+        if not isinstance(table, dict):
+            raise SpecError(f"branches.{name}: expected a table with [[branches.{name}.stages]]")
+        check_keys(table, {"stages"}, f"branches.{name}.")
+        out[name] = _stages(table.get("stages"), corpora, seq_len, f"branches.{name}.stages", after=trunk)
+    return out
 
 
 def load_spec(path: str | os.PathLike[str]) -> MixSpec:
@@ -366,12 +396,14 @@ def _parse(path: Path, raw: dict) -> MixSpec:
     shard_tokens = parse_count(raw.get("shard_tokens", 64 * 10**6), "shard_tokens")
     if shard_tokens <= 0:
         raise SpecError("shard_tokens: must be > 0")
+    stages = _stages(raw.get("stages"), corpora, seq_len)
     return MixSpec(
         path=path,
         name=_typed(raw, "name", str, "", path.stem),
         tokenizer=tokenizer,
         corpora=corpora,
-        stages=_stages(raw.get("stages"), corpora, seq_len),
+        stages=stages,
+        branches=_branches(raw["branches"], corpora, seq_len, stages) if "branches" in raw else {},
         seed=_typed(raw, "seed", int, "", 3407),
         seq_len=seq_len,
         out=(base / _typed(raw, "out", str, "")) if out is not None else None,

@@ -2,6 +2,8 @@
 
     mix = "mixes/chinese"         # a built mix dir (relative to the config file)
     out = "runs/chinese"
+    branch = "chinese"            # a family mix: the branch to train (unset: the trunk)
+    branch_from = "runs/trunk"    # a family: start the branch from this trunk run / checkpoint
     model = "tinyllama-1.1b"      # a named config, or a [model] table (optionally with
                                   # `name = "..."` as the base whose fields it overrides)
     micro_batch = 8
@@ -87,6 +89,10 @@ class TrainConfig:
     micro_batch: int = 8
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # a family mix (train/family.py): the branch this run trains (None: the trunk, which ends at
+    # the branch point), and the trunk run dir / checkpoint it starts from (None: from step 0)
+    branch: str | None = None
+    branch_from: str | None = None
     source: str = "<config>"  # where it came from, for error messages
 
     def to_dict(self) -> dict:
@@ -96,14 +102,15 @@ class TrainConfig:
 
 
 _SECTIONS = {"optim": OptimConfig, "run": RunConfig}
-_TOP = {"mix", "out", "model", "micro_batch", "optim", "run"}
+_TOP = {"mix", "out", "model", "micro_batch", "optim", "run", "branch", "branch_from"}
+_PATHS = ("mix", "out", "branch_from")  # relative to the config file (to the cwd with --set)
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
     path = Path(path)
     raw = read_toml(path, "train config")
     base = path.resolve().parent
-    for key in ("mix", "out"):
+    for key in _PATHS:
         if isinstance(raw.get(key), str):
             raw[key] = os.path.normpath(base / raw[key])
     return config_from_dict(raw, overrides, source=str(path))
@@ -113,7 +120,25 @@ def config_from_dict(raw: dict, overrides: Sequence[str] = (), source: str = "<c
     raw = _deep_copy(raw)
     for ov in overrides:
         _apply_override(raw, ov, source)
-    return _build(raw, source)
+    try:
+        return _build(raw, source)
+    except SpecError as e:
+        raise _blame_override(e, overrides, source) from None
+
+
+def _blame_override(e: SpecError, overrides: Sequence[str], source: str) -> SpecError:
+    """An error about a key that a `--set` gave (or a key inside a table it gave) names that
+    `--set` argument instead of the config file: `--set 'run.max_step=5': key 'run.max_step': ...`."""
+    msg = str(e)
+    head = f"{source}: key '"
+    if not msg.startswith(head):
+        return e
+    key = msg[len(head):].split("'", 1)[0]
+    for ov in reversed(overrides):  # the last --set of a key is the one that counts
+        set_key = ov.partition("=")[0].strip()
+        if key == set_key or key.startswith(set_key + "."):
+            return SpecError(f"--set {ov!r}: {msg[len(source) + 2:]}")
+    return e
 
 
 def _deep_copy(d: Any) -> Any:
@@ -127,7 +152,7 @@ def _apply_override(raw: dict, ov: str, source: str) -> None:
         raise SpecError(f"--set {ov!r}: expected KEY=VALUE, e.g. run.max_steps=50")
     value = parse_literal(text.strip())
     parts = key.split(".")
-    if parts[0] in ("mix", "out") and len(parts) == 1 and isinstance(value, str):
+    if parts[0] in _PATHS and len(parts) == 1 and isinstance(value, str):
         value = os.path.abspath(value)  # command-line paths are relative to the cwd
     if parts[0] == "model" and len(parts) > 1 and isinstance(raw.get("model"), str):
         raw["model"] = {"name": raw["model"]}  # a field override on a named model
@@ -149,6 +174,7 @@ def _build(raw: dict, source: str) -> TrainConfig:
             coerce(raw[k], str, k)
         model = _build_model(raw.get("model", "tinyllama-1.1b"))
         micro_batch = coerce(raw.get("micro_batch", 8), int, "micro_batch")
+        branch = {k: coerce(raw[k], str, k) if raw.get(k) is not None else None for k in ("branch", "branch_from")}
         if micro_batch <= 0:
             raise key_error("micro_batch", f"must be > 0, got {micro_batch}")
         run_raw = raw.get("run", {})
@@ -156,7 +182,7 @@ def _build(raw: dict, source: str) -> TrainConfig:
         sections = {name: build_dataclass(cls, raw.get(name, {}), f"{name}.") for name, cls in _SECTIONS.items()}
         sections["run"].guard = build_dataclass(GuardConfig, guard_raw, "run.guard.")
         cfg = TrainConfig(
-            mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **sections
+            mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **branch, **sections
         )
         _validate(cfg)
     except SpecError as e:

@@ -37,6 +37,7 @@ from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, build_model, document_ids_from_tokens
 from tinyllama.train.checkpoint import Checkpointer, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
+from tinyllama.train.family import Family, branch_origin, family_of
 from tinyllama.train.guard import Guard
 from tinyllama.train.metrics import MetricsLogger, MetricsWindow
 from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
@@ -109,9 +110,15 @@ def loss_targets(x: torch.Tensor, document_masking: bool, markers: tuple[int | N
 
 
 def open_data(cfg: TrainConfig) -> BatchSource:
+    """The train config's mix: a family's branch `cfg.branch`, else its trunk (or a plain mix)."""
     import tinyllama
 
-    return tinyllama.Mix(cfg.mix)
+    if cfg.branch is None:
+        return tinyllama.Mix(cfg.mix)
+    try:
+        return tinyllama.Mix(cfg.mix, branch=cfg.branch)
+    except SpecError as e:
+        raise SpecError(f"{cfg.source}: key 'branch': {e}") from None
 
 
 @contextlib.contextmanager
@@ -229,15 +236,30 @@ class Plan:
     cfg: TrainConfig | None = None
     # an annealing branch: {"path", "step", "lr", "steps"} of the parent checkpoint it decays from
     annealed_from: dict | None = None
+    # a family run: where it stands (train/family.py), and the trunk checkpoint a branch starts from
+    family: Family | None = None
+    branched_from: dict | None = None
 
     def lr(self, step: int) -> float:
         a = self.annealed_from
         if a:
             return anneal_lr(step, self.cfg, a["step"], a["lr"], a["steps"])
-        return lr_at(step, self.cfg, self.total)
+        return lr_at(step, self.cfg, self.total, self.family.lr_family if self.family else None)
+
+    @property
+    def origin(self) -> Path | None:
+        """The other run's checkpoint this run started from (an anneal's parent, a branch's
+        trunk): where a rewind goes while this run has no checkpoint of its own."""
+        o = self.annealed_from or self.branched_from
+        return Path(o["path"]) if o else None
+
+    def trainer_state(self) -> dict:
+        """What every checkpoint of this run records of where it came from."""
+        return {"annealed_from": self.annealed_from, "branch": self.family.branch if self.family else None,
+                "branched_from": self.branched_from}
 
 
-def branch_origin(cfg: TrainConfig, resume: bool, anneal_from: str | None, anneal_steps: int) -> dict | None:
+def anneal_origin(cfg: TrainConfig, resume: bool, anneal_from: str | None, anneal_steps: int) -> dict | None:
     """Where an annealing branch starts (`--anneal-from CKPT --anneal-steps N`): the parent
     checkpoint's path, step and lr; on `--resume` of a branch, what its train-config.json
     recorded. None for an ordinary run."""
@@ -264,13 +286,14 @@ def preflight(cfg: TrainConfig, source: BatchSource, d: Dist, origin: dict | Non
     """The config checked against the data source once: step counts, vocabulary, sequence
     length, held-out documents for validation and the micro-batch split of every stage's
     global batch."""
-    total = cfg.run.max_steps or source.num_steps()
+    family = family_of(cfg, source)
+    total = family.horizon if family else (cfg.run.max_steps or source.num_steps())
     if origin:  # an annealing branch: N steps on from its parent's step, whatever max_steps says
         total = origin["step"] + origin["steps"]
         if total > source.num_steps():
             raise SpecError(f"--anneal-steps {origin['steps']}: from step {origin['step']} the branch would end "
                             f"after the mix's schedule of {source.num_steps()} steps")
-    if total > source.num_steps():
+    if total > source.num_steps() and not family:
         raise SpecError(
             f"{cfg.source}: key 'run.max_steps': {total} steps exceed the mix's schedule of "
             f"{source.num_steps()} steps (0 = the whole schedule)"
@@ -278,7 +301,8 @@ def preflight(cfg: TrainConfig, source: BatchSource, d: Dist, origin: dict | Non
     if cfg.run.eval_every and not hasattr(source, "documents"):
         raise SpecError(f"{cfg.source}: key 'run.eval_every': the data source ({type(source).__name__}) has no "
                         f"held-out documents; validation needs a built mix (or set run.eval_every = 0)")
-    end = min(total, cfg.run.stop_after) if cfg.run.stop_after else total
+    last = min(total, source.num_steps())  # a family's trunk ends at the branch point
+    end = min(last, cfg.run.stop_after) if cfg.run.stop_after else last
     lock = getattr(source, "lock", None)
     if lock and int(lock.get("vocab_size", 0)) > cfg.model.vocab_size:
         raise SpecError(
@@ -303,7 +327,8 @@ def preflight(cfg: TrainConfig, source: BatchSource, d: Dist, origin: dict | Non
                 f"{cfg.source}: key 'micro_batch': the global batch at step {step} is {n_global} "
                 f"sequences, not divisible by world size {d.world} x micro_batch {cfg.micro_batch}"
             )
-    return Plan(total=total, end=end, mix=mix_identity(lock) if lock else None, cfg=cfg, annealed_from=origin)
+    return Plan(total=total, end=end, mix=mix_identity(lock) if lock else None, cfg=cfg, annealed_from=origin,
+                family=family)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -314,9 +339,9 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
     """Run (or resume) training; returns the out dir. Works alone or under torchrun. The out
     dir is locked for the whole run: a second process on it is refused before it changes
     anything. `anneal_from` / `anneal_steps`: a new run that branches from another run's
-    checkpoint and decays the lr to `min_lr` over that many steps (`branch_origin`)."""
+    checkpoint and decays the lr to `min_lr` over that many steps (`anneal_origin`)."""
     torch.set_float32_matmul_precision("high")
-    origin = branch_origin(cfg, resume, anneal_from, anneal_steps)
+    origin = anneal_origin(cfg, resume, anneal_from, anneal_steps)
     d = init_distributed()
     try:
         with lock_out_dir(cfg.out, d), StopOnSignal() as stop:
@@ -347,7 +372,16 @@ class Validation:
 
 def _start(ckpts: Checkpointer, plan: Plan, model, opt, resume: bool, allow_mix_change: bool) -> tuple[int, int]:
     if resume:
-        return ckpts.restore(model, opt, plan.mix, allow_mix_change)
+        step, tokens = ckpts.restore(model, opt, plan.mix, allow_mix_change)
+        if ckpts.trainer is not None or not plan.branched_from:
+            return step, tokens
+        # a branch killed before its first checkpoint: it starts from its trunk again
+    if plan.branched_from:
+        path = Path(plan.branched_from["path"])
+        step, tokens = ckpts.load_origin(path, model, opt, plan.mix, allow_mix_change)
+        ckpts.notes.append(f"branch {plan.family.branch}: starting from the trunk's {path} (step {step}; branch "
+                           f"point: step {plan.family.branch_step})")
+        return step, tokens
     if plan.annealed_from:
         step, tokens = ckpts.load_origin(Path(plan.annealed_from["path"]), model, opt, plan.mix, allow_mix_change)
         ckpts.notes.append(f"annealing from {plan.annealed_from['path']} (step {step}, lr "
@@ -360,6 +394,7 @@ def _start(ckpts: Checkpointer, plan: Plan, model, opt, resume: bool, allow_mix_
 def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: StopOnSignal,
            allow_mix_change: bool, origin: dict | None = None) -> Path:
     plan = preflight(cfg, source, d, origin)
+    plan.branched_from = branch_origin(cfg, plan.family, plan.mix, resume)
     ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)
     if not resume:
         ckpts.refuse_existing()
@@ -371,7 +406,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
     if d.is_main:
         ckpts.clean_partial()
         (Path(cfg.out) / "train-config.json").write_text(
-            json.dumps({**cfg.to_dict(), "annealed_from": plan.annealed_from}, indent=1), encoding="utf-8")
+            json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
     d.barrier()
     log = MetricsLogger(cfg.out, d.is_main, resume_step=step)
     for line in ckpts.notes:
@@ -408,7 +443,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
                 path = ckpts.save(step, model, opt, {
                     "tokens": tokens_seen, "total_steps": plan.total, "lr": lr, "config": cfg.to_dict(),
                     "mix": plan.mix, "document_masking": cfg.run.document_masking, "guard": guard.state(),
-                    "annealed_from": plan.annealed_from})
+                    **plan.trainer_state()})
                 log.message(f"saved {path}")
                 window.restart_clock()  # do not count the save in tokens/s
             if stopping:
@@ -429,8 +464,7 @@ def _rewind(step: int, r: dict, guard: Guard, ckpts: Checkpointer, model, opt, p
             f"(lower optim.lr or raise optim.warmup_steps, then --resume)"
         )
     guard.rewound(step, r["why"])  # raises after too many in a row
-    origin = Path(plan.annealed_from["path"]) if plan.annealed_from else None
-    back, tokens = ckpts.rewind(model, opt, plan.mix, origin, ckpts.cfg.run.seed)
+    back, tokens = ckpts.rewind(model, opt, plan.mix, plan.origin, ckpts.cfg.run.seed)
     guard.load(ckpts.trainer, keep_skips=True)  # the history as of that checkpoint, the skips learnt since
     window.discard()
     log.rewind_to(back)
