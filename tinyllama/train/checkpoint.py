@@ -45,6 +45,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from tinyllama import fault
 from tinyllama.errors import CheckpointError, StorageError
 from tinyllama.model import Llama, ModelConfig, build_model
 
@@ -173,10 +174,13 @@ def save(
                 tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1)
             )
         barrier()  # every rank's shards are on disk
+        if rank == 0:
+            fault.reached("save-files")
         shares = gather(_checksum_share(tmp, rank, world))
         if rank == 0:
             sums = {rel: digest for share in shares for rel, digest in share.items()}
             _write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
+            fault.reached("save-checksums")
     except (OSError, RuntimeError, CheckpointException) as e:
         # torch reports a full disk as "enforce fail at inline_container.cc", wrapped by DCP.
         if rank == 0:
@@ -191,7 +195,9 @@ def save(
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(ckpt_dir)
+        fault.reached("save-commit")
         _write_atomic(ckpt_dir / "latest", final.name + "\n")
+        fault.reached("latest")
         # Only checkpoints older than this one are pruned: after a fall-back resume, a newer
         # (damaged) checkpoint must not count against keep_last and push this one out.
         older = [s for s in committed_steps(ckpt_dir) if s < step]
