@@ -461,6 +461,29 @@ def test_a_branch_killed_in_its_first_save_resumes_to_the_same_losses(trained, f
     assert dir_state(trunk) == before
 
 
+def test_import_hf_continues_a_branch_or_stands_as_the_trunk(trained, family, tmp_path):
+    # TinyLlama's own 1.5T checkpoint as the trunk: here the trunk's step 8, exported.
+    from tinyllama.hf import export, import_hf
+
+    root, _, straight = trained
+    hf = export(root / "trunk/run/checkpoints/step-8", tmp_path / "hf", tokenizer=family / "tokenizer.json")
+    # 1. into the branch's own run dir at its continual stage, then --resume
+    cfg = train_config(tmp_path / "b", family, tmp_path / "b/run")
+    import_hf(hf, tmp_path / "b/run", config=cfg, overrides=['branch="chinese"'], stage="continual")
+    trainer = json.loads((tmp_path / "b/run/checkpoints/step-8/trainer.json").read_text())
+    assert trainer["step"] == 8 and trainer["branch"] == "chinese"
+    assert trainer["lr"] == pytest.approx(by_step(straight)[9][1])  # the family's lr of step 8 (record 9)
+    got = by_step(run(cfg, 'branch="chinese"', resume=True))
+    assert sorted(got) == list(range(9, 14))
+    assert {s: lr for s, (_, lr) in got.items()} == {s: by_step(straight)[s][1] for s in got}
+    # 2. as the trunk's run dir, which a branch then starts from
+    trunk_cfg = train_config(tmp_path / "t", family, tmp_path / "t/run")
+    import_hf(hf, tmp_path / "t/run", config=trunk_cfg, step=8)
+    got = by_step(run(train_config(tmp_path / "c", family, tmp_path / "c/run"), 'branch="code"',
+                      f'branch_from="{tmp_path / "t/run"}"'))
+    assert sorted(got) == list(range(9, 17))
+
+
 @pytest.mark.slow
 def test_a_branch_on_two_ranks_from_a_trunk_trained_on_one(trained, family, tmp_path):
     root, _, straight = trained

@@ -105,7 +105,8 @@ def branch_origin(cfg, fam: Family | None, mix: dict | None, resume: bool) -> di
     trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     step = int(trainer["step"])
     theirs = trainer.get("mix") or {}
-    if mix and theirs.get("identity") != mix.get("identity"):
+    imported_alone = trainer.get("imported_from") and not theirs  # import-hf without a config: no mix to compare
+    if mix and not imported_alone and theirs.get("identity") != mix.get("identity"):
         raise CheckpointError(
             f"{key}: {path} was trained on mix {theirs.get('name')!r} (identity {str(theirs.get('identity'))[:12]}), "
             f"this branch's mix is {mix.get('name')!r} ({cfg.mix}, identity {str(mix.get('identity'))[:12]}): "
