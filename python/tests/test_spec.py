@@ -97,3 +97,23 @@ def test_shipped_examples_parse(example):
     if example != "demo":  # the recipe: 1.5T + 350B + 150B = 2T tokens, cooldown at 4x the batch
         assert sum(s.tokens for s in spec.stages) == 2 * 10**12
         assert spec.stages[2].batch_tokens == 4 * spec.stages[1].batch_tokens
+
+
+@pytest.mark.parametrize("example", ["tinyllama-v1.1-family", "demo"])
+def test_shipped_families_are_the_model_cards_variants(example):
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).parents[2] / "examples" / f"{example}.toml")
+    assert sorted(spec.branches) == ["chinese", "math_code", "v1_1"]
+    assert [s.weights for s in spec.stages] == [{"slimpajama": 1.0}]
+    want = {"v1_1": {"slimpajama": 1.0}, "math_code": {"slimpajama": 0.75, "starcoder": 0.15, "proofpile": 0.10},
+            "chinese": {"slimpajama": 0.5, "skypile": 0.5}}
+    for name, stages in spec.branches.items():
+        assert [s.weights for s in stages] == [want[name]] * 2, name
+        assert stages[1].batch_tokens == 4 * stages[0].batch_tokens, name
+        if example != "demo":  # 1.5T trunk + 350B + 150B = 2T tokens per variant
+            assert spec.stages[0].tokens + sum(s.tokens for s in stages) == 2 * 10**12
+            # and each variant's own spec is that branch, whole
+            alone = load_spec(Path(__file__).parents[2] / "examples" / f"{name.replace('_1', '.1')}.toml")
+            assert [(s.tokens, s.batch_tokens, s.weights) for s in alone.stages] == [
+                (s.tokens, s.batch_tokens, s.weights) for s in spec.stages + stages]
