@@ -326,6 +326,7 @@ warmup_steps = 3
 log_every = 1
 save_every = 4
 keep_last = 5
+eval_every = 4
 precision = "fp32"
 compile = false
 """
@@ -482,6 +483,28 @@ def test_import_hf_continues_a_branch_or_stands_as_the_trunk(trained, family, tm
     got = by_step(run(train_config(tmp_path / "c", family, tmp_path / "c/run"), 'branch="code"',
                       f'branch_from="{tmp_path / "t/run"}"'))
     assert sorted(got) == list(range(9, 17))
+
+
+def test_runs_shows_the_tree_and_plots_it(trained, family, tmp_path):
+    root, trunk, _ = trained
+    for name in ("code", "chinese"):
+        run(train_config(tmp_path / name, family, tmp_path / name / "run"), f'branch="{name}"',
+            f'branch_from="{root / "trunk/run"}"', "run.stop_after=12")
+    dirs = [tmp_path / "chinese/run", root / "trunk/run", tmp_path / "code/run"]
+    from tinyllama.train.runs import family_tree
+
+    tree = family_tree(dirs)
+    assert [(depth, info.branch) for depth, info in tree] == [(0, None), (1, "chinese"), (1, "code")]
+    top = tree[0][1]
+    assert top.step == 8 and top.latest == "step-8" and top.loss == trunk[-1]["loss"]
+    assert set(top.val) == {"slimpajama", "skypile", "starcoder"} and top.val_step == 8
+    assert tree[1][1].branch_step == 8 and tree[1][1].step == 12
+    r = subprocess.run([sys.executable, "-m", "tinyllama.cli", "runs", *map(str, dirs), "--plot",
+                        str(tmp_path / "runs.png")], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[2].startswith("run ") and "└─ run" in lines[3] and "chinese @ 8" in lines[3]
+    assert "val skypile" in lines[0] and (tmp_path / "runs.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
