@@ -4,9 +4,17 @@ export PATH := justfile_directory() + "/.venv/bin:" + env_var('PATH')
 default:
     @just --list
 
-# Rebuild the Rust extension into the package (release mode)
+# Only when rust/, Cargo.* or pyproject.toml are newer than the built module (not right after the
+# bootstrap built it); --skip-install runs no pip (the editable install imports from this tree).
+# Rebuild the Rust extension into the package (release mode) if its sources changed
 build:
-    maturin develop --release --quiet
+    #!/usr/bin/env bash
+    set -euo pipefail
+    so=$(ls tinyllama/_core*.so 2>/dev/null | head -n 1 || true)
+    if [ -n "$so" ] && [ -z "$(find rust Cargo.toml Cargo.lock pyproject.toml -newer "$so" -print -quit)" ]; then
+        exit 0
+    fi
+    maturin develop --release --quiet --skip-install
 
 # Rust unit tests + the Python suite (without the `slow` marker)
 test: build

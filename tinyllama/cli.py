@@ -77,11 +77,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def mix_inspect(
     path: Path = typer.Argument(..., help="A built mix dir."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    branch: Optional[str] = typer.Option(None, "--branch", help="A branch of a family mix (default: the trunk)."),
 ) -> None:
-    """Per-corpus counts, the tokenizer fingerprint and the schedule of a built mix."""
+    """Per-corpus counts, the tokenizer fingerprint and the schedule of a built mix (of a family:
+    the tree of trunk and branches, and the trunk's or --branch's schedule)."""
     from tinyllama.data.mix import Mix
 
-    info = Mix(path).inspect()
+    info = Mix(path, branch).inspect()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -98,12 +100,20 @@ def mix_inspect(
                           for f in names] for name, c in info["corpora"].items()]
         typer.echo("\ndropped by filter (the report: Mix.filter_report(corpus)):")
         typer.echo(_table(rows, ["corpus"] + names))
-    typer.echo(f"\nschedule: {info['num_steps']:,} steps, {info['total_tokens']:,} tokens")
-    rows = [[s["name"], f"{s['first_step']:,}", f"{s['steps']:,}", f"{s['tokens']:,}", f"{s['batch_tokens']:,}",
-             f"{s['batch_sequences']:,}", f"{s['ramp_tokens']:,}",
+    if info["branches"]:
+        typer.echo(f"\nfamily: trunk steps 0..{info['branch_step'] - 1:,}, branch point at step "
+                   f"{info['branch_step']:,}")
+        for name, b in info["branches"].items():
+            stages = "; ".join(f"{s['name']} " + ", ".join(f"{k}={v:g}" for k, v in s["weights"].items())
+                               for s in b["stages"])
+            typer.echo(f"  -> {name}: steps {info['branch_step']:,}..{b['num_steps'] - 1:,} ({stages})")
+    view = f" of branch {info['branch']}" if info["branch"] else (" of the trunk" if info["branches"] else "")
+    typer.echo(f"\nschedule{view}: {info['num_steps']:,} steps, {info['total_tokens']:,} tokens trained")
+    rows = [[s["name"], f"{s['first_step']:,}", f"{s['steps']:,}", f"{s['tokens']:,}", f"{s['tokens_trained']:,}",
+             f"{s['batch_tokens']:,}", f"{s['batch_sequences']:,}", f"{s['ramp_tokens']:,}",
              ", ".join(f"{k}={v:g}" for k, v in s["weights"].items())] for s in info["stages"]]
-    typer.echo(_table(rows, ["stage", "first step", "steps", "tokens", "batch tokens", "batch seqs",
-                             "ramp tokens", "weights"]))
+    typer.echo(_table(rows, ["stage", "first step", "steps", "tokens asked", "tokens trained", "batch tokens",
+                             "batch seqs", "ramp tokens", "weights"]))
 
 
 def _check_step(mix, path: Path, step: int, rank: int, world: int) -> None:
@@ -121,11 +131,12 @@ def mix_sample(
     world: int = typer.Option(1, "--world"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: tokens and corpus of each row."),
     decode: bool = typer.Option(False, "--decode", help="Print each row as text."),
+    branch: Optional[str] = typer.Option(None, "--branch", help="A branch of a family mix (default: the trunk)."),
 ) -> None:
     """The token ids (and source corpus) of rank's slice of the global batch at a step."""
     from tinyllama.data.mix import Mix
 
-    mix = Mix(path)
+    mix = Mix(path, branch)
     _check_step(mix, path, step, rank, world)
     tokens, corpora = mix.batch(step, rank, world)
     samples = mix.samples(step, rank, world)
@@ -156,12 +167,13 @@ def mix_trace(
     rank: int = typer.Option(0, "--rank"),
     world: int = typer.Option(1, "--world"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: a list of fragments."),
+    branch: Optional[str] = typer.Option(None, "--branch", help="A branch of a family mix (default: the trunk)."),
 ) -> None:
     """Where every document fragment of rank's slice at a step comes from: corpus, input file,
     row, and the token span taken from the document."""
     from tinyllama.data.mix import Mix
 
-    mix = Mix(path)
+    mix = Mix(path, branch)
     _check_step(mix, path, step, rank, world)
     df = mix.trace(step, rank, world)
     if as_json:
@@ -176,11 +188,13 @@ def mix_trace(
 def mix_plot(
     path: Path = typer.Argument(..., help="A built mix dir."),
     out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
+    branch: Optional[str] = typer.Option(None, "--branch", help="A branch of a family mix (default: the trunk)."),
 ) -> None:
-    """Mixture proportions and global batch size over training tokens."""
+    """Mixture proportions and global batch size over training tokens (a family: every branch,
+    the branch point marked)."""
     from tinyllama.data.mix import Mix
 
-    Mix(path).plot(out)
+    Mix(path, branch).plot(out)
     typer.echo(f"wrote {out}")
 
 
@@ -212,6 +226,22 @@ def train(
 
     train_main(str(config), resume=resume, overrides=overrides, allow_mix_change=allow_mix_change,
                anneal_from=str(anneal_from) if anneal_from else None, anneal_steps=anneal_steps)
+
+
+@app.command("runs")
+def runs(
+    paths: List[Path] = typer.Argument(..., help="Run dirs (a family: the trunk's and its branches')."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Loss and validation loss over tokens, as PNG."),
+) -> None:
+    """The tree of runs (trunk -> branches): step, tokens, latest checkpoint, last training loss
+    and last validation loss per corpus of each."""
+    from tinyllama.train.runs import family_tree, format_tree, plot_runs, tree_json
+
+    tree = family_tree(list(paths))
+    typer.echo(json.dumps(tree_json(tree), indent=1) if as_json else format_tree(tree))
+    if plot is not None:
+        typer.echo(f"wrote {plot_runs(list(paths), plot)}")
 
 
 @app.command("export")
@@ -267,15 +297,15 @@ def generate(
 
 @app.command("eval")
 def evaluate(
-    paths: List[Path] = typer.Argument(..., help="Checkpoints or Hugging Face dirs (several: a series)."),
-    mix: Optional[Path] = typer.Option(None, "--mix", help="Perplexity per corpus on this mix's held-out docs."),
+    paths: List[Path] = typer.Argument(..., help="Checkpoints, run dirs or Hugging Face dirs (several: one table)."),
+    mixes: List[Path] = typer.Option([], "--mix", help="Perplexity per corpus on this mix's held-out docs."),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="lm-eval tasks, e.g. hellaswag,openbookqa,winogrande,arc_challenge,arc_easy,boolq,piqa"
     ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local copies of the tasks' datasets."),
     include_path: Optional[Path] = typer.Option(None, "--include-path", help="Extra lm-eval task YAML(s)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N examples per task."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Append one row per checkpoint (.csv or .jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Append one row per run (.csv or .jsonl)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs tokens seen, as PNG."),
     compare: List[str] = typer.Option([], "--compare", help="Published model-card rows to compare with."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer"),
@@ -286,22 +316,35 @@ def evaluate(
     dtype: str = typer.Option("float32", "--dtype"),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Per-corpus perplexity on held-out documents (--mix) and/or the model cards' zero-shot
-    table through lm-evaluation-harness (--tasks; offline, from local dataset files)."""
-    if mix is None and tasks is None:
+    """Per-corpus perplexity on held-out documents (--mix: one table, a row per run) and/or the
+    model cards' zero-shot table through lm-evaluation-harness (--tasks; offline, from local
+    dataset files). --json prints one JSON document."""
+    if not mixes and tasks is None:
         raise TinyllamaError("eval: pass --mix DIR (perplexity) and/or --tasks LIST (lm-eval)")
-    if mix is not None:
+    if len(mixes) > 1:
+        raise TinyllamaError(f"eval: --mix given {len(mixes)} times ({', '.join(map(str, mixes))}): pass one mix "
+                             "dir (its corpora are the table's columns); run eval once per mix")
+    if mixes and tasks is not None and out is not None:
+        raise TinyllamaError("eval: --out takes the rows of one table: pass it with --mix or with --tasks, not both")
+    docs: dict = {}
+    if mixes:
         from tinyllama.eval.perplexity import eval_main
 
-        for path in paths:
-            typer.echo(eval_main(path, mix, as_json, corpus or None, seq_len, batch_size, device))
+        text = eval_main(paths, mixes[0], as_json, corpus or None, seq_len, batch_size, device, out=out)
+        if as_json:
+            docs["perplexity"] = json.loads(text)
+        else:
+            typer.echo(text)
     if tasks is not None:
         from tinyllama.eval.harness import harness_main
 
         harness_main(paths, [t for t in tasks.split(",") if t], as_json=as_json, compare_with=compare or None,
-                     plot=plot, echo=typer.echo, batch_size=batch_size, dtype=dtype, device=device, limit=limit,
+                     plot=plot, echo=(lambda s: docs.setdefault("tasks", []).append(json.loads(s))) if as_json
+                     else typer.echo, batch_size=batch_size, dtype=dtype, device=device, limit=limit,
                      include_path=include_path, data_dir=data_dir, out=out,
                      tokenizer=str(tokenizer) if tokenizer else None)
+    if as_json:  # one document: the list of the runs' results, or both lists by kind
+        typer.echo(json.dumps(docs if len(docs) > 1 else next(iter(docs.values())), indent=2))
 
 
 @app.command("demo")

@@ -335,10 +335,9 @@ def _write_export(model: Llama, tmp: Path, tok_bytes: bytes, bos: int, eos: int,
         }
     )
     _write_json(tmp / "config.json", config)
-    _write_json(
-        tmp / "generation_config.json",
-        {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": unk, "max_length": cfg.max_seq_len},
-    )
+    # No `max_length`: transformers would warn on every `generate(max_new_tokens=...)` that both
+    # are set (the context length is config.json's max_position_embeddings).
+    _write_json(tmp / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": unk})
     (tmp / "tokenizer.json").write_bytes(tok_bytes)
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     _write_json(
@@ -444,18 +443,21 @@ def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: in
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
 
-    total, n_tokens, mix_id = cfg.run.max_steps, tokens, None
+    total, n_tokens, mix_id, family = cfg.run.max_steps, tokens, None, None
     if stage is not None:
         import tinyllama
 
-        step = stage_start_step(tinyllama.Mix(cfg.mix), stage)
+        # a family's branch stage (e.g. continual) is in the config's branch's schedule
+        step = stage_start_step(tinyllama.Mix(cfg.mix, branch=cfg.branch), stage)
     if cfg.mix and (Path(cfg.mix) / "mix.json").is_file():
         try:
             import tinyllama
+            from tinyllama.train.family import family_of
 
-            mix = tinyllama.Mix(cfg.mix)
+            mix = tinyllama.Mix(cfg.mix, branch=cfg.branch)
             mix_id = ckpt.mix_identity(mix.lock)
-            total = total or mix.num_steps()
+            family = family_of(cfg, mix)
+            total = family.horizon if family else (total or mix.num_steps())
             if n_tokens is None:
                 n_tokens = int(mix.tokens_before(step))
         except (OSError, ValueError, TinyllamaError) as e:  # metrics only: must not block the import
@@ -463,7 +465,8 @@ def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: in
     state = {
         "tokens": int(n_tokens or 0),
         "total_steps": total,
-        "lr": lr_at(step, cfg, total) if total else cfg.optim.lr,
+        "lr": lr_at(step, cfg, total, family.lr_family if family else None) if total else cfg.optim.lr,
+        "branch": cfg.branch,
         "config": cfg.to_dict(),
         "imported_from": str(hf_dir.resolve()),
         "mix": mix_id,

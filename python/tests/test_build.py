@@ -258,6 +258,51 @@ def test_missing_tokenizer_and_unmatched_glob(tmp_path):
         build_mix(spec, tmp_path / "out", workers=1, progress=False)
 
 
+def test_unmatched_glob_names_the_spec_and_the_key_and_leaves_nothing_behind(tmp_path):
+    """A pattern that matches no file is reported against the spec file and the corpus's
+    `paths` key, in one line; the failed first build removes the out dir it created (and its
+    parents), and only the lock file it created in an existing empty dir."""
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace("skypile/*.jsonl", "skypile-typo/*.jsonl"))
+    out = tmp_path / "new/out"
+    with pytest.raises(tinyllama.SpecError) as e:
+        build_mix(spec, out, workers=1, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{spec}: key 'corpora.skypile.paths': pattern '{CORPORA}/skypile-typo/*.jsonl' "
+                          "matches no file"), msg
+    assert "\n" not in msg
+    assert not (tmp_path / "new").exists()
+    out.mkdir(parents=True)  # the user's empty dir: kept, and left empty
+    with pytest.raises(tinyllama.SpecError):
+        build_mix(spec, out, workers=1, progress=False)
+    assert out.is_dir() and list(out.iterdir()) == []
+    r = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out",
+                        str(tmp_path / "cli-out"), "--workers", "1"], capture_output=True, text=True)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and lines == [f"error: {msg}"], r.stderr
+    assert not (tmp_path / "cli-out").exists()
+
+
+def test_a_failed_build_keeps_what_it_did_not_create_and_its_resumable_work(tmp_path):
+    """Only a dir that holds nothing but the lock is tidied: a failure after the build staged
+    work keeps it (a rerun resumes), and a dir that had a lock file before keeps it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.jsonl").write_bytes(b"".join(real_lines(20)))
+    (data / "zbad.jsonl").write_bytes(b"".join(real_lines(3)) + b"this is not json\n")
+    spec = one_corpus_spec(tmp_path, f"{data}/*.jsonl")
+    with pytest.raises(InputError, match=r"zbad\.jsonl: line 4"):
+        build_mix(spec, tmp_path / "out", workers=1, progress=False)
+    left = {p.name for p in (tmp_path / "out").iterdir()}
+    assert ".lock" in left and left - {".lock", "build.log"}, left  # the staged work is still there
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/.lock").write_text("")
+    spec = one_corpus_spec(tmp_path, f"{CORPORA}/skypile/*.jsonl.nothing")
+    with pytest.raises(tinyllama.SpecError, match="corpora.c.paths"):
+        build_mix(spec, tmp_path / "old", workers=1, progress=False)
+    assert [p.name for p in (tmp_path / "old").iterdir()] == [".lock"]
+
+
 def test_tokenizer_that_does_not_fit_the_dtype(tmp_path):
     spec = one_corpus_spec(tmp_path, f"{CORPORA}/skypile/*.jsonl")
     text = spec.read_text().replace('seq_len = 128', 'seq_len = 128\ndtype = "u16"')

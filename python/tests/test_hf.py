@@ -194,6 +194,44 @@ def test_transformers_tokenizer_offline_matches_ours(exported):
     assert hf_tok.bos_token_id == 1 and hf_tok.eos_token_id == 2
 
 
+def generate_warnings(hf_dir: Path) -> list[str]:
+    """What transformers warns (logger or `warnings`) while generating with `max_new_tokens`."""
+    import logging
+    import warnings
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = model.eval().generate(**tok("The history of", return_tensors="pt"), max_new_tokens=3,
+                                        do_sample=False)
+    finally:
+        logger.removeHandler(handler)
+    assert out.shape[1] <= len(tok("The history of")["input_ids"]) + 3
+    return [r.getMessage() for r in records] + [str(w.message) for w in caught]
+
+
+def test_generate_with_max_new_tokens_does_not_warn_about_max_length(exported, tmp_path):
+    """The exported generation_config.json sets no `max_length`, so transformers does not warn
+    "Both `max_new_tokens` and `max_length` seem to have been set" on every `generate`."""
+    import shutil
+
+    gen = json.loads((exported / "generation_config.json").read_text())
+    assert "max_length" not in gen and (gen["bos_token_id"], gen["eos_token_id"]) == (1, 2)
+    assert not [m for m in generate_warnings(exported) if "max_length" in m]
+    # The check can fail: with the max_length the export used to write, transformers warns.
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    (old / "generation_config.json").write_text(json.dumps({**gen, "max_length": SEQ_LEN}))
+    assert [m for m in generate_warnings(old) if "max_length" in m]
+
+
 def test_export_needs_a_tokenizer(tiny_run, tmp_path):
     import shutil
 

@@ -175,7 +175,8 @@ def test_export_generate_eval_import(trained, built, tmp_path):
     assert greedy, "a continuation was generated"
     assert out == "The history of" + _continuation(tok, ids, greedy) + "\n"
 
-    printed = json.loads(run("eval", str(trained), "--mix", str(built), "--json").stdout)
+    (printed,) = json.loads(run("eval", str(trained), "--mix", str(built), "--json").stdout)  # one document: a list
+    assert printed["path"] == str(trained)
     direct = evaluate(ours, built)
     for corpus in ("slimpajama", "skypile"):
         assert printed["corpora"][corpus]["nll"] == pytest.approx(direct["corpora"][corpus]["nll"], rel=1e-5)

@@ -442,3 +442,63 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     with exclusive_dir_lock(tmp_path, "test"):
         info = json.loads((tmp_path / ".lock").read_text())
         assert info["pid"] == os.getpid()
+
+
+def test_a_failed_command_removes_the_dir_it_created_and_nothing_else(tmp_path):
+    """A command that fails leaves no dir holding only the lock it created (nor the parents it
+    created); what it wrote, a dir that was there and a successful command's lock all stay."""
+    from tinyllama.lock import exclusive_dir_lock
+
+    target = tmp_path / "a/b"
+    with pytest.raises(RuntimeError), exclusive_dir_lock(target, "test"):
+        raise RuntimeError("boom")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(RuntimeError), exclusive_dir_lock(target, "test"):
+        (target / "metrics.jsonl").write_text("{}\n")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in target.iterdir()) == [".lock", "metrics.jsonl"]
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError), exclusive_dir_lock(tmp_path / "mine", "test"):
+        raise RuntimeError("boom")
+    assert list((tmp_path / "mine").iterdir()) == []  # the user's dir stays; the lock it got goes
+    with exclusive_dir_lock(tmp_path / "ok", "test"):
+        pass
+    assert (tmp_path / "ok/.lock").is_file()  # released, not removed
+
+
+def test_a_lock_on_a_file_its_failed_holder_removed_is_taken_again(tmp_path, monkeypatch):
+    """Between this process' open of `.lock` and its flock, a failed holder removes the file and
+    its dir: the lock taken on the removed file is dropped and taken again on the path."""
+    import fcntl
+
+    from tinyllama.lock import exclusive_dir_lock
+
+    d = tmp_path / "d"
+    real, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(d / ".lock")
+            os.rmdir(d)
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with exclusive_dir_lock(d, "test"):
+        assert len(calls) == 2
+        assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()  # the file at the path is ours
+
+
+def test_a_bad_set_is_one_line_naming_the_set_argument(tmp_path):
+    """`--set run.max_step=5` is the command line's mistake, not the config file's."""
+    from test_train import CONFIG
+
+    cfg = write_config(tmp_path, CONFIG)
+    line = one_line_error(cli("train", "--config", str(cfg), "--set", "run.max_step=5"))
+    assert line == "error: --set 'run.max_step=5': key 'run.max_step': unknown key; did you mean 'max_steps'?"
+    line = one_line_error(cli("train", "--config", str(cfg), "--set", "run.max_steps=5", "--set", "run.log_every=0"))
+    assert line == "error: --set 'run.log_every=0': key 'run.log_every': must be > 0"
+    cfg.write_text(CONFIG.replace("log_every = 1", "log_every = 0"))  # the file's own mistake names the file
+    line = one_line_error(cli("train", "--config", str(cfg), "--set", "run.max_steps=5"))
+    assert line == f"error: {cfg}: key 'run.log_every': must be > 0"
+    assert not (tmp_path / "run").exists()

@@ -16,11 +16,14 @@ another spec is only replaced with `force=True` (`--force`); a complete mix of t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tinyllama import _core
@@ -47,6 +50,26 @@ def refuse_foreign_out(out_dir: Path) -> None:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise SpecError(f"{out_dir}: not empty and not a mix dir (no mix.json, no .staging; it holds {shown}): "
                         "mix build refuses to write into it (nothing was changed); choose a new or empty --out")
+
+
+# Errors of the Rust source discovery that quote a corpus's glob pattern but neither the spec
+# file nor the key: `spec: pattern 'P' matches no file (...)`, `spec: invalid glob pattern 'P': ...`.
+_PATTERN_ERROR = re.compile(r"^(?:spec: )?((?:invalid glob )?pattern '(.*?)'(?: matches no file|: ).*)$", re.S)
+
+
+@contextlib.contextmanager
+def naming_the_key(spec, spec_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise the build's errors about a corpus's `paths` pattern with the spec file and the
+    key in front: `SPEC: key 'corpora.NAME.paths': pattern '...' matches no file (...)`."""
+    try:
+        yield
+    except SpecError as e:
+        m = _PATTERN_ERROR.match(str(e))
+        # Corpora are discovered in spec order: the first corpus listing the pattern failed on it.
+        name = next((c.name for c in spec.corpora.values() if m and m.group(2) in c.paths), None)
+        if name is None:
+            raise
+        raise SpecError(f"{spec_path}: key 'corpora.{name}.paths': {m.group(1)}") from None
 
 
 def set_in_flight(config: dict, in_flight_docs: int | None, in_flight_mb: int | None) -> None:
@@ -89,7 +112,8 @@ def build_mix(
         tty = hasattr(stream, "isatty") and stream.isatty()
         report = reporter(stream, tty, every=5.0, keep_stages=True) if progress else None
         started = time.time()
-        summary = _core.build_mix(json.dumps(config), report)
+        with naming_the_key(spec, spec_path):
+            summary = _core.build_mix(json.dumps(config), report)
         if tty and report:
             stream.write("\n")
         seconds = time.time() - started

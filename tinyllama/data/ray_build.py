@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyllama import _core
-from tinyllama.data.build import refuse_foreign_out, set_in_flight
+from tinyllama.data.build import naming_the_key, refuse_foreign_out, set_in_flight
 from tinyllama.data.progress import human, reporter
 from tinyllama.data.spec import load_spec
 from tinyllama.errors import TinyllamaError
@@ -234,7 +234,7 @@ def build_mix_ray(
     ray = _import_ray()
     out_dir = Path(config["out"])
     refuse_foreign_out(out_dir)
-    with exclusive_dir_lock(out_dir, "mix build"):
+    with exclusive_dir_lock(out_dir, "mix build"), naming_the_key(spec, spec_path):
         return _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, band_partitions, num_cpus,
                              max_retries, progress, stream, _chaos)
 

@@ -152,7 +152,14 @@ class MetricsWindow:
     """The steps since the last log line: per-sequence losses with their corpus, per-step loss
     sums and gradient norms, tokens and time. `flush` reduces them over the ranks (one
     all-reduce and one all-gather every `log_every` steps, none in between) into the record
-    `metrics.jsonl` gets."""
+    `metrics.jsonl` gets.
+
+    tokens/s (and MFU) cover exactly the steps the record reports: each `add` charges the time
+    since the previous mark (the last `add`, `flush` or `restart_clock`) to the step it adds.
+    A pause the loop leaves out with `restart_clock` (a checkpoint save, a validation) is thus
+    charged to no step, while the steps before it keep their time (a restart that only reset
+    the start time dropped those steps' time but kept their tokens, and over-stated the rate
+    of the first record after a save)."""
 
     def __init__(self, cfg, d):
         self.cfg, self.d = cfg, d
@@ -166,8 +173,11 @@ class MetricsWindow:
         self.step_sums: list[torch.Tensor] = []
         self.grad_norm = None
         self.tokens = 0
+        self.seconds = 0.0  # the time of the steps added since the last flush
 
     def restart_clock(self) -> None:
+        """Start timing the next step from now: what happened since the last mark (a save, a
+        validation) is not charged to any step."""
         self.t0 = time.perf_counter()
 
     def discard(self) -> None:
@@ -187,6 +197,9 @@ class MetricsWindow:
         self.grad_norm = result["grad_norm"]
         self.tokens += n_global * seq_len
         self.seq_len = seq_len
+        now = time.perf_counter()
+        self.seconds += now - self.t0
+        self.t0 = now
 
     def flush(self, step: int, lr: float, tokens_seen: int, n_global: int) -> dict:
         from tinyllama.train.parallel import all_gather_objects, all_reduce_sum
@@ -201,8 +214,7 @@ class MetricsWindow:
             n_seq += len(ls)
             for name, lv in zip(names, ls):
                 per_corpus.setdefault(name, []).append(lv)
-        dt = time.perf_counter() - self.t0
-        tps = self.tokens / dt
+        tps = self.tokens / self.seconds if self.seconds > 0 else None
         seq_len = self.seq_len
         rec = {
             "step": step,
@@ -211,7 +223,7 @@ class MetricsWindow:
             "tokens": tokens_seen,
             "tokens_per_s": tps,
             "grad_norm": float(self.grad_norm),
-            "mfu": tps * cfg.model.flops_per_token(seq_len) / (self.peak * d.world) if self.peak else None,
+            "mfu": tps * cfg.model.flops_per_token(seq_len) / (self.peak * d.world) if self.peak and tps else None,
             "batch_sequences": n_global,
             "accum_steps": n_global // (d.world * cfg.micro_batch),
             "document_masking": cfg.run.document_masking,  # the setting the losses were computed under
