@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,51 @@ import pytest
 import zstandard
 
 DATA = Path(__file__).parent / "data"
+
+# ---- under CI the dev extras are required ---------------------------------------------------
+# `.ci/run` sets TINYLLAMA_REQUIRE_DEV_EXTRAS=1: a test (or a whole file) that an
+# `importorskip` of a dev extra would skip fails instead, so a broken install cannot turn the
+# suite green by skipping it. Optional extras outside `dev` (ray, lm_eval) and missing hardware
+# (CUDA) still skip.
+REQUIRE_DEV_EXTRAS = "TINYLLAMA_REQUIRE_DEV_EXTRAS"
+# import names of pyproject.toml's `dev` extra (train + test + the tools)
+DEV_EXTRAS = frozenset({
+    "torch", "safetensors", "matplotlib", "tensorboard",
+    "pytest", "hypothesis", "tokenizers", "zstandard", "pyarrow", "transformers", "datatrove", "spacy",
+    "ruff", "mypy", "maturin",
+})
+_IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
+
+
+def missing_dev_extra(report) -> str | None:
+    """The dev extra whose failed import skipped `report`, when the extras are required."""
+    if not report.skipped or os.environ.get(REQUIRE_DEV_EXTRAS) != "1":
+        return None
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    m = _IMPORT_SKIP.search(reason)
+    return m.group(1) if m and m.group(1).split(".")[0] in DEV_EXTRAS else None
+
+
+def _fail_if_extra_missing(report) -> None:
+    module = missing_dev_extra(report)
+    if module is not None:
+        report.outcome = "failed"
+        report.longrepr = (f"{module} could not be imported: it is a dev extra, required when "
+                           f"{REQUIRE_DEV_EXTRAS}=1 (CI); install it with `pip install -e .[dev]`")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_if_extra_missing(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_if_extra_missing(outcome.get_result())
+
 CORPORA = DATA / "corpora"
 TOKENIZER_ZST = DATA / "tokenizers/llama2/tokenizer.json.zst"
 
