@@ -65,6 +65,10 @@ def mix_build(
     else:
         typer.echo(f"built: {s['docs_kept']} docs, {s['tokens']} tokens; files processed {s['files_processed']},"
                    f" resumed {s['files_resumed']} in {s['seconds']:.1f}s")
+    from tinyllama.data.mix import Mix
+
+    for line in Mix(s["out"]).epoch_warnings():
+        typer.echo(line, err=True)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -107,6 +111,8 @@ def mix_inspect(
             stages = "; ".join(f"{s['name']} " + ", ".join(f"{k}={v:g}" for k, v in s["weights"].items())
                                for s in b["stages"])
             typer.echo(f"  -> {name}: steps {info['branch_step']:,}..{b['num_steps'] - 1:,} ({stages})")
+    for line in Mix(path, branch).epoch_warnings():
+        typer.echo(line)
     view = f" of branch {info['branch']}" if info["branch"] else (" of the trunk" if info["branches"] else "")
     typer.echo(f"\nschedule{view}: {info['num_steps']:,} steps, {info['total_tokens']:,} tokens trained")
     rows = [[s["name"], f"{s['first_step']:,}", f"{s['steps']:,}", f"{s['tokens']:,}", f"{s['tokens_trained']:,}",

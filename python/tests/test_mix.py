@@ -165,3 +165,21 @@ def test_locked_schedule_is_part_of_the_mix(mix):
     assert lock["num_steps"] == mix.num_steps()
     assert str(TOKENIZER_ZST) not in (mix.path / "mix.json").read_text()
     assert str(CORPORA) not in (mix.path / "mix.json").read_text()  # relocatable: no input paths
+
+
+def test_a_schedule_that_repeats_a_corpus_many_times_is_warned_about(tmp_path):
+    # A full-scale schedule over the sample data: the build and inspect say so, one line a corpus.
+    stages = STAGES.replace('"120K"', '"20M"')
+    spec = write_spec(tmp_path, stages=stages)
+    r = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out",
+                        str(tmp_path / "mix"), "--quiet"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "corpus slimpajama" in warned[0], r.stderr
+    epochs = tinyllama.Mix(tmp_path / "mix").inspect()["corpora"]["slimpajama"]["epochs"]
+    assert f"needs {epochs:,} epochs" in warned[0] and epochs > 4
+    r = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "inspect", str(tmp_path / "mix")],
+                       capture_output=True, text=True, check=False)
+    assert warned[0] in r.stdout
+    # the ordinary schedule needs no warning
+    assert tinyllama.Mix(tmp_path / "mix").epoch_warnings(limit=10**9) == []

@@ -127,4 +127,5 @@ def build_mix(
                 "workers": config["workers"],
                 **summary,
             }) + "\n")
+    summary["out"] = str(out_dir)
     return summary

@@ -90,6 +90,24 @@ class Mix:
         own = self.lock["branches"][self.branch]["stages"] if self.branch else []
         return list(self.lock["stages"]) + list(own)
 
+    def epoch_warnings(self, limit: int = 4) -> list[str]:
+        """One line per corpus whose schedule (the trunk's and every branch's) needs more than
+        `limit` epochs of it: a full-scale spec built on sample data, say, repeats each window
+        thousands of times."""
+        out = []
+        for branch in [None, *self.branches()] if not self.branch else [self.branch]:
+            view = self if branch == self.branch else Mix(self.path, branch)
+            for name, epochs in zip(view.corpora, view.sampler.epochs()):
+                if epochs > limit:
+                    where = f"branch {branch}" if branch else ("the trunk" if self.branches() else "the schedule")
+                    out.append(f"warning: {where} needs {epochs:,} epochs of corpus {name} "
+                               f"({view.sampler.cursors_at(view.num_steps())[view.corpora.index(name)]:,} windows "
+                               f"drawn, {self._windows(name):,} per epoch): each window repeats that often")
+        return out
+
+    def _windows(self, corpus: str) -> int:
+        return next(int(c["windows"]) for c in self.lock["corpora"] if c["name"] == corpus)
+
     def manifest(self, corpus: str) -> dict:
         if corpus not in self._manifests:
             self._check_corpus(corpus)
