@@ -200,6 +200,16 @@ def test_each_corpus_is_built_once_as_a_plain_build_makes_it(family, chinese):
     assert sorted(p.name for p in (family / "corpora").iterdir()) == ["skypile", "slimpajama", "starcoder"]
 
 
+def test_the_distributed_stages_build_the_same_family(family, tmp_path):
+    # What a Ray worker runs (test_ray_build's stages by hand, two plans standing for two
+    # processes): the family's bytes, branch schedules included.
+    from test_ray_build import _stages_by_hand
+
+    _stages_by_hand(family_spec(tmp_path / "spec"), tmp_path / "mix", 2)
+    got = tree_bytes(tmp_path / "mix")
+    assert got == tree_bytes(family) and "branches/chinese/schedule.json" in got
+
+
 def _named(mix, step):
     return [(c, e, w) for c, e, w in mix.samples(step)]
 
