@@ -513,7 +513,7 @@ def test_runs_shows_the_tree_and_plots_it(trained, family, tmp_path):
                         str(tmp_path / "runs.png")], capture_output=True, text=True, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[2].startswith("run ") and "└─ run" in lines[3] and "chinese @ 8" in lines[3]
+    assert lines[2].startswith("run ") and " trunk " in lines[2] and "└─ run" in lines[3] and "chinese @ 8" in lines[3]
     assert "val skypile" in lines[0] and (tmp_path / "runs.png").stat().st_size > 10_000
 
 

@@ -58,7 +58,7 @@ def run_info(path: str | os.PathLike[str]) -> RunInfo:
     parent = None
     if origin.get("path"):
         ckpt = Path(origin["path"])
-        parent = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+        parent = str((ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent).resolve())
     latest = latest_checkpoint(run / "checkpoints")
     trainer = json.loads((latest / "trainer.json").read_text(encoding="utf-8")) if latest else {}
     recs = _records(run)
@@ -96,10 +96,11 @@ def family_tree(paths: list[str | os.PathLike[str]]) -> list[tuple[int, RunInfo]
 def format_tree(tree: list[tuple[int, RunInfo]]) -> str:
     corpora = sorted({c for _, i in tree for c in i.val})
     header = ["run", "branch", "step", "tokens", "latest", "train loss"] + [f"val {c}" for c in corpora]
+    trunks = {i.parent for _, i in tree if i.parent}
     rows = []
     for depth, i in tree:
         name = ("  " * (depth - 1) + "└─ " if depth else "") + i.name
-        rows.append([name, (i.branch or "trunk" if i.parent or i.branch else "-")
+        rows.append([name, (i.branch or ("trunk" if i.path in trunks else "-"))
                      + (f" @ {i.branch_step}" if i.branch_step is not None else ""),
                      _n(i.step), _n(i.tokens), i.latest or "-", _f(i.loss)] + [_f(i.val.get(c)) for c in corpora])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
@@ -128,15 +129,18 @@ def plot_runs(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str]) 
     import matplotlib.pyplot as plt
 
     tree = family_tree(paths)
+    trunks = {i.parent for _, i in tree if i.parent}
     fig, (ax, ax_val) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, constrained_layout=True)
     styles = ["-", "--", ":", "-."]
     for k, (_, info) in enumerate(tree):
         recs = _records(Path(info.path))
+        if info.parent and info.branch_step is not None:  # start the branch's lines where it left the trunk
+            recs = [r for r in _records(Path(info.parent)) if r.get("step") == info.branch_step] + recs
         train = [r for r in recs if r.get("loss") is not None and "tokens" in r]
         if not train:
             continue
         color = f"C{k % 10}"
-        label = info.branch or info.name
+        label = info.branch or ("trunk" if info.path in trunks else info.name)
         ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], color=color, lw=1.5, label=label)
         tokens_at = {r["step"]: r["tokens"] for r in train}
         val = [r for r in recs if any(key.startswith("val/loss/") for key in r)]
