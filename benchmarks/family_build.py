@@ -17,6 +17,7 @@ printed per build: wall, CPU use, peak RSS, disk of the output. Figures go in do
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -38,9 +39,9 @@ STAGES = {  # the model cards' stages after the trunk, per variant: (weights, ra
 }
 
 
-def corpus_tables(data: dict[str, Path], names: list[str]) -> str:
+def corpus_tables(data: dict[str, Path], names: list[str], dedup: str) -> str:
     text = {"starcoder": 'text = "content"\n'}
-    return "".join(f'\n[corpora.{n}]\npaths = ["{data[n]}"]\n{text.get(n, "")}dedup = "near"\nholdout_docs = 20\n'
+    return "".join(f'\n[corpora.{n}]\npaths = ["{data[n]}"]\n{text.get(n, "")}dedup = "{dedup}"\nholdout_docs = 20\n'
                    for n in names)
 
 
@@ -60,34 +61,44 @@ def variant_stages(table: str, variant: str) -> str:
             + stage(table, "cooldown", "150B", 7_340_032, weights, None))
 
 
-def write_specs(work: Path, data: dict[str, Path], tokenizer: Path) -> dict[str, Path]:
+def write_specs(work: Path, data: dict[str, Path], tokenizer: Path, dedup: str) -> dict[str, Path]:
     trunk = stage("stages", "basic", "1.5T", 1_835_008, {"slimpajama": 1.0}, None)
     specs = {}
-    family = header("family", tokenizer) + corpus_tables(data, list(data)) + trunk
+    family = header("family", tokenizer) + corpus_tables(data, list(data), dedup) + trunk
     for variant in STAGES:
         family += variant_stages(f"branches.{variant}.stages", variant)
     specs["family"] = work / "family.toml"
     specs["family"].write_text(family)
     for variant, (weights, _) in STAGES.items():
         names = [n for n in data if n in weights]
-        text = header(variant, tokenizer) + corpus_tables(data, names) + trunk + variant_stages("stages", variant)
+        text = header(variant, tokenizer) + corpus_tables(data, names, dedup) + trunk + variant_stages("stages", variant)
         specs[variant] = work / f"{variant}.toml"
         specs[variant].write_text(text)
     return specs
 
 
+# Runs one build as its own child and prints that child's peak RSS (this process's RUSAGE_CHILDREN
+# would keep the largest of every build so far).
+WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
+
+
 def build(spec: Path, out: Path, workers: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
-                        "--workers", str(workers), "--quiet"], capture_output=True, text=True, check=False)
+    r = subprocess.run([sys.executable, "-c", WRAP, sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec",
+                        str(spec), "--out", str(out), "--workers", str(workers), "--quiet"],
+                       capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{spec.name}: mix build failed: {r.stderr.strip()[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"wall": wall, "cpu": cpu, "rss_mb": after.ru_maxrss / 1024, "disk": disk}
+    lock = json.loads((out / "mix.json").read_text())
+    tokens = sum(c["tokens"] for c in lock["corpora"])
+    return {"wall": wall, "cpu": cpu, "rss_mb": int(r.stderr.strip().splitlines()[-1]) / 1024, "disk": disk,
+            "tokens": tokens}
 
 
 def main() -> None:
@@ -95,6 +106,9 @@ def main() -> None:
     ap.add_argument("--slimpajama-mb", type=int, default=200)
     ap.add_argument("--skypile-mb", type=int, default=50)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--dedup", choices=("none", "exact", "near"), default="near",
+                    help="Every corpus's dedup (near: the recipe's; the scaled copies are near-duplicates of each "
+                         "other, so near keeps about one copy: none measures the tokenize-heavy path)")
     ap.add_argument("--work", type=Path, default=None, help="Scratch dir (default: a temp dir, removed after).")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="family-bench-"))
@@ -109,9 +123,9 @@ def main() -> None:
             "skypile": work / "data/skypile/*.jsonl.zst",
         }
         tokenizer = SHARED / "tokenizers/llama2/tokenizer.json"
-        specs = write_specs(work, data, tokenizer)
+        specs = write_specs(work, data, tokenizer, a.dedup)
         print(f"inputs: slimpajama {sp_bytes / 1e6:.0f} MB of text in {len(sp_files)} files, skypile "
-              f"{sk_bytes / 1e6:.0f} MB, starcoder and proof-pile as shared; near dedup, seq_len 2048, "
+              f"{sk_bytes / 1e6:.0f} MB, starcoder and proof-pile as shared; dedup {a.dedup}, seq_len 2048, "
               f"--workers {a.workers} on {os.cpu_count()} cores", flush=True)
         rows = {}
         for name in ("family", *STAGES):
@@ -120,7 +134,7 @@ def main() -> None:
             rows[name] = build(specs[name], out, a.workers)
             r = rows[name]
             print(f"{name:10s} wall {r['wall']:7.2f} s  CPU {cpu_use(r['cpu'], r['wall']):>4s}  peak RSS "
-                  f"{r['rss_mb']:6.0f} MB  disk {r['disk'] / 1e6:7.1f} MB", flush=True)
+                  f"{r['rss_mb']:6.0f} MB  disk {r['disk'] / 1e6:7.1f} MB  tokens {r['tokens']:,}", flush=True)
         three = {k: sum(rows[v][k] for v in STAGES) for k in ("wall", "cpu", "disk")}
         fam = rows["family"]
         print(f"{'3 variants':10s} wall {three['wall']:7.2f} s  CPU {cpu_use(three['cpu'], three['wall']):>4s}  "
