@@ -1,10 +1,14 @@
-"""`tinyllama demo [--out DIR]`: the whole pipeline on the bundled sample data, on a CPU.
+"""`tinyllama demo [--out DIR]`: the whole pipeline on the bundled sample data, on a CPU, in the
+shape of TinyLlama v1.1: one trunk trained once, three branches that continue it.
 
-    DIR/mix        `mix build` of examples/demo.toml (the real-data slice in python/tests/data)
-    DIR/run        `train` of examples/train-demo.toml: metrics.jsonl, checkpoints/step-N/
-    DIR/loss.png   the loss curve
-    DIR/hf         the exported Hugging Face model (transformers loads it offline)
-    DIR/eval.json  held-out perplexity per corpus
+    DIR/mix             `mix build` of examples/demo.toml, a family (the real-data slice in
+                        python/tests/data: SlimPajama, StarCoder, proof-pile, SkyPile), each corpus once
+    DIR/run             the trunk: `train` of examples/train-demo.toml (metrics.jsonl,
+                        checkpoints/step-N/), ending at the branch point
+    DIR/branches/NAME   each branch (v1_1, math_code, chinese), started from the trunk's checkpoint
+    DIR/loss.png        every run's training and validation loss over tokens, branch points marked
+    DIR/hf              the v1_1 branch exported to Hugging Face (transformers loads it offline)
+    DIR/eval.json       held-out loss per corpus of the trunk and every branch (the table it prints)
 and a generated sample on stdout. Rerunning resumes: the mix build and the training pick up
 where they stopped, the later steps are redone.
 
@@ -70,13 +74,15 @@ def run_demo(
     import torch
 
     from tinyllama.data.build import build_mix
+    from tinyllama.data.mix import Mix
     from tinyllama.eval.generate import Sampling, generate
-    from tinyllama.eval.perplexity import evaluate, format_table
-    from tinyllama.hf import export, load_model
+    from tinyllama.eval.perplexity import eval_runs, format_runs
+    from tinyllama.hf import export
     from tinyllama.train import train
     from tinyllama.train.checkpoint import latest_checkpoint
     from tinyllama.train.config import load_config
-    from tinyllama.train.plot import plot_loss, read_metrics
+    from tinyllama.train.plot import read_metrics
+    from tinyllama.train.runs import family_tree, format_tree, plot_runs
 
     root = find_root(root)
     out = Path(out).resolve()
@@ -87,43 +93,63 @@ def run_demo(
         return f"[{time.perf_counter() - t0:5.1f}s]"
 
 
-    echo(f"{mark()} 1/5 mix build: {root / 'examples/demo.toml'} -> {out / 'mix'}")
+    echo(f"{mark()} 1/6 mix build (a family: each corpus once): {root / 'examples/demo.toml'} -> {out / 'mix'}")
     s = build_mix(root / "examples/demo.toml", out / "mix", workers, progress=False)
     echo(f"{mark()}     {s['docs_kept']:,} docs, {s['tokens']:,} tokens" + (" (up to date)" if s["up_to_date"] else ""))
+    branches = Mix(out / "mix").branches()
 
-    paths = [f"mix={json.dumps(str(out / 'mix'))}", f"out={json.dumps(str(out / 'run'))}"]
-    if max_steps is not None:
-        paths.append(f"run.max_steps={int(max_steps)}")
-    cfg = load_config(root / "examples/train-demo.toml", [*paths, *overrides])
-    resume = latest_checkpoint(out / "run/checkpoints") is not None
-    echo(f"{mark()} 2/5 train: {cfg.run.max_steps or 'all'} steps of a {cfg.model.num_params() / 1e6:.1f}M-parameter "
-         f"Llama on {torch.get_num_threads()} CPU threads -> {out / 'run'}" + (" (resuming)" if resume else ""))
-    train(cfg, resume=resume)
-    metrics = read_metrics(out / "run")
-    echo(f"{mark()}     loss {metrics[0]['loss']:.3f} (step {metrics[0]['step']}) -> "
-         f"{metrics[-1]['loss']:.3f} (step {metrics[-1]['step']})")
+    def config(run: Path, *extra: str):
+        paths = [f"mix={json.dumps(str(out / 'mix'))}", f"out={json.dumps(str(run))}", *extra]
+        if max_steps is not None:  # a family's lr spans its branches: end each run early instead
+            paths.append(f"run.stop_after={int(max_steps)}")
+        return load_config(root / "examples/train-demo.toml", [*paths, *overrides])
 
-    echo(f"{mark()} 3/5 loss curve -> {out / 'loss.png'}")
-    plot_loss(out / "run", out / "loss.png", title=f"tinyllama demo: {cfg.model.num_params() / 1e6:.1f}M parameters")
+    def train_run(cfg, what: str) -> list[dict]:
+        resume = latest_checkpoint(Path(cfg.out) / "checkpoints") is not None
+        echo(f"{mark()}     {what} -> {cfg.out}" + (" (resuming)" if resume else ""))
+        train(cfg, resume=resume)
+        m = read_metrics(cfg.out)
+        echo(f"{mark()}     loss {m[0]['loss']:.3f} (step {m[0]['step']}) -> {m[-1]['loss']:.3f} (step {m[-1]['step']})")
+        return m
 
-    ckpt = latest_checkpoint(out / "run/checkpoints")
-    echo(f"{mark()} 4/5 export {ckpt} -> {out / 'hf'}")
+    trunk = config(out / "run")
+    echo(f"{mark()} 2/6 train the trunk once: a {trunk.model.num_params() / 1e6:.1f}M-parameter Llama on "
+         f"{torch.get_num_threads()} CPU threads")
+    metrics = train_run(trunk, "trunk (SlimPajama), to the branch point")
+    runs = [out / "run"]
+    echo(f"{mark()} 3/6 train each branch from the trunk's checkpoint: {', '.join(branches)}")
+    for name in branches:
+        run = out / "branches" / name
+        train_run(config(run, f"branch={json.dumps(name)}", f"branch_from={json.dumps(str(out / 'run'))}"),
+                  f"branch {name}")
+        runs.append(run)
+
+    echo(f"{mark()} 4/6 the family's losses -> {out / 'loss.png'}")
+    plot_runs(runs, out / "loss.png")
+    echo(format_tree(family_tree(runs)))
+
+    main = out / "branches" / ("v1_1" if "v1_1" in branches else branches[0])
+    ckpt = latest_checkpoint(main / "checkpoints")
+    echo(f"{mark()} 5/6 export {ckpt} -> {out / 'hf'}")
     export(ckpt, out / "hf", force=True)  # the previous run's export, if any, is the demo's own
 
-    echo(f"{mark()} 5/5 generate and evaluate")
+    echo(f"{mark()} 6/6 generate, and compare the runs on held-out documents")
     sample = generate(out / "hf", prompt, Sampling(max_new_tokens=48, temperature=0.7, top_k=50, top_p=0.95,
                                                     repetition_penalty=1.1, seed=0))
     echo(f"--- sample (temperature 0.7, top-k 50, top-p 0.95) ---\n{sample}\n---")
-    result = evaluate(load_model(out / "hf"), out / "mix")
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    echo(format_table(result))
-    echo(f"{mark()} done: {out}/{{mix,run,loss.png,hf,eval.json}}")
+    results = eval_runs([str(r) for r in runs], out / "mix")
+    (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    echo(format_runs(results))
+    result = results[runs.index(main)]
+    echo(f"{mark()} done: {out}/{{mix,run,branches,loss.png,hf,eval.json}}")
     return {
         "out": str(out),
         "checkpoint": str(ckpt),
-        "first_loss": metrics[0]["loss"],
-        "final_loss": metrics[-1]["loss"],
+        "first_loss": metrics[0]["loss"],  # the trunk's first step
+        "final_loss": read_metrics(main)[-1]["loss"],  # the exported branch's last step
+        "runs": [str(r) for r in runs],
         "sample": sample,
-        "eval": result,
+        "eval": result,  # the exported branch's held-out losses
+        "evals": results,  # every run's
         "seconds": time.perf_counter() - t0,
     }

@@ -353,21 +353,28 @@ def test_demo_leaves_the_spec_layout(tmp_path):
         pytest.skip("needs the mix sampler (Mix.batch)")
     torch.set_num_threads(1)
     lines = []
-    s = run_demo(tmp_path / "demo", max_steps=2, overrides=['model="tiny"'], echo=lines.append)
+    s = run_demo(tmp_path / "demo", max_steps=22, overrides=['model="tiny"'], echo=lines.append)
     d = tmp_path / "demo"
     assert (d / "mix/mix.json").is_file()
-    assert (d / "run/metrics.jsonl").is_file() and (d / "run/checkpoints/step-2/trainer.json").is_file()
+    # the family: the trunk once (to its branch point, step 20), each branch from it (to step 22 here)
+    assert (d / "run/metrics.jsonl").is_file() and (d / "run/checkpoints/step-20/trainer.json").is_file()
+    for name in ("v1_1", "math_code", "chinese"):
+        trainer = json.loads((d / "branches" / name / "checkpoints/step-22/trainer.json").read_text())
+        assert trainer["branch"] == name and trainer["branched_from"]["step"] == 20
     assert (d / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (d / "hf/model.safetensors").is_file() and (d / "hf/tokenizer.json").is_file()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(d / "hf", local_files_only=True).eval()
-    ours = tinyllama.load_model(d / "run")
+    ours = tinyllama.load_model(d / "branches/v1_1")
     x = torch.tensor([[1, 450, 4955, 310, 278]])
     with torch.no_grad():
         assert torch.allclose(hf_model(x).logits, ours(x), atol=1e-4)  # the export is the trained model
     assert s["sample"].startswith("The history of the") and len(s["sample"]) > len("The history of the")
     ev = json.loads((d / "eval.json").read_text())
-    assert set(ev["corpora"]) == {"slimpajama", "skypile"} and ev["all"]["perplexity"] > 1
-    assert any("perplexity" in ln for ln in lines)
+    assert [r["path"] for r in ev] == [str(d / "run")] + [str(d / "branches" / n) for n in ("chinese", "math_code",
+                                                                                             "v1_1")]
+    assert set(ev[0]["corpora"]) == {"slimpajama", "starcoder", "proofpile", "skypile"}
+    assert all(r["all"]["perplexity"] > 1 for r in ev)
+    assert any("perplexity" in ln for ln in lines) and any("└─ chinese" in ln for ln in lines)
 
 
 def test_import_at_a_stage_start(exported, tmp_path):
