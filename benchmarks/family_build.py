@@ -71,7 +71,8 @@ def write_specs(work: Path, data: dict[str, Path], tokenizer: Path, dedup: str) 
     specs["family"].write_text(family)
     for variant, (weights, _) in STAGES.items():
         names = [n for n in data if n in weights]
-        text = header(variant, tokenizer) + corpus_tables(data, names, dedup) + trunk + variant_stages("stages", variant)
+        text = (header(variant, tokenizer) + corpus_tables(data, names, dedup) + trunk
+                + variant_stages("stages", variant))
         specs[variant] = work / f"{variant}.toml"
         specs[variant].write_text(text)
     return specs

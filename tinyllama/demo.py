@@ -109,7 +109,8 @@ def run_demo(
         echo(f"{mark()}     {what} -> {cfg.out}" + (" (resuming)" if resume else ""))
         train(cfg, resume=resume)
         m = read_metrics(cfg.out)
-        echo(f"{mark()}     loss {m[0]['loss']:.3f} (step {m[0]['step']}) -> {m[-1]['loss']:.3f} (step {m[-1]['step']})")
+        a, b = m[0], m[-1]
+        echo(f"{mark()}     loss {a['loss']:.3f} (step {a['step']}) -> {b['loss']:.3f} (step {b['step']})")
         return m
 
     trunk = config(out / "run")

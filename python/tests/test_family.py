@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CORPORA, TOKENIZER_ZST, tree_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -245,7 +245,9 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         let own: Vec<StageSpec> = serde_json::from_value(b.stages.clone())
             .map_err(|e| Error::Spec(format!("{key}: {e}")))?;
         if own.is_empty() {
-            return Err(Error::Spec(format!("{key}: a branch needs at least one stage")));
+            return Err(Error::Spec(format!(
+                "{key}: a branch needs at least one stage"
+            )));
         }
         let whole: Vec<StageSpec> = stages.iter().cloned().chain(own).collect();
         Schedule::new(cfg.seq_len, cfg.seed, provisional.clone(), whole.clone())
@@ -867,7 +869,9 @@ pub fn finish(plan: &Plan, progress: &Progress) -> Result<BuildSummary> {
     lock[PINS] = pins.into();
     manifest::seal(&mut lock);
     let text = serde_json::to_string_pretty(&lock).expect("lock serialises") + "\n";
+    fault::committed("lock");
     write_atomic(&out.join(LOCK_NAME), text.as_bytes())?;
+    fault::committed("mix-json");
     std::fs::remove_dir_all(&staging).ctx(&staging)?;
     Ok(summary)
 }

@@ -152,7 +152,14 @@ mod tests {
     fn name_keys_are_fixed_and_distinct() {
         // FNV-1a of "" is its offset basis: pins the function (a change reorders every mix).
         assert_eq!(name_key(""), mix64(0xcbf2_9ce4_8422_2325));
-        let names = ["slimpajama", "skypile", "starcoderdata", "proof-pile", "a", "b"];
+        let names = [
+            "slimpajama",
+            "skypile",
+            "starcoderdata",
+            "proof-pile",
+            "a",
+            "b",
+        ];
         for (i, a) in names.iter().enumerate() {
             for b in &names[..i] {
                 assert_ne!(name_key(a), name_key(b), "{a} / {b}");

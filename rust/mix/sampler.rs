@@ -35,7 +35,10 @@ impl Schedule {
     /// keyed by (seed, the corpus's name, epoch).
     pub fn epoch_permutation(&self, corpus: u32, epoch: u64) -> Permutation {
         let name = &self.corpora()[corpus as usize].name;
-        let key = derive(derive(derive(self.seed(), TAG_EPOCH), name_key(name)), epoch);
+        let key = derive(
+            derive(derive(self.seed(), TAG_EPOCH), name_key(name)),
+            epoch,
+        );
         Permutation::new(self.windows()[corpus as usize], key)
     }
 

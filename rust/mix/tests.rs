@@ -494,7 +494,13 @@ fn named(s: &Schedule, step: u64) -> Vec<(String, u64, u64)> {
     s.batch(step)
         .unwrap()
         .into_iter()
-        .map(|x| (s.corpora()[x.corpus as usize].name.clone(), x.epoch, x.window))
+        .map(|x| {
+            (
+                s.corpora()[x.corpus as usize].name.clone(),
+                x.epoch,
+                x.window,
+            )
+        })
         .collect()
 }
 
