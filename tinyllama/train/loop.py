@@ -43,6 +43,7 @@ from tinyllama.train.metrics import MetricsLogger, MetricsWindow
 from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
 from tinyllama.train.parallel import Dist, all_gather_objects, all_reduce_sum, init_distributed, parallelize, shutdown
 from tinyllama.train.preempt import StopOnSignal
+from tinyllama.train.progress import close_all, run_progress
 
 
 class BatchSource(Protocol):
@@ -348,6 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
             data = source if source is not None else open_data(cfg)
             return _train(cfg, resume, data, d, stop, allow_mix_change, origin)
     finally:
+        close_all()  # a progress bar an error left on screen
         if d.owns_group:
             shutdown()
 
@@ -408,7 +410,8 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
         (Path(cfg.out) / "train-config.json").write_text(
             json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
     d.barrier()
-    log = MetricsLogger(cfg.out, d.is_main, resume_step=step)
+    log = MetricsLogger(cfg.out, d.is_main, resume_step=step,
+                        progress=run_progress(source, plan.end, step, tokens_seen, d.is_main))
     for line in ckpts.notes:
         log.message(line)
     if cfg.run.document_masking and markers == (None, None):

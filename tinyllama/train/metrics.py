@@ -41,16 +41,12 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def _fmt(v, spec: str) -> str:
-    return "nan" if v is None else format(v, spec)
-
-
 class MetricsLogger:
-    def __init__(self, out: str | os.PathLike[str], enabled: bool, resume_step: int = 0):
+    def __init__(self, out: str | os.PathLike[str], enabled: bool, resume_step: int = 0, progress=None):
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
         self.tb = None
-        self.tty = sys.stderr.isatty()
+        self.progress = progress  # the step line / bar (train/progress.py); made at the first record if None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,19 +107,11 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = self._append(record, tensorboard=True)
-        mfu = f" mfu {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
-        line = (
-            f"step {record['step']}/{total_steps} loss {_fmt(record.get('loss'), '.4f')} "
-            f"lr {_fmt(record.get('lr'), '.2e')} gnorm {_fmt(record.get('grad_norm'), '.3f')} "
-            f"{_fmt(record.get('tokens_per_s'), ',.0f')} tok/s{mfu}"
-        )
-        if self.tty:
-            sys.stderr.write("\r\x1b[2K" + line)
-            if record["step"] >= total_steps:
-                sys.stderr.write("\n")
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        if self.progress is None:
+            from tinyllama.train.progress import Progress
+
+            self.progress = Progress(total_steps)
+        self.progress.update(record)
 
     def rewind_to(self, step: int) -> None:
         if self.enabled:
@@ -139,11 +127,15 @@ class MetricsLogger:
         self.message(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(("\n" if self.tty else "") + text + "\n")
+        if self.enabled and self.progress is not None:
+            self.progress.message(text)  # above the bar on a terminal
+        elif self.enabled:
+            sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
         if self.tb is not None:
             self.tb.close()
 
