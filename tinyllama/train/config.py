@@ -10,8 +10,9 @@
     [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip,
             schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
-            activation_checkpointing, seed, peak_tflops, document_masking, eval_every
+            activation_checkpointing, seed, peak_tflops, document_masking, eval_every, trackers
     [run.guard] enabled, spike_factor, window, max_rewinds
+    [run.wandb] project, entity, name, group, mode (online | offline | disabled)
 
 Paths in the file are relative to the file; paths given with `--set` are relative to the
 current directory. Every error is a `SpecError` naming the file and the key, in the shape the
@@ -62,6 +63,19 @@ class GuardConfig:
 
 
 @dataclass
+class WandbConfig:
+    """`[run.wandb]` (with "wandb" in `run.trackers`; train/trackers.py). Unset keys fall back
+    to W&B's own `WANDB_*` environment (the project then to "tinyllama"; the name to the out
+    dir's; the group, for a family's trunk and branches, to one they share)."""
+
+    project: str | None = None
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+
+
+@dataclass
 class RunConfig:
     max_steps: int = 0  # 0 = the mix's whole schedule; also the length of the cosine schedule
     stop_after: int = 0  # end this invocation after this step (schedule unchanged); 0 = never
@@ -79,6 +93,9 @@ class RunConfig:
     document_masking: bool = True
     eval_every: int = 0  # validation loss on the mix's held-out documents every N steps (and at the end); 0 = off
     guard: GuardConfig = field(default_factory=GuardConfig)
+    # where the records of metrics.jsonl also go: "tensorboard" (out/tb) and / or "wandb" ([run.wandb])
+    trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -179,8 +196,10 @@ def _build(raw: dict, source: str) -> TrainConfig:
             raise key_error("micro_batch", f"must be > 0, got {micro_batch}")
         run_raw = raw.get("run", {})
         guard_raw = run_raw.pop("guard", {}) if isinstance(run_raw, dict) else {}
+        wandb_raw = run_raw.pop("wandb", {}) if isinstance(run_raw, dict) else {}
         sections = {name: build_dataclass(cls, raw.get(name, {}), f"{name}.") for name, cls in _SECTIONS.items()}
         sections["run"].guard = build_dataclass(GuardConfig, guard_raw, "run.guard.")
+        sections["run"].wandb = build_dataclass(WandbConfig, wandb_raw, "run.wandb.")
         cfg = TrainConfig(
             mix=raw["mix"], out=raw["out"], model=model, micro_batch=micro_batch, source=source, **branch, **sections
         )

@@ -43,7 +43,8 @@ from tinyllama.train.metrics import MetricsLogger, MetricsWindow
 from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
 from tinyllama.train.parallel import Dist, all_gather_objects, all_reduce_sum, init_distributed, parallelize, shutdown
 from tinyllama.train.preempt import StopOnSignal
-from tinyllama.train.progress import close_all, run_progress
+from tinyllama.train.progress import close_all
+from tinyllama.train.trackers import open_run_log
 
 
 class BatchSource(Protocol):
@@ -410,8 +411,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
         (Path(cfg.out) / "train-config.json").write_text(
             json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
     d.barrier()
-    log = MetricsLogger(cfg.out, d.is_main, resume_step=step,
-                        progress=run_progress(source, plan.end, step, tokens_seen, d.is_main))
+    log = open_run_log(cfg, plan, source, d, step, tokens_seen, resume)  # metrics.jsonl, trackers, step line
     for line in ckpts.notes:
         log.message(line)
     if cfg.run.document_masking and markers == (None, None):

@@ -42,10 +42,13 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class MetricsLogger:
-    def __init__(self, out: str | os.PathLike[str], enabled: bool, resume_step: int = 0, progress=None):
+    def __init__(self, out: str | os.PathLike[str], enabled: bool, resume_step: int = 0, progress=None,
+                 tensorboard: bool = True):
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
         self.tb = None
+        self.tensorboard = tensorboard  # `run.trackers` has "tensorboard"
+        self.trackers: list = []  # more trackers, each with log(record) and close() (train/trackers.py: W&B)
         self.progress = progress  # the step line / bar (train/progress.py); made at the first record if None
         if not enabled:
             return
@@ -60,6 +63,8 @@ class MetricsLogger:
         purge TensorBoard would draw them twice)."""
         if self.tb is not None:
             self.tb.close()
+        if not self.tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -101,6 +106,8 @@ class MetricsLogger:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, record["step"])
+        for t in self.trackers:  # every line, events included, at its step (each skips replayed steps)
+            t.log(record)
         return record
 
     def log(self, record: dict, total_steps: int) -> None:
@@ -134,6 +141,8 @@ class MetricsLogger:
             sys.stderr.flush()
 
     def close(self) -> None:
+        for t in self.trackers:
+            t.close()
         if self.progress is not None:
             self.progress.close()
         if self.tb is not None:
