@@ -34,6 +34,10 @@ pub enum Error {
     /// or file index out of range, a step past the schedule, a rank outside the world.
     #[error("{0}")]
     Usage(String),
+    /// An object store request failed (a missing bucket or key, denied access, a wrong
+    /// endpoint, an object replaced while read, a truncated transfer); names the URL only.
+    #[error("{url}: {msg}")]
+    Remote { url: String, msg: String },
     /// The work was cancelled (Ctrl-C from Python).
     #[error("interrupted")]
     Interrupted,

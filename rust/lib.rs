@@ -11,6 +11,7 @@ pub mod mix;
 pub mod parquet_table;
 pub mod shard;
 pub mod source;
+pub mod storage;
 pub mod tokenize;
 
 mod py;
@@ -34,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::filter::filter_settings, m)?)?;
     m.add_function(wrap_pyfunction!(py::filter::load_word_rules, m)?)?;
     m.add_function(wrap_pyfunction!(py::filter::detect_language, m)?)?;
+    m.add_class::<py::storage::PyBucket>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -252,7 +252,8 @@ def runs(
 
 @app.command("export")
 def export(
-    checkpoint: Path = typer.Argument(..., help="A run dir, its checkpoints/ dir, or one step-N/ dir."),
+    checkpoint: str = typer.Argument(
+        ..., help="A run dir, its checkpoints/ dir, or one step-N/ dir (or the same in a bucket: s3://...)."),
     out: Path = typer.Option(..., "--out", help="The Hugging Face model dir to write."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Default: the training mix's tokenizer."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),

@@ -16,6 +16,7 @@
 pub mod build;
 pub mod filter;
 pub mod mix;
+pub mod storage;
 pub mod tokenizer;
 
 use crate::build::Progress;
@@ -74,7 +75,7 @@ impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         let msg = err.to_string();
         match err {
-            Error::Io { .. } => StorageError::new_err(msg),
+            Error::Io { .. } | Error::Remote { .. } => StorageError::new_err(msg),
             Error::Input { .. } => InputError::new_err(msg),
             Error::Spec(_) => SpecError::new_err(msg),
             Error::Usage(_) => UsageError::new_err(msg),

@@ -10,7 +10,8 @@
     [optim] lr, min_lr, warmup_steps, weight_decay, betas, grad_clip,
             schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
-            activation_checkpointing, seed, peak_tflops, document_masking, eval_every, trackers
+            activation_checkpointing, seed, peak_tflops, document_masking, eval_every, trackers,
+            async_checkpoint
     [run.guard] enabled, spike_factor, window, max_rewinds
     [run.wandb] project, entity, name, group, mode (online | offline | disabled)
 
@@ -96,6 +97,13 @@ class RunConfig:
     # where the records of metrics.jsonl also go: "tensorboard" (out/tb) and / or "wandb" ([run.wandb])
     trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # true: a save copies the state to host memory and is written and committed on a thread while
+    # training goes on (train/async_checkpoint.py); false: the loop waits for the whole save
+    async_checkpoint: bool = False
+    # "s3://bucket/runs/NAME": every committed checkpoint is also uploaded there, in the background
+    # (files, checksums, then a commit marker; keep_last applies there too); `--resume` with no
+    # local checkpoint takes the newest one there that verifies (train/remote.py). "" = off
+    upload_to: str = ""
 
 
 @dataclass
@@ -128,7 +136,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     raw = read_toml(path, "train config")
     base = path.resolve().parent
     for key in _PATHS:
-        if isinstance(raw.get(key), str):
+        if isinstance(raw.get(key), str) and "://" not in raw[key]:  # a bucket URL is not a path
             raw[key] = os.path.normpath(base / raw[key])
     return config_from_dict(raw, overrides, source=str(path))
 
@@ -169,7 +177,7 @@ def _apply_override(raw: dict, ov: str, source: str) -> None:
         raise SpecError(f"--set {ov!r}: expected KEY=VALUE, e.g. run.max_steps=50")
     value = parse_literal(text.strip())
     parts = key.split(".")
-    if parts[0] in _PATHS and len(parts) == 1 and isinstance(value, str):
+    if parts[0] in _PATHS and len(parts) == 1 and isinstance(value, str) and "://" not in value:
         value = os.path.abspath(value)  # command-line paths are relative to the cwd
     if parts[0] == "model" and len(parts) > 1 and isinstance(raw.get("model"), str):
         raw["model"] = {"name": raw["model"]}  # a field override on a named model
@@ -267,3 +275,5 @@ def _validate(cfg: TrainConfig) -> None:
         fail("run.log_every", "must be > 0")
     if r.keep_last <= 0:
         fail("run.keep_last", "must be > 0")
+    if r.upload_to and "://" not in r.upload_to:
+        fail("run.upload_to", f"expected a bucket URL like s3://bucket/runs/NAME, got {r.upload_to!r}")

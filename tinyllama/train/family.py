@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllama.errors import CheckpointError, SpecError
+from tinyllama.storage import is_url
 from tinyllama.train.checkpoint import mix_identity, resolve, verify
 
 
@@ -93,11 +94,12 @@ def branch_origin(cfg, fam: Family | None, mix: dict | None, resume: bool) -> di
     if fam is None or not cfg.branch_from:
         return None
     key = f"{cfg.source}: key 'branch_from'"
+    remote = is_url(cfg.branch_from)
     try:
-        path = resolve(Path(cfg.branch_from)).resolve()
+        path = resolve(_fetched(cfg) if remote else Path(cfg.branch_from)).resolve()
     except CheckpointError as e:
         raise CheckpointError(f"{key}: {e}") from None
-    if Path(cfg.out).resolve() in path.parents:
+    if not remote and Path(cfg.out).resolve() in path.parents:
         raise SpecError(f"{key}: {path} is inside this run's out dir {cfg.out}; a branch starts in its own dir")
     why = verify(path)
     if why is not None:
@@ -120,4 +122,30 @@ def branch_origin(cfg, fam: Family | None, mix: dict | None, resume: bool) -> di
     return {"path": str(path), "step": step, "branch_step": fam.branch_step}
 
 
-__all__ = ["Family", "branch_origin", "family_of", "mix_identity"]
+def _fetched(cfg) -> Path:
+    """Where a bucket `branch_from` is kept: OUT/.branch_from/step-N (fetched and verified)."""
+    from tinyllama.train.remote import local_checkpoint
+
+    return local_checkpoint(cfg.branch_from, Path(cfg.out) / ".branch_from")
+
+
+def fetch_branch_from(cfg, d) -> None:
+    """Collective: a bucket `branch_from` (s3://.../runs/trunk, or one of its step-N) is fetched
+    by rank 0 before any rank reads it; every rank learns the outcome."""
+    from tinyllama.errors import TinyllamaError
+    from tinyllama.train.parallel import all_gather_objects
+
+    if not is_url(cfg.branch_from):
+        return
+    got = None
+    if d.is_main:
+        try:
+            got = ("ok", str(_fetched(cfg)))
+        except TinyllamaError as e:
+            got = ("error", f"{cfg.source}: key 'branch_from': {e}")
+    kind, text = all_gather_objects(got)[0]
+    if kind == "error":
+        raise CheckpointError(text)
+
+
+__all__ = ["Family", "branch_origin", "family_of", "fetch_branch_from", "mix_identity"]

@@ -1,0 +1,262 @@
+"""Object storage (issue 27), against a real S3-compatible server the suite starts on 127.0.0.1
+(moto's server mode): the storage layer (`tinyllama._core.Bucket`), retries through a
+fault-injecting proxy, and checkpoints in a bucket (run.upload_to, --resume from the bucket,
+branch_from and export of a bucket checkpoint)."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import socket
+import threading
+
+import pytest
+
+moto_server = pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    yield f"http://127.0.0.1:{port}"
+    srv.stop()
+
+
+@pytest.fixture
+def s3(server, monkeypatch):
+    """The standard AWS environment pointing at the local server, and a fresh bucket."""
+    for k, v in {"AWS_ENDPOINT_URL": server, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "TINYLLAMA_S3_RETRIES": "3"}.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=server, region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+    name = f"b{free_port()}"
+    client.create_bucket(Bucket=name)
+    return name, client
+
+
+def one_line(e: BaseException) -> str:
+    msg = str(e)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+# ---- the storage layer ------------------------------------------------------------------------
+
+
+def test_bucket_reads_and_writes_whole_verified_objects(s3, tmp_path):
+    from tinyllama import _core
+
+    name, client = s3
+    b = _core.Bucket(f"s3://{name}/runs/a")
+    assert b.prefix == "runs/a" and b.url("x/y") == f"s3://{name}/x/y"
+    key, size, etag = b.put("runs/a/one", b"hello")
+    assert (key, size) == ("runs/a/one", 5) and etag
+    b.put("runs/a/sub/two", b"x" * 1000)
+    b.put("runs/b/three", b"z")
+    assert [k for k, _, _ in b.list("runs/a")] == ["runs/a/one", "runs/a/sub/two"]
+    assert b.get("runs/a/one") == b"hello"
+    assert client.get_object(Bucket=name, Key="runs/a/sub/two")["Body"].read() == b"x" * 1000  # what S3 holds
+    assert b.head("runs/a/nope") is None
+    # a conditional create: exactly one of two writers wins
+    assert b.put_if_absent("runs/a/lease", b"first") is True
+    assert b.put_if_absent("runs/a/lease", b"second") is False
+    assert b.get("runs/a/lease") == b"first"
+    # downloads go through .part and are checked against the listing
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 1000)
+    b.upload(str(src), "runs/a/blob")
+    (k, size, etag), = [o for o in b.list("runs/a") if o[0] == "runs/a/blob"]
+    assert b.download(k, str(tmp_path / "d/blob"), size, etag) == size
+    assert (tmp_path / "d/blob").read_bytes() == src.read_bytes() and not (tmp_path / "d/blob.part").exists()
+    b.put("runs/a/blob", b"replaced")  # replaced between listing and reading
+    with pytest.raises(_core.StorageError) as e:
+        b.download(k, str(tmp_path / "d/blob2"), size, etag)
+    assert one_line(e.value).startswith(f"s3://{name}/runs/a/blob: ") and "replaced" in str(e.value)
+    assert not (tmp_path / "d/blob2").exists()
+    b.delete("runs/a/one")
+    assert b.head("runs/a/one") is None
+
+
+def test_failures_are_one_line_naming_the_url(s3, monkeypatch):
+    from tinyllama import _core
+
+    name, _ = s3
+    b = _core.Bucket(f"s3://{name}")
+    with pytest.raises(_core.StorageError) as e:
+        b.get("no/such/key")
+    assert one_line(e.value) == f"s3://{name}/no/such/key: no such object"
+    with pytest.raises(_core.StorageError) as e:
+        _core.Bucket("s3://no-such-bucket-here").get("k")
+    assert one_line(e.value).startswith("s3://no-such-bucket-here/k: ")
+    with pytest.raises(_core.StorageError) as e:
+        _core.Bucket("gs://b/k")
+    assert "gs:// is not supported" in one_line(e.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("TINYLLAMA_S3_RETRIES", "0")
+    with pytest.raises(_core.StorageError) as e:
+        _core.Bucket(f"s3://{name}").get("k")
+    msg = one_line(e.value)
+    assert msg.startswith(f"s3://{name}/k: ") and "127.0.0.1" not in msg.split(": ", 1)[0]
+
+
+class FlakyProxy:
+    """A proxy in front of the server that answers the first `slowdowns` requests with 503
+    SlowDown, drops the connection of the next `resets`, then forwards everything."""
+
+    def __init__(self, upstream: str, slowdowns: int, resets: int):
+        self.upstream = upstream.removeprefix("http://")
+        self.slowdowns, self.resets, self.seen = slowdowns, resets, []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                n = len(proxy.seen)
+                proxy.seen.append(self.command)
+                if n < proxy.slowdowns:
+                    msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                if n < proxy.slowdowns + proxy.resets:
+                    self.connection.shutdown(socket.SHUT_RDWR)  # a dropped connection
+                    self.close_connection = True
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream)
+                headers = {k: v for k, v in self.headers.items()}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                # a HEAD's length is the object's, not of its (empty) body
+                self.send_header("Content-Length", r.getheader("Content-Length", "0") if self.command == "HEAD"
+                                 else str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_throttling_and_dropped_connections_are_retried(s3, monkeypatch):
+    from tinyllama import _core
+
+    name, client = s3
+    proxy = FlakyProxy(client.meta.endpoint_url, slowdowns=2, resets=1)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        b = _core.Bucket(f"s3://{name}")
+        b.put("k", b"payload")  # 503, 503, reset, then through
+        assert len(proxy.seen) >= 4 and proxy.seen[:3] == ["PUT", "PUT", "PUT"]
+        assert client.get_object(Bucket=name, Key="k")["Body"].read() == b"payload"
+        proxy.slowdowns, proxy.resets, proxy.seen = 1, 0, []
+        assert b.get("k") == b"payload" and proxy.seen[:2] == ["GET", "GET"]
+    finally:
+        proxy.close()
+
+
+# ---- checkpoints in a bucket -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    from test_family import family_spec
+
+    from tinyllama.data.build import build_mix
+
+    root = tmp_path_factory.mktemp("fam")
+    build_mix(family_spec(root), root / "mix", 2, progress=False)
+    return root / "mix"
+
+
+def test_checkpoints_go_to_the_bucket_and_a_run_resumes_from_it(s3, fam, tmp_path, capfd):
+    from test_family import by_step, metrics, run, train_config
+
+    from tinyllama import _core, load_model
+    from tinyllama.hf import export
+
+    name, client = s3
+    url = f"s3://{name}/runs/trunk"
+    whole = run(train_config(tmp_path / "whole", fam, tmp_path / "whole/run"))  # no bucket: the reference
+    cfg = train_config(tmp_path / "a", fam, tmp_path / "a/run")
+    run(cfg, f'run.upload_to="{url}"', "run.keep_last=1", "run.stop_after=4")
+    run(cfg, f'run.upload_to="{url}"', "run.keep_last=1", "run.stop_after=6", resume=True)
+    b = _core.Bucket(url)
+    keys = {k: (size, etag) for k, size, etag in b.list("runs/trunk")}
+    # keep_last = 1: only the newest committed step is left, whole, with its marker and checksums
+    assert b.get("runs/trunk/checkpoints/latest") == b"step-6\n"
+    steps = sorted({k.split("/")[3] for k in keys if k.count("/") >= 4})
+    assert steps == ["step-6"]
+    local = tmp_path / "a/run/checkpoints/step-6"
+    for p in local.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(local).as_posix()
+            assert b.get(f"runs/trunk/checkpoints/step-6/{rel}") == p.read_bytes(), rel
+    assert "runs/trunk/checkpoints/step-6/COMMITTED" in keys
+    # an empty local out: --resume takes the bucket's newest checkpoint that verifies
+    fresh = train_config(tmp_path / "b", fam, tmp_path / "b/run")
+    got = run(fresh, f'run.upload_to="{url}"', resume=True)
+    assert [r["step"] for r in got] == [7, 8]
+    assert by_step(got) == {s: v for s, v in by_step(whole).items() if s in (7, 8)}
+    assert f"fetched step-6 from {url}/checkpoints" in capfd.readouterr().err
+    # export and branch_from take the bucket's checkpoint
+    hf = export(url, tmp_path / "hf", tokenizer=fam / "tokenizer.json")
+    assert (hf / "model.safetensors").is_file()
+    import torch
+
+    x = torch.tensor([[1, 450, 4955, 310, 278]])
+    with torch.no_grad():
+        assert torch.equal(load_model(hf)(x), load_model(tmp_path / "whole/run/checkpoints/step-8")(x))
+    branch = run(train_config(tmp_path / "c", fam, tmp_path / "c/run"), 'branch="chinese"',
+                 f'branch_from="{url}"', "run.stop_after=10")
+    local_branch = run(train_config(tmp_path / "d", fam, tmp_path / "d/run"), 'branch="chinese"',
+                       f'branch_from="{tmp_path / "whole/run"}"', "run.stop_after=10")
+    assert by_step(branch) == by_step(local_branch) and [r["step"] for r in branch] == [9, 10]
+    assert json.loads((tmp_path / "c/run/train-config.json").read_text())["branched_from"]["step"] == 8
+    assert metrics(tmp_path / "c/run")
+
+
+def test_a_bucket_with_nothing_committed_is_one_line(s3, fam, tmp_path):
+    from test_family import run, train_config
+
+    from tinyllama import _core
+    from tinyllama.errors import TinyllamaError
+
+    name, _ = s3
+    b = _core.Bucket(f"s3://{name}")
+    b.put("runs/x/checkpoints/step-4/trainer.json", b"{}")  # an upload killed before its marker
+    with pytest.raises(TinyllamaError) as e:
+        run(train_config(tmp_path, fam, tmp_path / "run"), 'branch="chinese"', f'branch_from="s3://{name}/runs/x"')
+    msg = one_line(e.value)
+    assert f"s3://{name}/runs/x" in msg and "no committed checkpoint" in msg
+    with pytest.raises(TinyllamaError) as e:
+        run(train_config(tmp_path / "u", fam, tmp_path / "u/run"), 'run.upload_to="runs/x"')
+    assert "key 'run.upload_to'" in one_line(e.value)

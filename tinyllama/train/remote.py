@@ -1,0 +1,167 @@
+"""Checkpoints in a bucket: `run.upload_to = "s3://bucket/runs/NAME"`.
+
+    URL/checkpoints/step-N/     the files of local checkpoints/step-N/ (DCP shards, rng/,
+                                trainer.json), then checksums.json, then COMMITTED
+    URL/checkpoints/latest      "step-N": the newest checkpoint whose upload completed
+
+Each committed local checkpoint is uploaded by rank 0 in a background thread (one upload in
+flight; the next save first waits for it, so the local keep-last never prunes a checkpoint still
+being read), so the step loop stalls no longer than the local save. The order is the commit
+protocol: a step is trusted only with its COMMITTED marker, written after every file and the
+checksums; `latest` moves after it; keep-last then deletes only committed steps older than this
+one (the newest good one is never deleted). A failed upload is one warning line (the local
+checkpoint is intact; the next one is uploaded whole).
+
+Reading back (`fetch`): the newest committed step (or the one a URL names) is downloaded into a
+local `step-N.tmp/` (every object through `.part`, checked against its listed size and ETag),
+verified against its checksums, then renamed to `step-N/`. `--resume` with no local checkpoint
+takes the newest bucket checkpoint that verifies; `branch_from` and `export` accept a bucket URL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+
+from tinyllama import storage
+from tinyllama.errors import CheckpointError, StorageError
+from tinyllama.train.checkpoint import _write_atomic, verify
+
+COMMITTED = "COMMITTED"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def committed_steps(b, key: str) -> list[int]:
+    """Steps under `key` (a checkpoints prefix) whose COMMITTED marker exists, ascending."""
+    steps = set()
+    for k, _, _ in b.list(key):
+        parts = k[len(key):].strip("/").split("/") if key else k.split("/")
+        if len(parts) == 2 and parts[1] == COMMITTED and (m := _STEP.match(parts[0])):
+            steps.add(int(m.group(1)))
+    return sorted(steps)
+
+
+class Uploader:
+    """Rank 0's background uploads of committed checkpoints to `url` (run.upload_to)."""
+
+    def __init__(self, url: str, keep_last: int, warn):
+        self.url, self.keep_last, self.warn = url, keep_last, warn
+        self.bucket, key = storage.bucket(url)
+        self.key = storage.join(key, "checkpoints")
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+
+    def submit(self, path: Path) -> None:
+        """Upload committed checkpoint `path` (a `step-N/` dir) in the background."""
+        self.wait()
+        self._thread = threading.Thread(target=self._upload, args=(Path(path),), name="tinyllama-upload",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the upload in flight (if any) is done; a failure is one warning line."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            self.warn(f"warning: {self._error} (the local checkpoint is intact; the next one is uploaded whole)")
+            self._error = None
+
+    close = wait
+
+    def _upload(self, path: Path) -> None:
+        try:
+            self.upload(path)
+        except Exception as e:  # noqa: BLE001  (reported on the training thread, one line)
+            self._error = f"upload of {path.name} to {self.url} failed: {e}".replace("\n", "; ")
+
+    def upload(self, path: Path) -> None:
+        step = path.name
+        key = storage.join(self.key, step)
+        storage.upload_dir(self.bucket, path, key, last=("checksums.json",))
+        self.bucket.put(storage.join(key, COMMITTED), json.dumps({"step": int(step[5:])}).encode())
+        self.bucket.put(storage.join(self.key, "latest"), (step + "\n").encode())
+        now = int(step[5:])
+        older = [s for s in committed_steps(self.bucket, self.key) if s < now]
+        for old in older[: max(0, len(older) - (self.keep_last - 1))]:
+            prefix = storage.join(self.key, f"step-{old}")
+            # the marker first: a step without it is never trusted, whatever is left of it
+            self.bucket.delete(storage.join(prefix, COMMITTED))
+            for k, _, _ in self.bucket.list(prefix):
+                self.bucket.delete(k)
+
+
+def _checkpoints_key(b, key: str) -> tuple[str, int | None]:
+    """(the checkpoints prefix, the step a URL names or None) for a URL naming a run, its
+    checkpoints prefix, or one step-N."""
+    parts = key.strip("/").split("/") if key else []
+    if parts and _STEP.match(parts[-1]):
+        return "/".join(parts[:-1]), int(parts[-1][5:])
+    if parts and parts[-1] == "checkpoints":
+        return key, None
+    return storage.join(key, "checkpoints"), None
+
+
+def fetch(url: str, dest: Path, newest_first: bool = True) -> Path:
+    """Download the checkpoint `url` names (a step-N, or the newest committed one under a run /
+    checkpoints URL that verifies) into `dest/step-N/`; returns that local path."""
+    b, key = storage.bucket(url)
+    ckpts, step = _checkpoints_key(b, key)
+    steps = committed_steps(b, ckpts)
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"{url}: no committed checkpoint there (no {COMMITTED} marker)")
+        candidates = [step]
+    else:
+        candidates = sorted(steps, reverse=newest_first)
+        if not candidates:
+            raise CheckpointError(f"{url}: no committed checkpoint under {b.url(ckpts)}")
+    whys = []
+    for s in candidates:
+        final = dest / f"step-{s}"
+        if final.is_dir() and verify(final) is None:
+            return final
+        tmp = dest / f"step-{s}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        storage.download_dir(b, storage.join(ckpts, f"step-{s}"), tmp, skip=(COMMITTED,))
+        why = verify(tmp)
+        if why is None:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            return final
+        whys.append(f"step-{s}: {why}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise CheckpointError(f"{url}: no bucket checkpoint verifies ({'; '.join(whys)})")
+
+
+def restore_into(url: str, ckpt_dir: Path) -> str | None:
+    """`--resume` with no local checkpoint: the newest bucket checkpoint that verifies, fetched
+    into `ckpt_dir` (and `latest` pointed at it). A note for the run's log, or None when the
+    bucket has none."""
+    b, key = storage.bucket(url)
+    ckpts, _ = _checkpoints_key(b, key)
+    if not committed_steps(b, ckpts):
+        return None
+    path = fetch(b.url(ckpts), ckpt_dir)
+    _write_atomic(ckpt_dir / "latest", path.name + "\n")
+    return f"--resume: no local checkpoint; fetched {path.name} from {b.url(ckpts)}"
+
+
+def local_checkpoint(path: str, cache: Path) -> Path:
+    """A checkpoint argument (`branch_from`, `export`): a local path as it is, a bucket URL
+    fetched into `cache`."""
+    if not storage.is_url(path):
+        return Path(path)
+    try:
+        return fetch(path, cache)
+    except StorageError:
+        raise
+    except OSError as e:
+        raise StorageError(f"{cache}: cannot write the fetched checkpoint: {e.strerror or e}") from None
+
+
+__all__ = ["COMMITTED", "Uploader", "committed_steps", "fetch", "local_checkpoint", "restore_into"]
