@@ -22,6 +22,7 @@ __all__ = [
     "MixSampler",
     "Loader",
     "Slot",
+    "Bucket",
     "BuildPlan",
     "build_mix",
     "dedup_files",
@@ -255,3 +256,25 @@ class Slot:
     def tokens(self) -> npt.NDArray[np.uint32]:
         """The tokens as a read-only numpy uint32 array [rows, seq_len + 1] viewing the ring buffer itself (no
         copy)."""
+
+@final
+class Bucket:
+    """A bucket (`s3://bucket/prefix`), opened from the standard AWS environment (rust/storage). Keys are
+    relative to the bucket; failures raise `StorageError` naming the URL."""
+
+    def __new__(cls, url: str) -> Bucket: ...
+    @property
+    def prefix(self) -> str:
+        """The key the URL named (no leading or trailing `/`)."""
+    def url(self, key: str) -> str: ...
+    def list(self, prefix: str) -> list[tuple[str, int, str | None]]:
+        """(key, size, etag) of every object under the key prefix, sorted by key."""
+    def head(self, key: str) -> tuple[str, int, str | None] | None: ...
+    def get(self, key: str, etag: str | None = None) -> bytes: ...
+    def put(self, key: str, data: bytes) -> tuple[str, int, str | None]: ...
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def upload(self, path: str | os.PathLike[str], key: str) -> tuple[str, int, str | None]: ...
+    def download(self, key: str, path: str | os.PathLike[str], size: int | None = None,
+                 etag: str | None = None) -> int:
+        """Download `key` to `path` (through `path.part`); given the listed (size, etag), check it whole."""
