@@ -21,7 +21,7 @@ test: build
     TINYLLAMA_WORD_RULES="$(python -m tinyllama.data.word_rules)" cargo test --quiet
     python -m pytest -q -m "not slow" python/tests
 
-# The heavier checks (multi-process torchrun, whole-build kill/resume); CI runs them
+# The heavier checks (multi-process torchrun, more fault points, whole-corpus parity); CI runs them
 test-slow: build
     python -m pytest -q -m slow python/tests
 

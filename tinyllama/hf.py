@@ -15,6 +15,7 @@ both directions are a renaming: no tensor is changed, and ours -> HF -> ours is 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tinyllama import fault
 from tinyllama.errors import CheckpointError, InputError, SpecError, StorageError, TinyllamaError
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
 from tinyllama.model import (
@@ -281,6 +283,7 @@ def save_hf(
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_killed_exports(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         umask = os.umask(0)
         os.umask(umask)
@@ -289,6 +292,7 @@ def save_hf(
         raise StorageError(f"{out}: cannot create the export dir: {e.strerror or e}") from None
     try:
         _write_export(model, tmp, tok_bytes, bos, eos, unk, dtype)
+        fault.reached("export-files")
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)  # only our own temp dir
@@ -297,6 +301,20 @@ def save_hf(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+EXPORT_FILES = frozenset({"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                          "tokenizer_config.json", "special_tokens_map.json", EXPORT_MARKER})
+
+
+def _remove_killed_exports(out: Path) -> None:
+    """The temp dirs a killed export to `out` left beside it (`.OUT.XXXXXXXX.tmp` being written,
+    `.OUT.XXXXXXXX.old` a replaced export not yet removed): removed when they hold nothing but
+    an export's files, so they are this command's own; anything else is left alone."""
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if (p.suffix in (".tmp", ".old") and len(p.name) == len(out.name) + 14 and p.is_dir()
+                and all(f.is_file() and f.name in EXPORT_FILES for f in p.iterdir())):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -412,13 +430,26 @@ def import_hf(
         cfg = TrainConfig(mix="", out=str(run_dir), model=mcfg)
     if stage is not None and config is None:
         raise SpecError("--stage needs --config (the train config whose mix holds the schedule)")
-    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not _interrupted_import(run_dir):
         last = ckpt.latest_checkpoint(run_dir / "checkpoints")
         held = f"checkpoints (latest: {last.name})" if last is not None else "files"
         raise StorageError(f"{run_dir}: already holds {held}; import-hf refused (nothing was changed): "
                            f"choose a new --out")
     with exclusive_dir_lock(run_dir, "import-hf"):
+        if _interrupted_import(run_dir):  # checked again under the lock: a killed import's partial save
+            ckpt.clean_partial(run_dir / "checkpoints")
         return _import_into(hf_dir, run_dir, cfg, config, step, tokens, stage)
+
+
+def _interrupted_import(run_dir: Path) -> bool:
+    """`run_dir` holds only what a killed `import-hf` leaves: its lock and `checkpoints/` with
+    nothing committed, at most a save in progress (`step-N.tmp/`). A run's dir never looks so
+    (`train` writes train-config.json before its first save), so a rerun may start over there."""
+    if not run_dir.is_dir():
+        return False
+    ck = run_dir / "checkpoints"
+    rest = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    return rest == [ck] and ck.is_dir() and all(p.name.endswith(".tmp") for p in ck.iterdir())
 
 
 def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: int | None, stage: str | None) -> Path:
@@ -472,7 +503,8 @@ def _import_into(hf_dir: Path, run_dir: Path, cfg, config, step: int, tokens: in
         "mix": mix_id,
     }
     return ckpt.save(
-        ckpt_dir, step, model, opt, state, rank=0, world=1, keep_last=max(1, cfg.run.keep_last), barrier=lambda: None
+        ckpt_dir, step, model, opt, state, rank=0, world=1, keep_last=max(1, cfg.run.keep_last), barrier=lambda: None,
+        commit_point="import-files",
     )
 
 

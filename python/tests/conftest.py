@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -139,27 +138,19 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     }
 
 
-def build_with_sigkills(spec: Path, out: Path, delays=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)) -> tuple[int, int]:
-    """Run `mix build` as a subprocess and SIGKILL it `delay` seconds after its staging
-    appeared (so the kill lands inside the build, not in interpreter start-up), once per delay
-    until a run completes, then finish with a last uninterrupted run. Returns (runs killed,
-    kills that landed mid-build: staging there and mix.json not yet written)."""
+def build_aborted_at(spec: Path, out: Path, points: list[str], workers: int = 2) -> None:
+    """Run `mix build` as a subprocess once per fault point (`TINYLLAMA_ABORT_AFTER=POINT:N`,
+    tinyllama/fault.py), each run resuming what the previous ones committed and aborting (no
+    clean-up: what a SIGKILL leaves) right after POINT's N-th new commit, then once more
+    uninterrupted. Every aborted run must leave staging and no `mix.json`."""
     cmd = [sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out", str(out),
-           "--workers", "2", "--quiet"]
-    kills = mid_build = 0
-    for delay in delays:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and not (out / ".staging").is_dir() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-            proc.wait()
-            mid_build += (out / ".staging").is_dir() and not (out / "mix.json").exists()
-        proc.wait()
-        if (out / "mix.json").exists():
-            break
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return kills, mid_build
+           "--workers", str(workers), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYLLAMA_")}
+    for point in points:
+        r = subprocess.run(cmd, env={**env, "TINYLLAMA_ABORT_AFTER": point}, capture_output=True, text=True,
+                           timeout=600, check=False)
+        assert r.returncode == -signal.SIGABRT, (point, r.returncode, r.stderr[-2000:])
+        assert f"aborting after {point.replace(':', ' #')}" in r.stderr
+        assert (out / ".staging").is_dir() and not (out / "mix.json").exists(), point
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -533,9 +533,11 @@ impl Stage for Fingerprint<'_> {
         let docs = w.writer.finish()?;
         debug_assert_eq!(docs, w.docs);
         self.progress.files_done.fetch_add(1, Relaxed);
-        if self.resume {
-            super::fault::committed("fingerprint");
-        }
+        super::fault::committed(if self.resume {
+            "fingerprint"
+        } else {
+            "fingerprint-scratch"
+        });
         Ok(FileWork {
             resumed: false,
             bytes: w.bytes,

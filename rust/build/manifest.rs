@@ -412,7 +412,7 @@ mod tests {
         let dir = sealed_dir();
         edit(
             &dir.path().join(LOCK_NAME),
-            "\"format_version\": 2",
+            &format!("\"format_version\": {MIX_FORMAT_VERSION}"),
             "\"format_version\": 1",
         );
         let err = open_lock(dir.path()).err().unwrap();

@@ -141,11 +141,13 @@ def save(
     keep_last: int,
     barrier,
     gather=None,
+    commit_point: str | None = None,
 ) -> Path:
     """Collective: every rank calls it. Returns the committed directory.
 
     `gather(obj)` returns every rank's `obj` in rank order (default: this rank's alone); it
-    reduces the finite-weights verdict and collects the checksums.
+    reduces the finite-weights verdict and collects the checksums. `commit_point`: a fault
+    point (tinyllama/fault.py) reached on rank 0 right before the commit, after `save-checksums`.
     Refuses (`CheckpointError`, nothing committed) when a weight is not finite on any rank. A failed write
     (no space, no permission) is a `StorageError` naming the path and the intact previous
     checkpoint, and leaves no partial save behind."""
@@ -181,6 +183,8 @@ def save(
             sums = {rel: digest for share in shares for rel, digest in share.items()}
             _write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
             fault.reached("save-checksums")
+            if commit_point:
+                fault.reached(commit_point)
     except (OSError, RuntimeError, CheckpointException) as e:
         # torch reports a full disk as "enforce fail at inline_container.cc", wrapped by DCP.
         if rank == 0:

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from tinyllama import fault
 from tinyllama.errors import CheckpointError, SpecError, TinyllamaError, TrainingError
 from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, build_model, document_ids_from_tokens
@@ -157,12 +158,13 @@ def iter_batches(source: BatchSource, start: int, end: int, d: Dist):
 
 
 def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp,
-               markers: tuple[int | None, int | None] = LLAMA_MARKERS, check=None) -> dict:
+               markers: tuple[int | None, int | None] = LLAMA_MARKERS, check=None, nonfinite: bool = False) -> dict:
     """One optimizer step on this rank's slice `tokens` [n_local, seq_len + 1]. `markers` are
     the (BOS, EOS) ids that delimit documents (`document_markers`), read when
     `run.document_masking` is on. `check(loss, grad_finite)` (the guard's verdict on the
     global batch's mean loss) returns None to apply the update, else why not; by default only
-    a non-finite gradient norm is refused. The result's "why" is None when it was applied."""
+    a non-finite gradient norm is refused. The result's "why" is None when it was applied.
+    `nonfinite` (a test hook, `fault.nonfinite`) makes this step's loss NaN."""
     mb = cfg.micro_batch
     n_local = tokens.shape[0]
     accum = n_local // mb
@@ -188,6 +190,8 @@ def train_step(model, opt, tokens: np.ndarray, cfg: TrainConfig, d: Dist, amp,
             # per-token fp32 loss [mb, seq_len], 0 where the target is -100
             ce = model(x[rows, :-1], None if doc is None else doc[rows], targets=y[rows])
         seq_loss = ce.mean(1) if counted is None else ce.sum(1) / counted[rows]
+        if nonfinite:
+            seq_loss = seq_loss * float("nan")
         (seq_loss.sum() / n_local).backward()  # mean over this rank's sequences; FSDP averages ranks
         seq_losses.append(seq_loss.detach())
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -428,7 +432,8 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
             else:
                 for g in opt.param_groups:
                     g["lr"] = lr
-                r = train_step(model, opt, tokens, cfg, d, amp, markers, check=guard.verdict)
+                r = train_step(model, opt, tokens, cfg, d, amp, markers, check=guard.verdict,
+                               nonfinite=fault.nonfinite(step))
                 if r["why"] is not None:
                     step, tokens_seen = _rewind(step, r, guard, ckpts, model, opt, plan, log, window, source)
                     break
@@ -436,6 +441,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
                 tokens_seen += n_global * (tokens.shape[1] - 1)
                 window.add(r, corpora, n_global, tokens.shape[1] - 1)
             step += 1
+            fault.reached("step")
             if window and (step % cfg.run.log_every == 0 or step == plan.end):
                 log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
             if validate.due(step, plan.end):
@@ -479,6 +485,7 @@ def _rewind(step: int, r: dict, guard: Guard, ckpts: Checkpointer, model, opt, p
         shown = ", ".join(f"{d['corpus']} {d['source']}:{d['row']}" for d in docs[:5])
         log.message(f"step {step} skipped; its batch holds {len(docs)} document fragments: {shown}"
                     + (", ..." if len(docs) > 5 else "") + f" (all: tinyllama mix trace MIX --step {step})")
+    fault.reached("rewind")
     return back, tokens
 
 

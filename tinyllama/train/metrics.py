@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from tinyllama import fault
+
 # Dense bf16 peak FLOP/s per GPU, for MFU. Unknown devices (and CPUs) get no MFU.
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
@@ -95,13 +97,19 @@ class MetricsLogger:
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         os.replace(tmp, self.path)
 
-    def _append(self, record: dict, tensorboard: bool) -> dict:
+    def _append(self, record: dict, tensorboard: bool, point: str | None = None) -> dict:
         """Append `record` to metrics.jsonl and, with `tensorboard`, its numbers to TensorBoard.
         JSON has no NaN / inf: a non-finite value is written as null (the line stays valid JSON).
-        Returns the record as written."""
+        Returns the record as written. `point`: the fault point reached half-way through the line."""
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        line = json.dumps(record, allow_nan=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
+            if point is not None:  # a torn line on disk when the fault hook aborts here
+                f.write(line[: len(line) // 2])
+                f.flush()
+                fault.reached(point)
+                line = line[len(line) // 2 :]
+            f.write(line)
         if tensorboard and self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -113,7 +121,7 @@ class MetricsLogger:
     def log(self, record: dict, total_steps: int) -> None:
         if not self.enabled:
             return
-        record = self._append(record, tensorboard=True)
+        record = self._append(record, tensorboard=True, point="metrics")
         if self.progress is None:
             from tinyllama.train.progress import Progress
 
