@@ -6,12 +6,11 @@ call (here `dedup_files`, in a subprocess) without leaving partial output."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -152,27 +151,24 @@ DEDUP = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_stops_dedup_files_quickly_and_leaves_no_scratch(tmp_path):
-    # Real data, many times over: far longer than the test waits before Ctrl-C.
-    files = sorted(str(p) for p in (CORPORA / "skypile").glob("*.jsonl")) * 300
+# dedup_files' fault points (rust/build/fault.rs): Ctrl-C arrives right after the first file's
+# fingerprints; the run must stop long before the LATE-th file (it aborts there if not).
+FILES, LATE = 600, 101
+
+
+def test_ctrl_c_stops_dedup_files_at_a_file_boundary_and_leaves_no_scratch(tmp_path):
+    """SIGINT raised inside the work right after file 1 of 600 (a Ctrl-C at a chosen instant,
+    not after a guessed delay): `KeyboardInterrupt` in Python, the work stopped within a few
+    files (it would abort at file 101: ~1.6 s of work after the signal, 30x the 50 ms signal
+    poll), and no scratch left."""
+    files = sorted(str(p) for p in (CORPORA / "skypile").glob("*.jsonl")) * (FILES // 2)
     work = tmp_path / "work"
-    proc = subprocess.Popen([sys.executable, "-c", DEDUP, ",".join(files), str(work)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "started"
-        # Until the fingerprint stage is under way (its scratch dir exists).
-        deadline = time.monotonic() + 30
-        while not (work / "fingerprints").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, (out, err)
-    assert "interrupted" in out and "finished" not in out, (out, err)
-    assert took < 5, took
+    env = {**os.environ, "TINYLLAMA_SIGNAL_AFTER": "fingerprint-scratch:1:SIGINT",
+           "TINYLLAMA_ABORT_AFTER": f"fingerprint-scratch:{LATE}"}
+    r = subprocess.run([sys.executable, "-c", DEDUP, ",".join(files), str(work)], env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert "signal 2 after fingerprint-scratch #1" in r.stderr, r.stderr[-2000:]
+    assert "aborting" not in r.stderr, "the work ran on 100 files past Ctrl-C"
+    assert r.returncode == 130, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert "interrupted" in r.stdout and "finished" not in r.stdout, r.stdout
     assert not (work / "fingerprints").exists() and not (work / "find").exists()

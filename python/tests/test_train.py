@@ -413,21 +413,9 @@ def test_resume_world_size_1_to_2(baseline, streams, tmp_path):
         assert loss == pytest.approx(base[step], rel=1e-4, abs=1e-4), step
 
 
-def _wait_for_steps(proc: subprocess.Popen, out: Path, steps: int, timeout: float = 300) -> None:
-    import time
-
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the run did not reach the step in time"
-        time.sleep(0.05)
-
-
-def _trainer_process(config: Path, streams: Path, nproc: int, pid_dir: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    if pid_dir is not None:
-        env["TINYLLAMA_TEST_PID_DIR"] = str(pid_dir)
+def _trainer_process(config: Path, streams: Path, nproc: int, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYLLAMA_")}
+    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})})
     if nproc == 1:
         cmd = [sys.executable, __file__, str(config), str(streams)]
     else:
@@ -439,22 +427,29 @@ def _trainer_process(config: Path, streams: Path, nproc: int, pid_dir: Path | No
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_saves_and_stops_then_resume_continues(baseline, streams, tmp_path):
-    """Slurm's SIGTERM before a time limit: the step in flight ends, a checkpoint is committed
-    (save_every is far away), the process exits 0; --resume repeats the uninterrupted run."""
-    import signal
+def signal_at_step(step: int, name: str, rank: int | None = None) -> dict:
+    """The fault hook's environment that makes the trainer raise signal `name` in itself right
+    after optimizer step `step` (on rank `rank` only, when given): a Slurm stop that lands at a
+    chosen step instead of racing the run."""
+    env = {"TINYLLAMA_SIGNAL_AFTER": f"step:{step}:{name}"}
+    if rank is not None:
+        env["TINYLLAMA_FAULT_RANK"] = str(rank)
+    return env
 
+
+def test_sigterm_saves_and_stops_then_resume_continues(baseline, streams, tmp_path):
+    """Slurm's SIGTERM before a time limit, arriving during step 3: that step ends, a
+    checkpoint is committed (save_every is far away), the process exits 0; --resume repeats
+    the uninterrupted run."""
     from tinyllama.train.checkpoint import committed_steps
 
     cfg = write_config(tmp_path)
-    proc = _trainer_process(cfg, streams, 1)
-    _wait_for_steps(proc, tmp_path / "run", 3)
-    proc.send_signal(signal.SIGTERM)
+    proc = _trainer_process(cfg, streams, 1, signal_at_step(3, "SIGTERM"))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    steps = committed_steps(tmp_path / "run/checkpoints")
-    assert len(steps) == 1 and 3 <= steps[0] < 12, steps
-    assert f"stopped by SIGTERM after step {steps[0]}" in err
+    assert committed_steps(tmp_path / "run/checkpoints") == [3]
+    assert "stopped by SIGTERM after step 3" in err
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3]
     resumed = run_inproc(cfg, streams, resume=True)
     assert [m["step"] for m in resumed] == list(range(1, 13))
     base = losses(baseline)
@@ -464,23 +459,16 @@ def test_sigterm_saves_and_stops_then_resume_continues(baseline, streams, tmp_pa
 
 @pytest.mark.slow
 def test_sigterm_to_one_rank_stops_both_at_the_same_step(baseline, streams, tmp_path):
-    """A signal that reaches only rank 1: both ranks agree to stop after the same step (rank 0
-    would otherwise hang in the next collective) and save; a 1-process resume continues."""
-    import signal
-
+    """A signal that reaches only rank 1, at step 3: both ranks agree to stop after that step
+    (rank 0 would otherwise hang in the next collective) and save; a 1-process resume continues."""
     from tinyllama.train.checkpoint import committed_steps
 
     cfg = write_config(tmp_path)
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    proc = _trainer_process(cfg, streams, 2, pids)
-    _wait_for_steps(proc, tmp_path / "run", 3)
-    os.kill(int((pids / "rank-1").read_text()), signal.SIGTERM)
+    proc = _trainer_process(cfg, streams, 2, signal_at_step(3, "SIGTERM", rank=1))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    steps = committed_steps(tmp_path / "run/checkpoints")
-    assert len(steps) == 1 and 3 <= steps[0] < 12, steps
-    assert f"stopped by a signal on another rank after step {steps[0]}" in err  # rank 0 logs
+    assert committed_steps(tmp_path / "run/checkpoints") == [3]
+    assert "stopped by a signal on another rank after step 3" in err  # rank 0 logs
     resumed = run_inproc(cfg, streams, resume=True)
     base = losses(baseline)
     assert [m["step"] for m in resumed] == list(range(1, 13))
@@ -501,8 +489,6 @@ if __name__ == "__main__":  # torchrun entry point
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--poisoned", action="store_true", help="test_run_health's stream with its planted spike")
     a = ap.parse_args()
-    if os.environ.get("TINYLLAMA_TEST_PID_DIR"):  # lets a test signal one rank
-        Path(os.environ["TINYLLAMA_TEST_PID_DIR"], f"rank-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     from tinyllama.train import train
     from tinyllama.train.config import load_config
 

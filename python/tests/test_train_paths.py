@@ -4,13 +4,11 @@ test_train.py (the slice's documents as token streams)."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_train import _trainer_process, _wait_for_steps, losses, run_inproc, streams, write_config  # noqa: F401
+from test_train import _trainer_process, losses, run_inproc, signal_at_step, streams, write_config  # noqa: F401
 
 
 def test_bf16_autocast_on_cpu_trains_and_differs_from_fp32(streams, tmp_path):  # noqa: F811
@@ -57,11 +55,8 @@ def test_sigusr1_saves_and_stops_like_sigterm(streams, tmp_path):  # noqa: F811
     from tinyllama.train.checkpoint import committed_steps
 
     cfg = write_config(tmp_path)
-    proc = _trainer_process(cfg, streams, 1)
-    _wait_for_steps(proc, tmp_path / "run", 2)
-    proc.send_signal(signal.SIGUSR1)
+    proc = _trainer_process(cfg, streams, 1, signal_at_step(2, "SIGUSR1"))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    steps = committed_steps(tmp_path / "run/checkpoints")
-    assert len(steps) == 1 and 2 <= steps[0] < 12, steps
-    assert f"stopped by SIGUSR1 after step {steps[0]}" in err
+    assert committed_steps(tmp_path / "run/checkpoints") == [2]
+    assert "stopped by SIGUSR1 after step 2" in err
