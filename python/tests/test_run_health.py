@@ -341,3 +341,192 @@ def test_a_rewind_names_the_documents_of_the_skipped_batch(mix, streams, tmp_pat
     err = capsys.readouterr().err
     assert f"step {POISON} skipped; its batch holds {len(want)} document fragments: " in err
     assert f"{want[0]['source']}:{want[0]['row']}" in err
+
+
+# ---- 4. the guard on a real mix, through the Rust ring loader --------------------------------
+#
+# The stand-in sources above feed batches through `batch()`; a `tinyllama.Mix` feeds them through
+# its ring loader, which a rewind leaves and reopens at the rewound step. The test hook
+# TINYLLAMA_NONFINITE_AT=S (tinyllama/fault.py) makes the loss of schedule step S NaN.
+
+REAL_POISON, REAL_STEPS, REAL_SAVE = 5, 8, 3
+
+
+@pytest.fixture(scope="module")
+def real_mix(tmp_path_factory) -> Path:
+    """Two corpora over the slice, 32 windows of 129 tokens a step (so 2 ranks split it)."""
+    from conftest import CORPORA, write_spec
+
+    from tinyllama.data.build import build_mix
+
+    d = tmp_path_factory.mktemp("guard-mix")
+    corpora = f"""
+    [corpora.slimpajama]
+    paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
+    exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
+    dedup = "none"
+
+    [corpora.skypile]
+    paths = ["{CORPORA}/skypile/*.jsonl"]
+    dedup = "none"
+    """
+    stages = """
+    [[stages]]
+    name = "basic"
+    tokens = "100K"
+    batch_tokens = "4128"
+    weights = { slimpajama = 0.5, skypile = 0.5 }
+    """
+    build_mix(write_spec(d, corpora=corpora, stages=stages), d / "mix", 1, progress=False)
+    return d / "mix"
+
+
+def real_config(mix: Path, out: Path, micro_batch: int = 16):
+    from test_hf import MODEL
+
+    from tinyllama.train.config import config_from_dict
+
+    return config_from_dict({
+        "mix": str(mix), "out": str(out), "micro_batch": micro_batch, "model": {**MODEL, "max_seq_len": 128},
+        "optim": {"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 2},
+        "run": {"max_steps": REAL_STEPS, "log_every": 1, "save_every": REAL_SAVE, "keep_last": 5,
+                "precision": "fp32", "compile": False}})
+
+
+def train_recorded(monkeypatch, cfg, resume: bool = False, poison: int | None = REAL_POISON) -> dict:
+    """Train on the real mix (source=None: `tinyllama.Mix` through its ring loader) and record
+    what every optimizer step was given: its tokens and the lr set on the optimizer, and where
+    the loader was (re)opened."""
+    import tinyllama
+    from tinyllama.train import loop
+
+    if poison is None:
+        monkeypatch.delenv("TINYLLAMA_NONFINITE_AT", raising=False)
+    else:
+        monkeypatch.setenv("TINYLLAMA_NONFINITE_AT", str(poison))
+    seen = {"tokens": [], "lr": [], "loaders": []}
+    real_step, real_loader = loop.train_step, tinyllama.Mix.loader
+
+    def step(model, opt, tokens, *a, **kw):
+        # the loader's tokens are a torch view of its ring buffer, reused once dropped: copied
+        seen["tokens"].append(tokens.numpy().copy() if isinstance(tokens, torch.Tensor) else np.array(tokens))
+        seen["lr"].append(opt.param_groups[0]["lr"])
+        return real_step(model, opt, tokens, *a, **kw)
+
+    def loader(self, rank=0, world=1, start_step=0, **kw):
+        seen["loaders"].append((start_step, kw.get("end_step")))
+        return real_loader(self, rank=rank, world=world, start_step=start_step, **kw)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(tinyllama.Mix, "loader", loader)
+    torch.set_num_threads(1)
+    loop.train(cfg, resume=resume)
+    monkeypatch.undo()
+    seen["metrics"] = read_metrics(Path(cfg.out))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def unpoisoned(real_mix, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        return train_recorded(mp, real_config(real_mix, tmp_path_factory.mktemp("clean") / "run"), poison=None)
+
+
+@pytest.fixture(scope="module")
+def real_guarded(real_mix, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real-guarded") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        seen = train_recorded(mp, real_config(real_mix, out))
+    return out, seen
+
+
+def test_a_rewind_on_the_real_loader_replays_exactly_the_unpoisoned_batches(real_mix, unpoisoned, real_guarded):
+    import tinyllama
+
+    out, seen = real_guarded
+    mix = tinyllama.Mix(real_mix)
+    # The unpoisoned run: one loader from step 0, every step's batch is the mix's batch.
+    assert unpoisoned["loaders"] == [(0, REAL_STEPS)]
+    assert all(np.array_equal(t, mix.batch(s)[0]) for s, t in enumerate(unpoisoned["tokens"]))
+    # The poisoned run: steps 0..5 (5 refused), back to the checkpoint at 3 (a new loader there),
+    # 3 and 4 again, 5 skipped (no forward), then 6 and 7.
+    order = [0, 1, 2, 3, 4, 5, 3, 4, 6, 7]
+    assert seen["loaders"] == [(0, REAL_STEPS), (REAL_SAVE, REAL_STEPS)]
+    assert len(seen["tokens"]) == len(order)
+    for i, s in enumerate(order):
+        assert np.array_equal(seen["tokens"][i], unpoisoned["tokens"][s]), (i, s)
+        assert seen["lr"][i] == unpoisoned["lr"][s], (i, s)  # the lr of the step: a skip moves nothing
+    (rw,) = events(seen["metrics"], "rewind")
+    assert (rw["step"], rw["to"], rw["skip"]) == (REAL_POISON, f"step-{REAL_SAVE}", [REAL_POISON])
+    assert "not finite" in rw["why"] and rw["bad_loss"] is None
+    (skip,) = events(seen["metrics"], "skip")
+    assert skip["step"] == REAL_POISON and skip["lr"] == unpoisoned["lr"][REAL_POISON]
+    # Before the poisoned step the run is the unpoisoned one, bit for bit (the replay included);
+    # the skipped update changes what follows.
+    got, want = losses(steps_of(seen["metrics"])), losses(steps_of(unpoisoned["metrics"]))
+    assert sorted(got) == [s for s in range(1, REAL_STEPS + 1) if s != REAL_POISON + 1]
+    assert {s: got[s] for s in range(1, REAL_POISON + 1)} == {s: want[s] for s in range(1, REAL_POISON + 1)}
+    assert got[REAL_STEPS] != want[REAL_STEPS]
+    trainer = json.loads((out / f"checkpoints/step-{REAL_STEPS}/trainer.json").read_text())
+    assert trainer["guard"]["skip"] == [REAL_POISON]
+
+
+def test_a_resumed_run_on_the_real_loader_skips_the_same_step(real_mix, real_guarded, tmp_path, monkeypatch):
+    """Stopped at step 4 (before the poisoned step) and resumed: the resumed run meets step 5,
+    rewinds to its own checkpoint at 4 and skips it; stopped at 7 (after it) and resumed without
+    the hook: the skip list comes from the checkpoint. Both end as the uninterrupted run."""
+    out, seen = real_guarded
+    want = losses(steps_of(seen["metrics"]))
+    before = real_config(real_mix, tmp_path / "before")
+    before.run.stop_after = 4
+    train_recorded(monkeypatch, before)
+    before.run.stop_after = 0
+    again = train_recorded(monkeypatch, before, resume=True)
+    assert again["loaders"] == [(4, REAL_STEPS), (4, REAL_STEPS)]  # resumed at 4, rewound to 4
+    (rw,) = events(again["metrics"], "rewind")
+    assert (rw["step"], rw["to"], rw["skip"]) == (REAL_POISON, "step-4", [REAL_POISON])
+    assert losses(steps_of(again["metrics"])) == want
+    after = real_config(real_mix, tmp_path / "after")
+    after.run.stop_after = 7
+    train_recorded(monkeypatch, after)
+    after.run.stop_after = 0
+    resumed = train_recorded(monkeypatch, after, resume=True, poison=None)
+    assert losses(steps_of(resumed["metrics"])) == want
+    assert json.loads((tmp_path / f"after/checkpoints/step-{REAL_STEPS}/trainer.json").read_text())["guard"][
+        "skip"] == [REAL_POISON]
+
+
+@pytest.mark.slow
+def test_two_ranks_rewind_on_the_real_loader_like_one(real_mix, real_guarded, tmp_path):
+    """torchrun, 2 FSDP ranks (gloo) on the real mix, step 5 poisoned on both: the same rewind,
+    the same skip, the losses of the 1-process run (up to float reduction order)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from test_hf import MODEL
+    from test_train import ROOT
+
+    _, seen = real_guarded
+    cfg = write_config(tmp_path, "\n".join([
+        f'mix = "{real_mix}"', 'out = "run"', "micro_batch = 16", "[model]",
+        *(f"{k} = {v}" for k, v in {**MODEL, "max_seq_len": 128}.items()),
+        "[optim]", "lr = 1e-2", "min_lr = 1e-3", "warmup_steps = 2", "[run]", f"max_steps = {REAL_STEPS}",
+        "log_every = 1", f"save_every = {REAL_SAVE}", "keep_last = 5", 'precision = "fp32"', "compile = false", ""]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYLLAMA_")}
+    env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TINYLLAMA_NONFINITE_AT": str(REAL_POISON)})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                        f"--master-port={port}", "-m", "tinyllama.train", str(cfg)],
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-4000:]
+    two = read_metrics(tmp_path / "run")
+    assert [(e["step"], e["to"], e["skip"]) for e in events(two, "rewind")] == [
+        (REAL_POISON, f"step-{REAL_SAVE}", [REAL_POISON])]
+    assert [e["step"] for e in events(two, "skip")] == [REAL_POISON]
+    assert losses(steps_of(two)) == pytest.approx(losses(steps_of(seen["metrics"])), rel=1e-4, abs=1e-4)
+    trainer = json.loads((tmp_path / f"run/checkpoints/step-{REAL_STEPS}/trainer.json").read_text())
+    assert trainer["guard"]["skip"] == [REAL_POISON] and trainer["world"] == 2
