@@ -19,7 +19,8 @@ app.add_typer(mix_app, name="mix")
 @mix_app.command("build")
 def mix_build(
     spec: Path = typer.Option(..., "--spec", help="The mix spec (TOML)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default: the spec's `out`)."),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Output dir, or a bucket URL s3://... (default: the spec's `out`)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads (default: all cores)."),
     in_flight_docs: Optional[int] = typer.Option(
         None, "--in-flight-docs", min=1,

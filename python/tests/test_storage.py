@@ -260,3 +260,79 @@ def test_a_bucket_with_nothing_committed_is_one_line(s3, fam, tmp_path):
     with pytest.raises(TinyllamaError) as e:
         run(train_config(tmp_path / "u", fam, tmp_path / "u/run"), 'run.upload_to="runs/x"')
     assert "key 'run.upload_to'" in one_line(e.value)
+
+
+# ---- a mix in a bucket ------------------------------------------------------------------------
+
+
+def _objects(b, key: str) -> dict[str, bytes]:
+    return {k[len(key) + 1:]: b.get(k) for k, _, _ in b.list(key)}
+
+
+def test_a_mix_is_built_into_a_bucket_and_read_from_a_cache(s3, fam, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from conftest import tree_bytes
+    from test_family import family_spec
+
+    import tinyllama
+    from tinyllama import _core
+
+    name, _ = s3
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{name}/mixes/fam"
+    spec = family_spec(tmp_path / "spec")
+
+    def build(*extra):
+        return subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--out",
+                               url, "--quiet", *extra], capture_output=True, text=True, check=False)
+
+    r = build()
+    assert r.returncode == 0, r.stderr
+    b = _core.Bucket(url)
+    got = _objects(b, "mixes/fam")
+    assert got == tree_bytes(fam)  # the bytes of a local build, nothing more (no lease, no log)
+    assert build().returncode == 0  # up to date: nothing to upload
+    # a second writer on the prefix is refused before it writes anything
+    b.put("mixes/fam/.lease", b'{"token": "someone-else"}')
+    b.delete("mixes/fam/mix.json")
+    r = build()
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "another mix build holds this prefix" in r.stderr
+    assert b.head("mixes/fam/mix.json") is None and b.get("mixes/fam/.lease") == b'{"token": "someone-else"}'
+    b.delete("mixes/fam/.lease")
+    assert build().returncode == 0 and b.head("mixes/fam/mix.json") is not None
+
+    # read back through a local cache: the same batches as the local mix, trunk and branch
+    cache = tmp_path / "mixcache"
+    remote = tinyllama.Mix(url, cache_dir=cache)
+    assert remote.url == url and remote.path.parent == cache
+    for branch in (None, "code"):
+        here, there = tinyllama.Mix(fam, branch), tinyllama.Mix(url, branch, cache_dir=cache)
+        for step in (0, 7, 8, 12):
+            if step < here.num_steps():
+                assert (here.batch(step)[0] == there.batch(step)[0]).all(), (branch, step)
+    size = sum(p.stat().st_size for p in remote.path.rglob("*") if p.is_file())
+    with pytest.raises(tinyllama.errors.StorageError) as e:
+        tinyllama.Mix(url, cache_dir=tmp_path / "small", cache_bytes=size // 2)
+    assert "more than mix_cache_bytes" in one_line(e.value) and url in str(e.value)
+    with pytest.raises(tinyllama.errors.StorageError) as e:
+        tinyllama.Mix(f"s3://{name}/mixes/none", cache_dir=cache)
+    assert one_line(e.value).startswith(f"s3://{name}/mixes/none: not a built mix")
+
+
+def test_training_from_a_bucket_mix_equals_training_from_disk(s3, fam, tmp_path, monkeypatch):
+    from test_family import by_step, run, train_config
+
+    from tinyllama import _core
+
+    name, _ = s3
+    b = _core.Bucket(f"s3://{name}")
+    for p in fam.rglob("*"):
+        if p.is_file() and p.name not in ("build.log", ".lock"):
+            b.upload(str(p), f"m/{p.relative_to(fam).as_posix()}")
+    local = run(train_config(tmp_path / "l", fam, tmp_path / "l/run"), "run.stop_after=3")
+    cfg = train_config(tmp_path / "r", fam, tmp_path / "r/run")
+    remote = run(cfg, f'mix="s3://{name}/m"', f'mix_cache="{tmp_path / "cache"}"', 'mix_cache_bytes="1G"',
+                 "run.stop_after=3")
+    assert by_step(remote) == by_step(local) and len(remote) == 3

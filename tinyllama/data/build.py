@@ -31,6 +31,7 @@ from tinyllama.data.progress import reporter
 from tinyllama.data.spec import load_spec
 from tinyllama.errors import SpecError
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
+from tinyllama.storage import is_url
 
 # Entries of an output dir that do not make it the user's: the lock and the log (neither is
 # part of the mix). Mirrors `check_out_dir` in rust/build/mod.rs, which checks again under
@@ -102,6 +103,12 @@ def build_mix(
     within the per-file stages (they bound memory; how to build, not what: the bytes do not
     depend on them)."""
     spec = load_spec(spec_path)
+    target = out if out is not None else spec.out
+    if is_url(str(target) if target is not None else None):  # built locally, then published there
+        from tinyllama.data.remote_mix import build_to_bucket
+
+        return build_to_bucket(spec_path, str(target), workers, force=force, progress=progress, stream=stream,
+                               in_flight_docs=in_flight_docs, in_flight_mb=in_flight_mb)
     config = spec.build_config(out, workers)
     config["force"] = bool(force)
     set_in_flight(config, in_flight_docs, in_flight_mb)

@@ -40,7 +40,15 @@ _INSPECT_KEYS = ("files", "docs_read", "docs_filtered", "docs_skipped", "exact_d
 
 
 class Mix:
-    def __init__(self, path: str | os.PathLike[str], branch: str | None = None):
+    def __init__(self, path: str | os.PathLike[str], branch: str | None = None, *,
+                 cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int | None = None):
+        """A built mix dir, or a mix in a bucket (`s3://...`: fetched into `cache_dir`, at most
+        `cache_bytes` of cached mixes; see `tinyllama.data.remote_mix`); `branch`: a family's branch."""
+        self.url = str(path) if "://" in str(path) else None
+        if self.url:
+            from tinyllama.data.remote_mix import cached_mix
+
+            path = cached_mix(self.url, cache_dir, cache_bytes)
         self.path = Path(path)
         self.branch = branch
         lock = self.path / "mix.json"

@@ -104,7 +104,7 @@ class MixSpec:
     stages: list[StageSpec]
     seed: int = 3407
     seq_len: int = 2048
-    out: Path | None = None
+    out: Path | str | None = None  # a dir, or a bucket URL (s3://...)
     add_bos: bool = True
     add_eos: bool = True
     shard_tokens: int = 64 * 10**6
@@ -406,7 +406,8 @@ def _parse(path: Path, raw: dict) -> MixSpec:
         branches=_branches(raw["branches"], corpora, seq_len, stages) if "branches" in raw else {},
         seed=_typed(raw, "seed", int, "", 3407),
         seq_len=seq_len,
-        out=(base / _typed(raw, "out", str, "")) if out is not None else None,
+        out=(None if out is None else _typed(raw, "out", str, "") if "://" in str(out)  # a bucket URL
+             else base / _typed(raw, "out", str, "")),
         add_bos=_typed(raw, "add_bos", bool, "", True),
         add_eos=_typed(raw, "add_eos", bool, "", True),
         shard_tokens=shard_tokens,

@@ -118,6 +118,10 @@ class TrainConfig:
     # the branch point), and the trunk run dir / checkpoint it starts from (None: from step 0)
     branch: str | None = None
     branch_from: str | None = None
+    # a mix in a bucket (mix = "s3://..."): the local cache it is fetched into (default
+    # $TINYLLAMA_CACHE/mixes) and its byte budget (binary suffixes; 0 = unbounded)
+    mix_cache: str | None = None
+    mix_cache_bytes: int = 0
     source: str = "<config>"  # where it came from, for error messages
 
     def to_dict(self) -> dict:
@@ -127,8 +131,8 @@ class TrainConfig:
 
 
 _SECTIONS = {"optim": OptimConfig, "run": RunConfig}
-_TOP = {"mix", "out", "model", "micro_batch", "optim", "run", "branch", "branch_from"}
-_PATHS = ("mix", "out", "branch_from")  # relative to the config file (to the cwd with --set)
+_TOP = {"mix", "out", "model", "micro_batch", "optim", "run", "branch", "branch_from", "mix_cache", "mix_cache_bytes"}
+_PATHS = ("mix", "out", "branch_from", "mix_cache")  # relative to the config file (to the cwd with --set)
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
@@ -199,7 +203,11 @@ def _build(raw: dict, source: str) -> TrainConfig:
             coerce(raw[k], str, k)
         model = _build_model(raw.get("model", "tinyllama-1.1b"))
         micro_batch = coerce(raw.get("micro_batch", 8), int, "micro_batch")
-        branch = {k: coerce(raw[k], str, k) if raw.get(k) is not None else None for k in ("branch", "branch_from")}
+        branch = {k: coerce(raw[k], str, k) if raw.get(k) is not None else None
+                  for k in ("branch", "branch_from", "mix_cache")}
+        from tinyllama.data.spec import parse_bytes
+
+        branch["mix_cache_bytes"] = parse_bytes(raw.get("mix_cache_bytes", 0), "mix_cache_bytes")
         if micro_batch <= 0:
             raise key_error("micro_batch", f"must be > 0, got {micro_batch}")
         run_raw = raw.get("run", {})
