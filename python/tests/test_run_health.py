@@ -112,6 +112,36 @@ def test_validation_equals_tinyllama_eval_of_the_checkpoint(mix, tmp_path):
     assert val[0]["val/loss"] != pytest.approx(val[1]["val/loss"], rel=1e-6)  # the model moved
 
 
+def test_validation_under_bf16_runs_in_the_training_precision(mix, tmp_path):
+    """precision = "bf16" (CPU autocast): the in-loop validation of step s equals the checkpoint
+    of step s scored by `evaluate` (`tinyllama eval`'s function) under the same autocast, and
+    differs from the fp32 `tinyllama eval` by bf16 rounding only."""
+    from tinyllama import load_model
+    from tinyllama.eval.perplexity import eval_main, evaluate
+    from tinyllama.train import train
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    cfg = train_config(mix, out, steps=2, save_every=2, eval_every=2, precision="bf16")
+    train(cfg, source=HeldOutSource(mix))
+    (rec,) = [m for m in read_metrics(out) if "val/loss" in m]
+    model = load_model(out / "checkpoints/step-2")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = evaluate(model, tinyllama_mix(mix), batch_size=cfg.micro_batch)
+    fp32 = json.loads(eval_main(out / "checkpoints/step-2", mix, as_json=True))
+    for c, r in bf16["corpora"].items():
+        assert rec[f"val/loss/{c}"] == pytest.approx(r["nll"], rel=1e-5, abs=0)
+        assert rec[f"val/loss/{c}"] == pytest.approx(fp32["corpora"][c]["nll"], rel=2e-2)
+        assert rec[f"val/loss/{c}"] != pytest.approx(fp32["corpora"][c]["nll"], rel=1e-5, abs=0)
+    assert rec["val/loss"] == pytest.approx(bf16["all"]["nll"], rel=1e-5, abs=0)
+
+
+def tinyllama_mix(path: Path):
+    import tinyllama
+
+    return tinyllama.Mix(path)
+
+
 def test_validation_sharded_over_ranks_sums_to_one_rank(mix):
     """Rank r of W scores its share (padded to the same number of forwards); the sums of all
     ranks' shares are one process' numbers."""

@@ -166,6 +166,27 @@ def test_diverging_run_stops_without_committing_nan(mix, tmp_path):
     strict_json_lines(out / "metrics.jsonl")
 
 
+def test_guard_off_stop_names_the_step_and_the_last_good_checkpoint(mix, tmp_path, monkeypatch):
+    """Guard off, step 5's loss made NaN (the TINYLLAMA_NONFINITE_AT hook), checkpoints every 2
+    steps: one line naming step 5 and step-4, the last good checkpoint; step 5 was not applied
+    (step-4 is the newest checkpoint and its weights are what --resume continues from)."""
+    from tinyllama.train import train
+    from tinyllama.train.checkpoint import committed_steps
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    cfg = train_config(mix, out, steps=8, save_every=2, keep_last=5)
+    cfg.run.guard.enabled = False
+    monkeypatch.setenv("TINYLLAMA_NONFINITE_AT", "5")
+    with pytest.raises(TrainingError) as e:
+        train(cfg, source=mix_source(mix))
+    msg = str(e.value)
+    assert msg.startswith("step 5: the loss or gradient norm is not finite") and "\n" not in msg
+    assert "Last good checkpoint: step-4 " in msg
+    assert committed_steps(out / "checkpoints") == [2, 4]
+    assert [m["step"] for m in strict_json_lines(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
 def test_save_refuses_non_finite_weights_and_resume_refuses_them(mix, tmp_path):
     from tinyllama.train import checkpoint as ckpt
     from tinyllama.train import train
@@ -231,6 +252,28 @@ def test_second_trainer_is_refused_and_changes_nothing(run, mix):
         holder.wait()
     assert tree(run) == before
     shutil.rmtree(run / "checkpoints/step-6.tmp")
+
+
+def test_a_second_import_hf_is_refused_and_changes_nothing(run, tmp_path):
+    """import-hf holds the run dir's lock like train: a second process on the dir is refused
+    with one line naming the holder, and writes nothing there."""
+    from tinyllama.hf import export, import_hf
+
+    hf = export(run, tmp_path / "hf")
+    out = tmp_path / "imported"
+    holder = hold_lock(out)
+    before = tree(out)
+    try:
+        with pytest.raises(LockedError, match=f"pid {holder.pid}.*import-hf refused"):
+            import_hf(hf, out)
+        line = one_line_error(cli("import-hf", str(hf), "--out", str(out)))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid}" in line and "import-hf refused" in line
+    assert tree(out) == before and sorted(p.name for p in out.iterdir()) == [".lock"]
+    import_hf(hf, out)  # the holder gone, the same import goes through
+    assert (out / "checkpoints/step-0/trainer.json").is_file()
 
 
 def test_locked_out_dir_via_the_cli_is_one_line(tmp_path):
@@ -502,3 +545,27 @@ def test_a_bad_set_is_one_line_naming_the_set_argument(tmp_path):
     line = one_line_error(cli("train", "--config", str(cfg), "--set", "run.max_steps=5"))
     assert line == f"error: {cfg}: key 'run.log_every': must be > 0"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_errors_under_torchrun_name_the_rank(mix, tmp_path):
+    """`torchrun ... -m tinyllama.train CONFIG`: a user error is one line per rank, each naming
+    its rank, with exit status 1 from every worker."""
+    import socket
+
+    cfg = write_config(tmp_path, "\n".join([
+        f'mix = "{mix}"', 'out = "run"', "micro_batch = 31", "[model]",
+        *(f"{k} = {v}" for k, v in {**MODEL, "max_seq_len": 128}.items()),
+        "[run]", "max_steps = 2", 'precision = "fp32"', "compile = false", ""]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                        f"--master-port={port}", "-m", "tinyllama.train", str(cfg)],
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode != 0
+    for rank in (0, 1):
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith(f"error (rank {rank}): ")]
+        assert "key 'micro_batch'" in line and "world size 2" in line, line
+    assert "exitcode  : 1" in r.stderr  # torchrun's summary: the workers exited with status 1

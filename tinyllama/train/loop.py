@@ -361,10 +361,12 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
 
 class Validation:
     """`run.eval_every`: the held-out loss per corpus (`eval.perplexity.evaluate`, sharded over
-    the ranks), every N steps and at the last step."""
+    the ranks), every N steps and at the last step, in the training precision: under `amp`, the
+    micro-steps' autocast context (under FSDP's bf16 policy the forwards are bf16 already)."""
 
-    def __init__(self, cfg: TrainConfig, source, d: Dist):
+    def __init__(self, cfg: TrainConfig, source, d: Dist, amp=None):
         self.every, self.source, self.d, self.batch = cfg.run.eval_every, source, d, cfg.micro_batch
+        self.amp = amp if amp is not None else contextlib.nullcontext()
 
     def due(self, step: int, end: int) -> bool:
         return bool(self.every) and (step % self.every == 0 or step == end)
@@ -372,8 +374,9 @@ class Validation:
     def __call__(self, model, step: int) -> dict:
         from tinyllama.eval.perplexity import evaluate, validation_record
 
-        result = evaluate(model, self.source, batch_size=self.batch, rank=self.d.rank, world=self.d.world,
-                          all_reduce_sum=all_reduce_sum)
+        with self.amp:
+            result = evaluate(model, self.source, batch_size=self.batch, rank=self.d.rank, world=self.d.world,
+                              all_reduce_sum=all_reduce_sum)
         return {"step": step, **validation_record(result)}
 
 
@@ -408,7 +411,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
     markers = document_markers(source)
     model, opt, amp = init_model_and_optimizer(cfg, d)
     step, tokens_seen = _start(ckpts, plan, model, opt, resume, allow_mix_change)
-    guard, validate = Guard(cfg), Validation(cfg, source, d)
+    guard, validate = Guard(cfg), Validation(cfg, source, d, amp)
     guard.load(ckpts.trainer)
     if d.is_main:
         ckpts.clean_partial()
