@@ -349,8 +349,6 @@ def test_demo_leaves_the_spec_layout(tmp_path):
     """`tinyllama demo --out DIR` on the bundled data (shortened: 2 steps of the `tiny` model)."""
     from tinyllama.demo import run_demo
 
-    if not hasattr(tinyllama.Mix, "batch"):
-        pytest.skip("needs the mix sampler (Mix.batch)")
     torch.set_num_threads(1)
     lines = []
     s = run_demo(tmp_path / "demo", max_steps=22, overrides=['model="tiny"'], echo=lines.append)
@@ -383,8 +381,6 @@ def test_import_at_a_stage_start(exported, tmp_path):
     from tinyllama.data.build import build_mix
     from tinyllama.hf import import_hf
 
-    if not hasattr(tinyllama.Mix, "batch"):
-        pytest.skip("needs the mix sampler (Mix.batch)")
     corpora = f"""
     [corpora.slimpajama]
     paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
