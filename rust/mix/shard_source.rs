@@ -107,7 +107,7 @@ fn schedule_file(lock: &MixLock, branch: Option<&str>) -> Result<PathBuf> {
             Ok(PathBuf::from(rel))
         }
         Some(rel) => Err(Error::integrity(
-            &lock.dir.join(crate::build::manifest::LOCK_NAME),
+            lock.dir.join(crate::build::manifest::LOCK_NAME),
             format!("does not pin {rel}: edited after the build"),
         )),
         None => Err(Error::Usage(format!(
