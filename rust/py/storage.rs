@@ -51,7 +51,12 @@ impl PyBucket {
     }
 
     #[pyo3(signature = (key, etag = None))]
-    fn get<'py>(&self, py: Python<'py>, key: String, etag: Option<String>) -> PyResult<Bound<'py, PyBytes>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        etag: Option<String>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let bytes = without_gil(py, || self.inner.get(&key, etag.as_deref()))?;
         Ok(PyBytes::new(py, &bytes))
     }

@@ -282,10 +282,11 @@ impl Bucket {
             let upload = store.put_multipart(&k).await?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
             use std::io::Read;
-            let mut f = std::fs::File::open(&src_owned).map_err(|e| object_store::Error::Generic {
-                store: "local",
-                source: Box::new(e),
-            })?;
+            let mut f =
+                std::fs::File::open(&src_owned).map_err(|e| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                })?;
             let mut buf = vec![0u8; PART];
             loop {
                 let n = f.read(&mut buf).map_err(|e| object_store::Error::Generic {
@@ -348,7 +349,10 @@ mod tests {
             parse("s3://b/a/b/c/").unwrap(),
             ("s3".into(), "b".into(), "a/b/c".into())
         );
-        assert_eq!(parse("s3://b").unwrap(), ("s3".into(), "b".into(), "".into()));
+        assert_eq!(
+            parse("s3://b").unwrap(),
+            ("s3".into(), "b".into(), "".into())
+        );
         assert!(parse("s3:///key").is_err());
         assert!(parse("/local/path").is_err());
         assert!(is_url("s3://b/k") && !is_url("runs/a"));
