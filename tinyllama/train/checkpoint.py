@@ -142,19 +142,24 @@ def save(
     barrier,
     gather=None,
     commit_point: str | None = None,
+    state: dict | None = None,
+    process_group=None,
 ) -> Path:
     """Collective: every rank calls it. Returns the committed directory.
 
     `gather(obj)` returns every rank's `obj` in rank order (default: this rank's alone); it
     reduces the finite-weights verdict and collects the checksums. `commit_point`: a fault
     point (tinyllama/fault.py) reached on rank 0 right before the commit, after `save-checksums`.
+    `state`: {"model", "optim", "rng"} as an asynchronous save copied them at the step
+    (train/async_checkpoint.py, which runs this on a writer thread with `process_group` for DCP and
+    its own `barrier` / `gather`); None: the model's, optimizer's and RNG's state now.
     Refuses (`CheckpointError`, nothing committed) when a weight is not finite on any rank. A failed write
     (no space, no permission) is a `StorageError` naming the path and the intact previous
     checkpoint, and leaves no partial save behind."""
     ckpt_dir = Path(ckpt_dir)
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
     gather = gather or (lambda obj: [obj])
-    if not all(gather(weights_finite(model))):
+    if not all(gather(weights_finite(model if state is None else state["model"]))):
         raise CheckpointError(
             f"step {step}: the model has non-finite weights; not saved (the last good checkpoint "
             f"is {_name(latest_checkpoint(ckpt_dir))})"
@@ -167,10 +172,10 @@ def save(
             tmp.mkdir()
             (tmp / "rng").mkdir()
         barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer) if state is None else (state["model"], state["optim"])
         with _quiet():
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save(_rng_state(), tmp / "rng" / f"rank-{rank}.pt")
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), process_group=process_group)
+        torch.save(_rng_state() if state is None else state["rng"], tmp / "rng" / f"rank-{rank}.pt")
         if rank == 0:
             _write_atomic(
                 tmp / "trainer.json", json.dumps({**trainer_state, "step": step, "world": world}, indent=1)
@@ -212,9 +217,10 @@ def save(
 
 
 def weights_finite(model) -> bool:
-    """True when every parameter (this rank's shards of it) is finite."""
+    """True when every parameter (this rank's shards of it) is finite; `model` may also be a
+    model state dict (an asynchronous save's copy)."""
     with torch.no_grad():
-        for p in model.parameters():
+        for p in (model.values() if isinstance(model, dict) else model.parameters()):
             t = p.to_local() if hasattr(p, "to_local") else p
             if t.numel() and not bool(torch.isfinite(t).all()):
                 return False
@@ -346,6 +352,16 @@ class Checkpointer:
         self.notes: list[str] = []  # what restore skipped or decided, for the run's log
         self.saved = -1
         self.trainer: dict | None = None  # trainer.json of the checkpoint restored last
+        self.say = lambda text: None  # where "saved PATH" goes once a save is committed (the run's log)
+        self.writer = None  # run.async_checkpoint: the writer thread's saves (train/async_checkpoint.py)
+        if getattr(cfg.run, "async_checkpoint", False):
+            from tinyllama.train.async_checkpoint import AsyncWriter
+
+            self.writer = AsyncWriter(self)
+
+    def committed(self, path: Path) -> None:
+        """A save is committed (synchronous, or its asynchronous write done): say so."""
+        self.say(f"saved {path}")
 
     def latest_name(self) -> str:
         return _name(latest_checkpoint(self.dir))
@@ -367,14 +383,34 @@ class Checkpointer:
         every = self.cfg.run.save_every
         return step != self.saved and ((every and step % every == 0) or step == end or stopping)
 
-    def save(self, step: int, model, opt, state: dict) -> Path:
+    def save(self, step: int, model, opt, state: dict) -> Path | None:
+        """Collective: the committed dir. With `run.async_checkpoint`: None once the state is
+        copied; the commit is said when its write completes (`poll`, `wait`)."""
         from tinyllama.train.parallel import all_gather_objects
 
         d = self.d
+        self.saved = step
+        if self.writer is not None:
+            self.writer.start(step, model, opt, state)
+            return None
         path = save(self.dir, step, model, opt, state, rank=d.rank, world=d.world,
                     keep_last=self.cfg.run.keep_last, barrier=d.barrier, gather=all_gather_objects)
-        self.saved = step
+        self.committed(path)
         return path
+
+    def poll(self, model=None, opt=None) -> None:
+        """Say so if the asynchronous save in flight has committed (no collective); given the
+        model and optimizer, the host buffers of the saves to come are allocated in the background
+        once the optimizer has state."""
+        if self.writer is not None:
+            self.writer.poll()
+            if model is not None:
+                self.writer.warm(model, opt)
+
+    def wait(self) -> None:
+        """Until no asynchronous save is in flight (the run's end, a stop signal, a rewind)."""
+        if self.writer is not None:
+            self.writer.wait()
 
     def restore(self, model, opt, mix: dict | None, allow_mix_change: bool) -> tuple[int, int]:
         """(step, tokens) of the checkpoint loaded into `model` and `opt`; (0, 0) when there
@@ -428,6 +464,7 @@ class Checkpointer:
         """Collective (the guard): back to the newest committed checkpoint of this run; none
         yet: to `origin` (an annealing branch's parent), else to the initial weights and an
         empty optimizer state. (step, tokens) of where it went."""
+        self.wait()  # a save in flight is of a good step before this one: the newest to go back to
         notes = len(self.notes)
         step, tokens = self.restore(model, opt, mix, allow_mix_change=True)
         del self.notes[notes:]

@@ -36,6 +36,7 @@ from tinyllama import fault
 from tinyllama.errors import CheckpointError, SpecError, TinyllamaError, TrainingError
 from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, build_model, document_ids_from_tokens
+from tinyllama.train.async_checkpoint import in_flight_saves
 from tinyllama.train.checkpoint import Checkpointer, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
 from tinyllama.train.family import Family, branch_origin, family_of
@@ -350,7 +351,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
     origin = anneal_origin(cfg, resume, anneal_from, anneal_steps)
     d = init_distributed()
     try:
-        with lock_out_dir(cfg.out, d), StopOnSignal() as stop:
+        with lock_out_dir(cfg.out, d), StopOnSignal() as stop, in_flight_saves():
             data = source if source is not None else open_data(cfg)
             return _train(cfg, resume, data, d, stop, allow_mix_change, origin)
     finally:
@@ -419,6 +420,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
             json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
     d.barrier()
     log = open_run_log(cfg, plan, source, d, step, tokens_seen, resume)  # metrics.jsonl, trackers, step line
+    ckpts.say = log.message
     for line in ckpts.notes:
         log.message(line)
     if cfg.run.document_masking and markers == (None, None):
@@ -451,16 +453,18 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
                 log.event(validate(model, step))
                 window.restart_clock()
             stopping = stop.requested(d)
+            ckpts.poll(model, opt)  # run.async_checkpoint: a save written on its thread says when it is committed
             if ckpts.due(step, plan.end, stopping):
-                path = ckpts.save(step, model, opt, {
+                ckpts.save(step, model, opt, {
                     "tokens": tokens_seen, "total_steps": plan.total, "lr": lr, "config": cfg.to_dict(),
                     "mix": plan.mix, "document_masking": cfg.run.document_masking, "guard": guard.state(),
                     **plan.trainer_state()})
-                log.message(f"saved {path}")
                 window.restart_clock()  # do not count the save in tokens/s
             if stopping:
+                ckpts.wait()
                 log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
                 break
+    ckpts.wait()
     log.close()
     return Path(cfg.out)
 
