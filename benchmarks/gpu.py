@@ -7,10 +7,14 @@ single GPU), at seq 2048, on one packed batch of documents:
     tinyllama      ours, one causal sequence per window (TinyLlama's packing)
     masked         ours with document_ids (attention within documents, RoPE restarting)
     ... compiled   the same with every block compiled (as `run.compile = true` does)
+    ... float8     the blocks' Linear layers in float8 (torchao, tensorwise dynamic scaling, as
+                   `run.float8 = true` does; needs torchao and compute capability 8.9+)
 
 Ours computes the loss with `targets=` (chunked cross-entropy: no full fp32 logits). MFU counts
 `ModelConfig.flops_per_token` (attention in full, no causal or document discount) for every
-row, so the rows compare tokens/s. Ratios are against transformers measured in the same run.
+row against the bf16 peak (float8 rows too, as OLMo-core and torchtitan report them), so the
+rows compare tokens/s. Ratios are against transformers measured in the same run; the float8
+rows also print their ratio to the same row in bf16.
 
 Needs only torch (and transformers for its row): no network, no Rust toolchain; tinyllama's
 model.py is loaded by path when the package (its Rust extension) is not installed.
@@ -67,6 +71,15 @@ def packed_batch(batch: int, seq: int, vocab: int, mean_doc: int, seed: int = 0)
     return torch.cat(parts)[: batch * (seq + 1)].view(batch, seq + 1)
 
 
+def float8_ok(device: torch.device) -> bool:
+    """torchao importable, and float8 tensor cores (a dry run on CPU emulates them)."""
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError:
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -74,10 +87,22 @@ def peak_flops(device: torch.device) -> float | None:
     return next((f for k, f in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+def to_float8(model, emulate: bool) -> None:
+    """`run.float8`'s conversion (tinyllama/train/float8.py): the blocks' Linear layers only."""
+    import dataclasses
+
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name("tensorwise"), emulate=emulate)
+    convert_to_float8_training(model, config=config, module_filter_fn=lambda m, fqn: (
+        fqn.startswith("layers.") and m.in_features % 16 == 0 and m.out_features % 16 == 0))
+
+
 def run_variant(name: str, a, cfg, tokens: torch.Tensor, device: torch.device) -> dict:
     """Build, warm up (compiles happen here), then time `a.steps` training steps."""
     masked = "masked" in name
     compiled = "compiled" in name
+    f8 = "float8" in name
     torch.manual_seed(0)
     ours = M.build_model(cfg, device=device, seed=0)
     x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
@@ -98,6 +123,8 @@ def run_variant(name: str, a, cfg, tokens: torch.Tensor, device: torch.device) -
         kernel = "sdpa"
     else:
         model = ours
+        if f8:  # before compile, as the trainer does; emulated on the CPU of a dry run
+            to_float8(model, emulate=device.type != "cuda")
         if compiled:
             for block in model.layers:
                 block.compile(backend=a.backend)
@@ -154,7 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mean-doc", type=int, default=600, help="mean document length in the packed batch")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend for the compiled rows")
-    ap.add_argument("--variants", default="transformers,tinyllama,masked,compiled,masked compiled")
+    ap.add_argument("--variants", default="transformers,tinyllama,masked,compiled,masked compiled,"
+                                          "float8 compiled,masked float8 compiled")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     a = ap.parse_args(argv)
     if a.dry_run:
@@ -175,7 +203,11 @@ def main(argv=None) -> int:
     tokens = packed_batch(a.batch, a.seq, cfg.vocab_size, a.mean_doc)
     n_docs = int((tokens[:, :-1] == BOS).sum())
     names = [v.strip() for v in a.variants.split(",")]
-    names = [("tinyllama " + n if n.startswith(("masked", "compiled")) else n) for n in names]
+    names = [("tinyllama " + n if n.startswith(("masked", "compiled", "float8")) else n) for n in names]
+    if any("float8" in n for n in names) and not float8_ok(device):
+        print("float8 rows left out: they need torchao and a GPU with float8 tensor cores (compute capability "
+              "8.9+)", file=sys.stderr)
+        names = [n for n in names if "float8" not in n]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     print(f"{where}; torch {torch.__version__}; {a.model if not a.dry_run else 'tiny'} "
           f"({cfg.num_params() / 1e6:,.1f}M params); batch {a.batch} x {a.seq}; {n_docs} documents; "
@@ -193,7 +225,7 @@ def main(argv=None) -> int:
     fpt = cfg.flops_per_token(a.seq)
     ref = next((r for r in rows if r["variant"] == "transformers"), None)
     print()
-    print(f"{'variant':<28}{'kernel':>8}{'tokens/s':>12}{'MFU':>8}{'peak GB':>10}{'loss':>9}"
+    print(f"{'variant':<34}{'kernel':>8}{'tokens/s':>12}{'MFU':>8}{'peak GB':>10}{'loss':>9}"
           f"{'tok/s vs transformers':>24}{'mem vs transformers':>21}")
     for r in rows:
         r["mfu"] = None if peak is None else r["tokens_per_s"] * fpt / peak
@@ -201,8 +233,13 @@ def main(argv=None) -> int:
         mem = "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}"
         speed = "-" if ref is None else f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x"
         memr = "-" if ref is None or ref["peak_mem_gb"] is None else f"{r['peak_mem_gb'] / ref['peak_mem_gb']:.2f}x"
-        print(f"{r['variant']:<28}{r['kernel']:>8}{r['tokens_per_s']:>12,.0f}{mfu:>8}{mem:>10}{r['loss']:>9.3f}"
+        print(f"{r['variant']:<34}{r['kernel']:>8}{r['tokens_per_s']:>12,.0f}{mfu:>8}{mem:>10}{r['loss']:>9.3f}"
               f"{speed:>24}{memr:>21}")
+    by_name = {r["variant"]: r for r in rows}
+    for r in rows:
+        base = by_name.get(r["variant"].replace(" float8", ""))
+        if "float8" in r["variant"] and base is not None:
+            print(f"{r['variant']}: {r['tokens_per_s'] / base['tokens_per_s']:.2f}x the tokens/s of {base['variant']}")
     total = time.perf_counter() - t_all
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"\ntotal {total:.0f} s; process peak RSS {rss:.1f} GB")

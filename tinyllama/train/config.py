@@ -100,6 +100,9 @@ class RunConfig:
     # true: a save copies the state to host memory and is written and committed on a thread while
     # training goes on (train/async_checkpoint.py); false: the loop waits for the whole save
     async_checkpoint: bool = False
+    # true: the blocks' Linear layers compute in float8 (torchao, tensorwise scaling; GPUs with float8
+    # tensor cores: train/float8.py); the weights and checkpoints stay high-precision
+    float8: bool = False
     # "s3://bucket/runs/NAME": every committed checkpoint is also uploaded there, in the background
     # (files, checksums, then a commit marker; keep_last applies there too); `--resume` with no
     # local checkpoint takes the newest one there that verifies (train/remote.py). "" = off

@@ -36,6 +36,7 @@ from tinyllama import fault
 from tinyllama.errors import CheckpointError, SpecError, TinyllamaError, TrainingError
 from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, build_model, document_ids_from_tokens
+from tinyllama.train import float8
 from tinyllama.train.async_checkpoint import in_flight_saves
 from tinyllama.train.checkpoint import Checkpointer, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
@@ -221,12 +222,16 @@ def init_model_and_optimizer(
     fsdp = {}
 
     def prepare(model: Llama) -> None:
+        if cfg.run.float8:  # before compile and FSDP; refused in one line where the device cannot
+            float8.apply(model, cfg, d)
         fsdp["bf16"] = parallelize(model, d, compile=cfg.run.compile,
                                    activation_checkpointing=cfg.run.activation_checkpointing, bf16=bf16)
 
     model = build_model(cfg.model, d.device, seed=cfg.run.seed, prepare=prepare)
     fsdp_bf16 = fsdp["bf16"]
     opt = build_optimizer(model, cfg.optim, d.device)
+    if cfg.run.float8:
+        float8.after_each_step(model, opt, d)
     amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 and not fsdp_bf16
            else contextlib.nullcontext())
     return model, opt, amp
