@@ -73,7 +73,7 @@ def test_a_rewind_restarts_the_window_and_keeps_the_last_rate():
 
 def test_a_terminal_gets_a_rich_bar_with_messages_above_it():
     clock, out = Clock(), io.StringIO()
-    console = rich_console.Console(file=out, force_terminal=True, width=200, color_system=None)
+    console = rich_console.Console(file=out, force_terminal=True, width=80, color_system=None)
     p = Progress(4, 400, stream=out, tty=True, console=console, clock=clock)
     assert p in progress_mod._OPEN
     for step in (1, 2):
@@ -84,7 +84,9 @@ def test_a_terminal_gets_a_rich_bar_with_messages_above_it():
     assert p.bar is None and p not in progress_mod._OPEN
     text = out.getvalue()
     assert "━" in text and " 50%" in text  # a drawn bar, by tokens: 200 of 400
-    assert "step 2/4" in text and "tokens 200/400" in text and "ETA 10s" in text
+    assert "step 2/4" in text and "tokens 200/400 elapsed 10s ETA 10s" in text
+    # the numbers on a line of their own: both lines fit 80 columns, nothing cut off
+    assert "\nloss 2.5000 lr 3.00e-04 gnorm 0.750 1,234 tok/s mfu 41.2%" in text and "…" not in text
     assert "saved runs/x/checkpoints/step-2\n" in text
     assert text.startswith("\x1b[?25l") and text.endswith("\x1b[?25h")  # the cursor comes back
 

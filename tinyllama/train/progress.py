@@ -1,9 +1,10 @@
 """The step line people plan by (rank 0): step / total, tokens seen / total, the elapsed time,
 an ETA from the recent rate, tokens/s and MFU, with the loss, lr and gradient norm.
 
-On a terminal it is a rich progress bar redrawn in place, messages (saves, validation, the
-guard) printed above it; anywhere else (a log file, Slurm's output) one plain line per logged
-step:
+On a terminal it is a rich progress bar redrawn in place (two lines that fit 80 columns: the
+bar with step, tokens, elapsed and ETA; then loss, lr, gradient norm, tokens/s and MFU), with
+messages (saves, validation, the guard) printed above it; anywhere else (a log file, Slurm's
+output) one plain line per logged step:
 
     step 40/74 tokens 163.8K/303.1K loss 6.1234 lr 3.20e-04 gnorm 0.812 11,877 tok/s mfu 41.2% elapsed 1m12s ETA 57s
 
@@ -95,8 +96,9 @@ class Progress:
             return max(self.total_tokens - tokens, 0) / tok_rate
         return max(self.total_steps - step, 0) / step_rate if step_rate > 0 else None
 
-    def line(self, record: dict) -> str:
-        """The plain step line of `record` (updates the rate window)."""
+    def parts(self, record: dict) -> dict[str, str]:
+        """The step line's parts for `record` (updates the rate window): "step", "tokens",
+        "numbers" (loss, lr, gradient norm, tokens/s, MFU) and "time" (elapsed, ETA)."""
         step, tokens = int(record["step"]), int(record.get("tokens") or 0)
         now = self.clock()
         if self.recent and (tokens < self.recent[-1][1] or step < self.recent[-1][2]):
@@ -105,25 +107,32 @@ class Progress:
         eta = self.eta(step, tokens)
         total = f"/{human(self.total_tokens)}" if self.total_tokens else ""
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
-        return (
-            f"step {step}/{self.total_steps} tokens {human(tokens)}{total} "
-            f"loss {_fmt(record.get('loss'), '.4f')} lr {_fmt(record.get('lr'), '.2e')} "
-            f"gnorm {_fmt(record.get('grad_norm'), '.3f')} {_fmt(record.get('tokens_per_s'), ',.0f')} tok/s{mfu} "
-            f"elapsed {duration(now - self.started)} ETA {'?' if eta is None else duration(eta)}"
-        )
+        return {
+            "step": f"step {step}/{self.total_steps}",
+            "tokens": f"tokens {human(tokens)}{total}",
+            "numbers": (f"loss {_fmt(record.get('loss'), '.4f')} lr {_fmt(record.get('lr'), '.2e')} "
+                        f"gnorm {_fmt(record.get('grad_norm'), '.3f')} "
+                        f"{_fmt(record.get('tokens_per_s'), ',.0f')} tok/s{mfu}"),
+            "time": f"elapsed {duration(now - self.started)} ETA {'?' if eta is None else duration(eta)}",
+        }
+
+    def line(self, record: dict) -> str:
+        """The plain step line of `record` (updates the rate window)."""
+        p = self.parts(record)
+        return f"{p['step']} {p['tokens']} {p['numbers']} {p['time']}"
 
     # ---- output -------------------------------------------------------------------------
 
     def update(self, record: dict) -> str:
-        text = self.line(record)
+        p = self.parts(record)
+        text = f"{p['step']} {p['tokens']} {p['numbers']} {p['time']}"
         if self.bar is None:
             self.stream.write(text + "\n")
             self.stream.flush()
         else:
-            step, tokens = int(record["step"]), int(record.get("tokens") or 0)
-            head, _, tail = text.partition(" tokens ")
-            done = tokens if self.total_tokens else step
-            self.bar.update(self.task, completed=done, head=head, tail="tokens " + tail)
+            done = int(record.get("tokens") or 0) if self.total_tokens else int(record["step"])
+            self.bar.update(self.task, completed=done, head=p["step"], tail=f"{p['tokens']} {p['time']}")
+            self.bar.detail = p["numbers"]
             self.bar.refresh()
         return text
 
@@ -144,11 +153,22 @@ class Progress:
         from rich.console import Console
         from rich.progress import BarColumn, TaskProgressColumn, TextColumn
         from rich.progress import Progress as RichProgress
+        from rich.text import Text
+
+        class TwoLines(RichProgress):
+            """The bar's line, then the step's numbers below it."""
+
+            detail = ""
+
+            def get_renderables(self):
+                yield self.make_tasks_table(self.tasks)
+                if self.detail:
+                    yield Text(self.detail, no_wrap=True, overflow="ellipsis")
 
         console = console or Console(file=self.stream, stderr=self.stream is sys.stderr)
-        self.bar = RichProgress(TextColumn("{task.fields[head]}", markup=False), BarColumn(), TaskProgressColumn(),
-                                TextColumn("{task.fields[tail]}", markup=False), console=console, auto_refresh=False,
-                                redirect_stdout=False, redirect_stderr=False)
+        self.bar = TwoLines(TextColumn("{task.fields[head]}", markup=False), BarColumn(bar_width=None),
+                            TaskProgressColumn(), TextColumn("{task.fields[tail]}", markup=False), console=console,
+                            auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
         total = self.total_tokens or self.total_steps
         self.task = self.bar.add_task("train", total=total, completed=start_tokens if self.total_tokens else start_step,
                                       head=f"step {start_step}/{self.total_steps}", tail="")
