@@ -4,8 +4,9 @@
 clean-up, what a SIGKILL leaves) right after the N-th time it reaches POINT, so a test can cut
 a run at an exact commit and prove the previous good state is usable and a rerun / `--resume`
 ends with the bytes of an uninterrupted run. `TINYLLAMA_SIGNAL_AFTER=POINT:N:SIGNAL` (SIGINT,
-SIGTERM, SIGUSR1) instead raises that signal in the process there (a Slurm stop or a Ctrl-C at
-a chosen step, not after a guessed delay). `TINYLLAMA_FAULT_RANK=R` limits both to the process
+SIGTERM, SIGUSR1, SIGSTOP) instead raises that signal in the process there (a Slurm stop or a
+Ctrl-C at a chosen step, not after a guessed delay; SIGSTOP: a rank that hangs with its sockets
+open). `TINYLLAMA_FAULT_RANK=R` limits both to the process
 whose `RANK` (torchrun's) is R. `TINYLLAMA_NONFINITE_AT=S[,S...]` makes the training loss
 non-finite at schedule steps S (`nonfinite`): the guard's rewind on a real data source.
 Unset, or set to anything unparsable, the hooks do nothing.
@@ -46,7 +47,7 @@ ENV = "TINYLLAMA_ABORT_AFTER"
 SIGNAL_ENV = "TINYLLAMA_SIGNAL_AFTER"
 RANK_ENV = "TINYLLAMA_FAULT_RANK"
 NONFINITE_ENV = "TINYLLAMA_NONFINITE_AT"
-SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGUSR1": signal.SIGUSR1}
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGUSR1": signal.SIGUSR1, "SIGSTOP": signal.SIGSTOP}
 _counts: dict[str, int] = {}
 
 
@@ -72,7 +73,7 @@ def reached(point: str) -> None:
         return
     _counts[point] = _counts.get(point, 0) + 1
     if sig is not None and sig[0] == point and _counts[point] == sig[1] and sig[2] in SIGNALS:
-        sys.stderr.write(f"{SIGNAL_ENV}: {sig[2]} after {point} #{sig[1]}\n")
+        sys.stderr.write(f"{SIGNAL_ENV}: {sig[2]} after {point} #{sig[1]} (pid {os.getpid()})\n")
         sys.stderr.flush()
         signal.raise_signal(SIGNALS[sig[2]])  # the handler runs before the next line of Python
     if abort is not None and abort[0] == point and _counts[point] == abort[1]:

@@ -447,19 +447,20 @@ def chunked_cross_entropy(
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         hidden, weight = hidden.to(dtype), weight.to(dtype)
-    shape = targets.shape
-    loss = _ChunkedCrossEntropy.apply(
-        hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk, ignore_index
+    # The loss comes back in `targets`' shape, allocated so (not a view of a flat result): a
+    # view returned by an FSDP2-wrapped model makes FSDP warn on every step.
+    return _ChunkedCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk, ignore_index, targets.shape
     )
-    return loss.view(shape)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, ignore_index):
+    def forward(ctx, hidden, weight, targets, chunk, ignore_index, shape):
         with torch.autocast(hidden.device.type, enabled=False):
             lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-            loss = torch.empty_like(lse)
+            out = torch.empty(shape, dtype=torch.float32, device=hidden.device)
+            loss = out.view(-1)  # written through this flat view; `out` is returned
             for s in range(0, hidden.shape[0], chunk):
                 logits = F.linear(hidden[s : s + chunk], weight).float()
                 t = targets[s : s + chunk]
@@ -468,11 +469,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 loss[s : s + chunk] = torch.where(t == ignore_index, 0.0, lse[s : s + chunk] - picked)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk, ctx.ignore_index = chunk, ignore_index
-        return loss
+        return out
 
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, targets, lse = ctx.saved_tensors
+        grad_loss = grad_loss.reshape(-1)
         need_h, need_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hidden) if need_h else None
         # accumulated over chunks in fp32, rounded once (the unchunked matmul rounds once too)
@@ -491,7 +493,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(g.t(), h)  # in place: no [vocab, d] temporary
                 elif need_w:
                     grad_w += g.t() @ h  # bf16 product, summed in fp32
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
 
 
 def _param_seed(seed: int, name: str) -> int:

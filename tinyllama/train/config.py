@@ -11,7 +11,7 @@
             schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
             activation_checkpointing, seed, peak_tflops, document_masking, eval_every, trackers,
-            async_checkpoint
+            async_checkpoint, train_timeout_s
     [run.guard] enabled, spike_factor, window, max_rewinds
     [run.wandb] project, entity, name, group, mode (online | offline | disabled)
 
@@ -107,6 +107,9 @@ class RunConfig:
     # (files, checksums, then a commit marker; keep_last applies there too); `--resume` with no
     # local checkpoint takes the newest one there that verifies (train/remote.py). "" = off
     upload_to: str = ""
+    # seconds a collective may wait for another rank once the first step is done (a lost node ends
+    # every other rank's run after this, with one line each); 0 = keep the start-up timeout (30 min)
+    train_timeout_s: float = 600.0
 
 
 @dataclass
@@ -286,5 +289,7 @@ def _validate(cfg: TrainConfig) -> None:
         fail("run.log_every", "must be > 0")
     if r.keep_last <= 0:
         fail("run.keep_last", "must be > 0")
+    if r.train_timeout_s < 0:
+        fail("run.train_timeout_s", "must be >= 0 (0 = the start-up timeout, 30 minutes)")
     if r.upload_to and "://" not in r.upload_to:
         fail("run.upload_to", f"expected a bucket URL like s3://bucket/runs/NAME, got {r.upload_to!r}")

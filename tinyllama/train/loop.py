@@ -38,13 +38,22 @@ from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, build_model, document_ids_from_tokens
 from tinyllama.train import float8
 from tinyllama.train.async_checkpoint import in_flight_saves
-from tinyllama.train.checkpoint import Checkpointer, mix_identity, resolve
+from tinyllama.train.checkpoint import Checkpointer, latest_checkpoint, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
 from tinyllama.train.family import Family, branch_origin, family_of
 from tinyllama.train.guard import Guard
 from tinyllama.train.metrics import MetricsLogger, MetricsWindow
 from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
-from tinyllama.train.parallel import Dist, all_gather_objects, all_reduce_sum, init_distributed, parallelize, shutdown
+from tinyllama.train.parallel import (
+    Dist,
+    all_gather_objects,
+    all_reduce_sum,
+    collective_failure,
+    init_distributed,
+    parallelize,
+    set_train_timeout,
+    shutdown,
+)
 from tinyllama.train.preempt import StopOnSignal
 from tinyllama.train.progress import close_all
 from tinyllama.train.trackers import open_run_log
@@ -359,6 +368,16 @@ def train(cfg: TrainConfig, resume: bool = False, source: BatchSource | None = N
         with lock_out_dir(cfg.out, d), StopOnSignal() as stop, in_flight_saves():
             data = source if source is not None else open_data(cfg)
             return _train(cfg, resume, data, d, stop, allow_mix_change, origin)
+    except RuntimeError as e:
+        what = collective_failure(e, d)  # another rank gone (socket closed) or silent past the timeout
+        if what is None:
+            raise
+        last = latest_checkpoint(Path(cfg.out) / "checkpoints")
+        raise TrainingError(
+            f"after step {d.step}: a collective with the other ranks failed ({what}): a rank or node is gone, or "
+            f"stalled past run.train_timeout_s; the last committed checkpoint is {last.name if last else 'none'}: "
+            f"restart every rank with --resume"
+        ) from None
     finally:
         close_all()  # a progress bar an error left on screen
         if d.owns_group:
@@ -451,7 +470,9 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
                 tokens_seen += n_global * (tokens.shape[1] - 1)
                 window.add(r, corpora, n_global, tokens.shape[1] - 1)
             step += 1
+            d.step = step
             fault.reached("step")
+            set_train_timeout(d, cfg.run.train_timeout_s)  # once, after the first step
             if window and (step % cfg.run.log_every == 0 or step == plan.end):
                 log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
             if validate.due(step, plan.end):

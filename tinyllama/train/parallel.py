@@ -27,6 +27,8 @@ class Dist:
     device: torch.device
     mesh: object | None  # DeviceMesh when FSDP is used (world > 1)
     owns_group: bool = False  # we initialised the process group (so we tear it down)
+    step: int = 0  # the last optimizer step this rank finished (for the line a lost rank leaves)
+    train_timeout: float | None = None  # the collective timeout set after the first step (seconds)
 
     @property
     def is_main(self) -> bool:
@@ -101,6 +103,50 @@ def parallelize(model: nn.Module, d: Dist, *, compile: bool, activation_checkpoi
     if d.mesh is not None:
         shard_model(model, d.mesh, bf16=fsdp_bf16)
     return fsdp_bf16
+
+
+def set_train_timeout(d: Dist, seconds: float) -> None:
+    """After the first step (torchtitan's `train_timeout_seconds`): collectives that wait longer
+    than `seconds` for another rank fail instead of waiting out the 30 minutes start-up may
+    need (NCCL's default is 10 minutes; a lost node would hold every other rank that long).
+    Collective, once per run; a no-op on one process or with `seconds` = 0."""
+    if d.world <= 1 or not seconds or d.train_timeout is not None or not d.initialized:
+        return
+    # Every rank gets here before any collective runs with the shorter timeout.
+    if d.device.type == "cuda":
+        dist.barrier(device_ids=[d.device.index])
+        torch.cuda.synchronize(d.device)
+    else:
+        dist.barrier()
+    from torch.distributed.distributed_c10d import _set_pg_timeout
+
+    groups = [None]  # the default group, and the mesh's own
+    if d.mesh is not None:
+        groups += [d.mesh.get_group(i) for i in range(d.mesh.ndim)]
+    for group in groups:
+        _set_pg_timeout(timedelta(seconds=seconds), group)
+    d.train_timeout = seconds
+
+
+_LOST = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out", "timeout",
+         "socket", "peer")
+
+
+def collective_failure(e: BaseException, d: Dist) -> str | None:
+    """What failed, in one phrase, when `e` is a collective that lost another rank (its socket
+    closed, or no answer within the timeout); None for any other error (a bug keeps its
+    traceback)."""
+    if d.world <= 1:
+        return None
+    text = str(e).strip()
+    dist_error = getattr(dist, "DistError", None)
+    if not ((dist_error is not None and isinstance(e, dist_error)) or any(m in text.lower() for m in _LOST)):
+        return None
+    import re
+
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", ln).strip() for ln in text.splitlines() if ln.strip()]
+    what = next((ln for ln in lines if any(m in ln.lower() for m in _LOST)), lines[0] if lines else type(e).__name__)
+    return what.split(". ")[0][:200]  # gloo's first sentence ("Connection closed by peer [host]:port")
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
