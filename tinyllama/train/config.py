@@ -11,7 +11,7 @@
             schedule (cosine | wsd), decay_fraction, decay_shape (linear | 1-sqrt)
     [run]   max_steps, stop_after, log_every, save_every, keep_last, precision, compile,
             activation_checkpointing, seed, peak_tflops, document_masking, eval_every, trackers,
-            async_checkpoint, train_timeout_s
+            async_checkpoint, float8, train_timeout_s
     [run.guard] enabled, spike_factor, window, max_rewinds
     [run.wandb] project, entity, name, group, mode (online | offline | disabled)
 
