@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import zstandard
 
 DATA = Path(__file__).parent / "data"
 
@@ -59,6 +58,23 @@ def pytest_make_collect_report(collector):
     outcome = yield
     _fail_if_extra_missing(outcome.get_result())
 
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests (pytest -m gpu; scripts/gpu-check.sh) skip where there is no CUDA device."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu and not cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (the `gpu` marker)")
+        for item in gpu:
+            item.add_marker(skip)
+
 CORPORA = DATA / "corpora"
 TOKENIZER_ZST = DATA / "tokenizers/llama2/tokenizer.json.zst"
 
@@ -66,6 +82,8 @@ TOKENIZER_ZST = DATA / "tokenizers/llama2/tokenizer.json.zst"
 @pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory) -> Path:
     """The Llama 2 tokenizer.json, decompressed (the HF oracle cannot read .zst)."""
+    import zstandard  # here, not at the top: the GPU check runs without the test extras
+
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     path.write_bytes(zstandard.ZstdDecompressor().decompress(TOKENIZER_ZST.read_bytes()))
     return path
