@@ -28,6 +28,7 @@ import torch
 
 from tinyllama import fault
 from tinyllama.errors import CheckpointError, InputError, SpecError, StorageError, TinyllamaError
+from tinyllama.storage import is_url
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
 from tinyllama.model import (
     Llama,
@@ -235,6 +236,11 @@ def export(
     if dtype not in _DTYPES:
         raise SpecError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     check_export_target(out, force)
+    if is_url(str(checkpoint)):  # a bucket checkpoint (s3://.../runs/NAME or .../step-N): fetched first
+        from tinyllama.train.remote import fetch
+
+        with tempfile.TemporaryDirectory(prefix="tinyllama-export-") as tmp:
+            return export(fetch(str(checkpoint), Path(tmp)), out, tokenizer, dtype, force)
     src = Path(checkpoint)
     model = load_model(src)
     tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(src)

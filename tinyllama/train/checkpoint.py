@@ -358,10 +358,18 @@ class Checkpointer:
             from tinyllama.train.async_checkpoint import AsyncWriter
 
             self.writer = AsyncWriter(self)
+        self.uploader = None  # run.upload_to: rank 0 uploads each committed checkpoint (train/remote.py)
+        if getattr(cfg.run, "upload_to", "") and d.is_main:
+            from tinyllama.train.remote import Uploader
+
+            self.uploader = Uploader(cfg.run.upload_to, cfg.run.keep_last, lambda text: self.say(text))
 
     def committed(self, path: Path) -> None:
-        """A save is committed (synchronous, or its asynchronous write done): say so."""
+        """A save is committed (synchronous, or its asynchronous write done): say so, and upload
+        it to run.upload_to in the background."""
         self.say(f"saved {path}")
+        if self.uploader is not None:
+            self.uploader.submit(path)
 
     def latest_name(self) -> str:
         return _name(latest_checkpoint(self.dir))
@@ -390,6 +398,8 @@ class Checkpointer:
 
         d = self.d
         self.saved = step
+        if self.uploader is not None:  # keep-last must not prune a checkpoint still being uploaded
+            self.uploader.wait()
         if self.writer is not None:
             self.writer.start(step, model, opt, state)
             return None
@@ -411,6 +421,29 @@ class Checkpointer:
         """Until no asynchronous save is in flight (the run's end, a stop signal, a rewind)."""
         if self.writer is not None:
             self.writer.wait()
+        if self.uploader is not None:
+            self.uploader.wait()
+
+    def fetch_from_bucket(self) -> None:
+        """Collective: with run.upload_to and no local checkpoint, rank 0 fetches the newest
+        bucket checkpoint that verifies (train/remote.py); every rank learns the outcome."""
+        from tinyllama.train.parallel import all_gather_objects
+
+        if not getattr(self.cfg.run, "upload_to", "") or latest_checkpoint(self.dir) is not None:
+            return
+        got = None
+        if self.d.is_main:
+            from tinyllama.train.remote import restore_into
+
+            try:
+                got = ("note", restore_into(self.cfg.run.upload_to, self.dir))
+            except (StorageError, CheckpointError) as e:
+                got = ("error", str(e))
+        kind, text = all_gather_objects(got)[0]
+        if kind == "error":
+            raise CheckpointError(text)
+        if text:
+            self.notes.append(text)
 
     def restore(self, model, opt, mix: dict | None, allow_mix_change: bool) -> tuple[int, int]:
         """(step, tokens) of the checkpoint loaded into `model` and `opt`; (0, 0) when there

@@ -40,7 +40,7 @@ from tinyllama.train import float8
 from tinyllama.train.async_checkpoint import in_flight_saves
 from tinyllama.train.checkpoint import Checkpointer, latest_checkpoint, mix_identity, resolve
 from tinyllama.train.config import TrainConfig, load_config
-from tinyllama.train.family import Family, branch_origin, family_of
+from tinyllama.train.family import Family, branch_origin, family_of, fetch_branch_from
 from tinyllama.train.guard import Guard
 from tinyllama.train.metrics import MetricsLogger, MetricsWindow
 from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
@@ -127,10 +127,11 @@ def open_data(cfg: TrainConfig) -> BatchSource:
     """The train config's mix: a family's branch `cfg.branch`, else its trunk (or a plain mix)."""
     import tinyllama
 
+    cache = {"cache_dir": cfg.mix_cache, "cache_bytes": cfg.mix_cache_bytes or None}  # a mix in a bucket
     if cfg.branch is None:
-        return tinyllama.Mix(cfg.mix)
+        return tinyllama.Mix(cfg.mix, **cache)
     try:
-        return tinyllama.Mix(cfg.mix, branch=cfg.branch)
+        return tinyllama.Mix(cfg.mix, branch=cfg.branch, **cache)
     except SpecError as e:
         raise SpecError(f"{cfg.source}: key 'branch': {e}") from None
 
@@ -407,6 +408,7 @@ class Validation:
 
 def _start(ckpts: Checkpointer, plan: Plan, model, opt, resume: bool, allow_mix_change: bool) -> tuple[int, int]:
     if resume:
+        ckpts.fetch_from_bucket()  # run.upload_to and no local checkpoint: the bucket's newest
         step, tokens = ckpts.restore(model, opt, plan.mix, allow_mix_change)
         if ckpts.trainer is not None or not plan.branched_from:
             return step, tokens
@@ -429,6 +431,8 @@ def _start(ckpts: Checkpointer, plan: Plan, model, opt, resume: bool, allow_mix_
 def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: StopOnSignal,
            allow_mix_change: bool, origin: dict | None = None) -> Path:
     plan = preflight(cfg, source, d, origin)
+    if not resume:
+        fetch_branch_from(cfg, d)  # a bucket URL: rank 0 fetches it into out/.branch_from first
     plan.branched_from = branch_origin(cfg, plan.family, plan.mix, resume)
     ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)
     if not resume:
