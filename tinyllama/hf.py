@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,6 @@ import torch
 
 from tinyllama import fault
 from tinyllama.errors import CheckpointError, InputError, SpecError, StorageError, TinyllamaError
-from tinyllama.storage import is_url
 from tinyllama.lock import LOCK_NAME, exclusive_dir_lock
 from tinyllama.model import (
     Llama,
@@ -39,6 +39,7 @@ from tinyllama.model import (
     hf_config,
     hf_state_dict,
 )
+from tinyllama.storage import is_url
 from tinyllama.train import checkpoint as ckpt
 
 EXPORT_MARKER = "tinyllama-export.json"  # marks a dir this command wrote (and may replace with --force)
@@ -193,6 +194,15 @@ def find_tokenizer(path: str | os.PathLike[str]) -> Path | None:
     mix = (trainer_state(path).get("config") or {}).get("mix")
     if not mix:
         return None
+    if is_url(mix):  # a mix in a bucket: its tokenizer.json, fetched next to the mix cache
+        from tinyllama.data.remote_mix import cache_root
+        from tinyllama.storage import bucket, join
+
+        b, key = bucket(mix)
+        t = cache_root() / "tokenizers" / (hashlib.sha256(mix.encode()).hexdigest()[:16] + ".json")
+        if not t.is_file():
+            b.download(join(key, "tokenizer.json"), str(t))
+        return t
     mix = Path(mix)
     rel = "tokenizer.json"
     if (mix / "mix.json").is_file():

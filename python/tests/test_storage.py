@@ -336,3 +336,9 @@ def test_training_from_a_bucket_mix_equals_training_from_disk(s3, fam, tmp_path,
     remote = run(cfg, f'mix="s3://{name}/m"', f'mix_cache="{tmp_path / "cache"}"', 'mix_cache_bytes="1G"',
                  "run.stop_after=3")
     assert by_step(remote) == by_step(local) and len(remote) == 3
+    # its export finds the tokenizer in the bucket's mix
+    from tinyllama.hf import export
+
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache-root"))
+    hf = export(tmp_path / "r/run", tmp_path / "hf")
+    assert (hf / "tokenizer.json").read_bytes() == (fam / "tokenizer.json").read_bytes()
