@@ -64,6 +64,9 @@ def _records(path: Path):
 def recorded(out: Path) -> dict:
     """{"runs": [{"id", "group", "name", "project", "config"}], "history": [(step, {key: value})]}
     over every W&B run file under out/wandb, oldest first."""
+    import wandb
+
+    wandb.teardown()  # W&B's service writes the end of a finished run's file after finish() returns
     files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: (p.stat().st_mtime_ns, p))
     runs, history = [], []
     for f in files:
