@@ -293,7 +293,8 @@ def test_anneal_branch_continues_the_stream_and_decays_the_lr(parent, streams, t
     # Computed by hand, not by the code under test: the parent's step 3 (its last before the
     # checkpoint) is the end of its 3-step warmup, lr 1e-2; the branch's i-th step (i = 1..4)
     # decays to min_lr 1e-3 in the default 1-sqrt shape: 1e-3 + 9e-3 * (1 - sqrt(i / 4)).
-    assert parent_lr == pytest.approx(1e-2, rel=1e-12) and cfg.optim.min_lr == 1e-3 and cfg.optim.decay_shape == "1-sqrt"
+    assert parent_lr == pytest.approx(1e-2, rel=1e-12)
+    assert cfg.optim.min_lr == 1e-3 and cfg.optim.decay_shape == "1-sqrt"
     assert [m["lr"] for m in got] == pytest.approx([0.0055, 0.003636038969, 0.002205771366, 0.001], rel=1e-9)
     assert got[-1]["lr"] == cfg.optim.min_lr and got[0]["lr"] < parent_lr
     assert got[1]["loss"] != base[k + 2]["loss"]  # a different lr: a different second step
