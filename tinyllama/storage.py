@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from tinyllama import _core
-from tinyllama.errors import StorageError
 
 
 def is_url(path: str | os.PathLike[str] | None) -> bool:
@@ -21,11 +20,8 @@ def is_url(path: str | os.PathLike[str] | None) -> bool:
 
 
 def bucket(url: str) -> tuple[_core.Bucket, str]:
-    """The bucket of `url` and the key it names."""
-    try:
-        b = _core.Bucket(url)
-    except _core.StorageError as e:
-        raise StorageError(str(e)) from None
+    """The bucket of `url` and the key it names (a bad URL is a `StorageError` naming it)."""
+    b = _core.Bucket(url)
     return b, b.prefix
 
 

@@ -58,7 +58,7 @@ def lease(b, key: str, local: Path):
     if not b.put_if_absent(lease_key, json.dumps({"token": token}).encode()):
         try:
             held = json.loads(b.get(lease_key)).get("token")
-        except (StorageError, _core.StorageError, ValueError):
+        except (StorageError, ValueError):
             held = None
         if held != token:
             raise StorageError(f"{b.url(key)}: another mix build holds this prefix (its lease {b.url(lease_key)}); "
@@ -109,7 +109,7 @@ def cached_mix(url: str, cache_dir: str | os.PathLike[str] | None = None, cache_
     b, key = storage.bucket(url)
     try:
         lock = b.get(storage.join(key, "mix.json"))
-    except _core.StorageError as e:
+    except StorageError as e:
         raise StorageError(f"{b.url(key)}: not a built mix ({str(e).split(': ', 1)[-1]}: no mix.json)") from None
     name = json.loads(lock).get("name", "mix")
     root = Path(cache_dir) if cache_dir else cache_root() / "mixes"

@@ -158,8 +158,6 @@ def local_checkpoint(path: str, cache: Path) -> Path:
         return Path(path)
     try:
         return fetch(path, cache)
-    except StorageError:
-        raise
     except OSError as e:
         raise StorageError(f"{cache}: cannot write the fetched checkpoint: {e.strerror or e}") from None
 
