@@ -205,8 +205,8 @@ def test_two_rank_torchrun_on_the_real_mix_matches_one(trained, built, tmp_path)
     val = [m for m in metrics(tmp_path / "run") if "val/loss" in m]
     assert [m["step"] for m in val] == [3, 6]
     for rec in val:
-        printed = json.loads(run("eval", str(tmp_path / f"run/checkpoints/step-{rec['step']}"), "--mix", str(built),
-                                 "--json").stdout)
+        (printed,) = json.loads(run("eval", str(tmp_path / f"run/checkpoints/step-{rec['step']}"), "--mix",
+                                    str(built), "--json").stdout)  # one document: a list, one result per run
         for corpus in ("slimpajama", "skypile"):
             assert rec[f"val/loss/{corpus}"] == pytest.approx(printed["corpora"][corpus]["nll"], rel=1e-5), corpus
         assert rec["val/loss"] == pytest.approx(printed["all"]["nll"], rel=1e-5)
