@@ -141,6 +141,35 @@ def write_spec(dir: Path, body: str = "", *, corpora: str | None = None, stages:
     return spec
 
 
+def two_corpus_mix(dir: Path, holdout_docs: int = 0, workers: int = 1) -> Path:
+    """SlimPajama + SkyPile at 50/50 over the slice, 32 windows of 129 tokens a step (so 2 ranks
+    split it), `holdout_docs` held out of each: built into `dir/mix`."""
+    from tinyllama.data.build import build_mix
+
+    holdout = f"holdout_docs = {holdout_docs}" if holdout_docs else ""
+    corpora = f"""
+    [corpora.slimpajama]
+    paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
+    exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
+    dedup = "none"
+    {holdout}
+
+    [corpora.skypile]
+    paths = ["{CORPORA}/skypile/*.jsonl"]
+    dedup = "none"
+    {holdout}
+    """
+    stages = """
+    [[stages]]
+    name = "basic"
+    tokens = "100K"
+    batch_tokens = "4128"
+    weights = { slimpajama = 0.5, skypile = 0.5 }
+    """
+    build_mix(write_spec(dir, corpora=corpora, stages=stages), dir / "mix", workers, progress=False)
+    return dir / "mix"
+
+
 @pytest.fixture
 def spec_file(tmp_path) -> Path:
     return write_spec(tmp_path)

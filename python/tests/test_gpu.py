@@ -123,32 +123,9 @@ def test_attention_kernel_matches_sdpa_with_an_explicit_mask(kernel, dtype):
 @pytest.fixture(scope="module")
 def cuda_mix(tmp_path_factory) -> Path:
     extension()
-    from conftest import CORPORA, write_spec
+    from conftest import two_corpus_mix
 
-    from tinyllama.data.build import build_mix
-
-    d = tmp_path_factory.mktemp("gpu-mix")
-    corpora = f"""
-    [corpora.slimpajama]
-    paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
-    exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
-    dedup = "none"
-    holdout_docs = 10
-
-    [corpora.skypile]
-    paths = ["{CORPORA}/skypile/*.jsonl"]
-    dedup = "none"
-    holdout_docs = 10
-    """
-    stages = """
-    [[stages]]
-    name = "basic"
-    tokens = "100K"
-    batch_tokens = "4128"
-    weights = { slimpajama = 0.5, skypile = 0.5 }
-    """
-    build_mix(write_spec(d, corpora=corpora, stages=stages), d / "mix", 2, progress=False)
-    return d / "mix"
+    return two_corpus_mix(tmp_path_factory.mktemp("gpu-mix"), holdout_docs=10, workers=2)
 
 
 MODEL = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_kv_head": 2, "intermediate_size": 352, "vocab_size": 32000,

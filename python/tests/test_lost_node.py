@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import CORPORA, write_spec
+from conftest import two_corpus_mix
 from test_hf import MODEL
 from test_train import ROOT
 
@@ -31,28 +31,7 @@ STEPS, SAVE = 6, 2
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory) -> Path:
     """Two corpora over the slice, 32 windows of 129 tokens a step (so 2 ranks split it)."""
-    from tinyllama.data.build import build_mix
-
-    d = tmp_path_factory.mktemp("lost-node-mix")
-    corpora = f"""
-    [corpora.slimpajama]
-    paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
-    exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
-    dedup = "none"
-
-    [corpora.skypile]
-    paths = ["{CORPORA}/skypile/*.jsonl"]
-    dedup = "none"
-    """
-    stages = """
-    [[stages]]
-    name = "basic"
-    tokens = "100K"
-    batch_tokens = "4128"
-    weights = { slimpajama = 0.5, skypile = 0.5 }
-    """
-    build_mix(write_spec(d, corpora=corpora, stages=stages), d / "mix", 1, progress=False)
-    return d / "mix"
+    return two_corpus_mix(tmp_path_factory.mktemp("lost-node-mix"))
 
 
 def config(dir: Path, mix: Path, timeout_s: float = 600) -> Path:

@@ -389,30 +389,9 @@ REAL_POISON, REAL_STEPS, REAL_SAVE = 5, 8, 3
 @pytest.fixture(scope="module")
 def real_mix(tmp_path_factory) -> Path:
     """Two corpora over the slice, 32 windows of 129 tokens a step (so 2 ranks split it)."""
-    from conftest import CORPORA, write_spec
+    from conftest import two_corpus_mix
 
-    from tinyllama.data.build import build_mix
-
-    d = tmp_path_factory.mktemp("guard-mix")
-    corpora = f"""
-    [corpora.slimpajama]
-    paths = ["{CORPORA}/slimpajama/train/**/*.jsonl.zst"]
-    exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
-    dedup = "none"
-
-    [corpora.skypile]
-    paths = ["{CORPORA}/skypile/*.jsonl"]
-    dedup = "none"
-    """
-    stages = """
-    [[stages]]
-    name = "basic"
-    tokens = "100K"
-    batch_tokens = "4128"
-    weights = { slimpajama = 0.5, skypile = 0.5 }
-    """
-    build_mix(write_spec(d, corpora=corpora, stages=stages), d / "mix", 1, progress=False)
-    return d / "mix"
+    return two_corpus_mix(tmp_path_factory.mktemp("guard-mix"))
 
 
 def real_config(mix: Path, out: Path, micro_batch: int = 16):
