@@ -29,10 +29,13 @@ def join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def upload_dir(b: _core.Bucket, local: Path, key: str, last: tuple[str, ...] = ()) -> list[str]:
+def upload_dir(b: _core.Bucket, local: Path, key: str, last: tuple[str, ...] = (),
+               skip: frozenset[str] = frozenset()) -> list[str]:
     """Upload every file under `local` to `key/REL`, the names in `last` after all the others
-    (in that order): a reader that trusts `last` never sees the rest half written."""
-    files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".part")))
+    (in that order): a reader that trusts `last` never sees the rest half written. Entries of
+    `local` named in `skip` (and .tmp / .part files) are left out."""
+    files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".part"))
+                   and p.relative_to(local).parts[0] not in skip)
     rel = [p.relative_to(local).as_posix() for p in files]
     order = [r for r in rel if r not in last] + [r for r in last if r in rel]
     for r in order:

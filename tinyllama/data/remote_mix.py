@@ -83,11 +83,7 @@ def publish(b, key: str, local: Path, force: bool) -> bool:
             raise SpecError(f"{b.url(key)}: holds a mix of another spec ({name!r}); pass --force to replace it "
                             f"(nothing was written)")
         b.delete(storage.join(key, "mix.json"))  # readers stop trusting the old files first
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p.relative_to(local).parts[0] not in
-                   NOT_PUBLISHED | {".staging", ".lease-token"} and p.name != "mix.json")
-    for p in files:
-        b.upload(str(p), storage.join(key, p.relative_to(local).as_posix()))
-    b.upload(str(local / "mix.json"), storage.join(key, "mix.json"))
+    storage.upload_dir(b, local, key, last=("mix.json",), skip=NOT_PUBLISHED | {".staging"})
     return True
 
 
