@@ -342,3 +342,29 @@ def test_training_from_a_bucket_mix_equals_training_from_disk(s3, fam, tmp_path,
     monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache-root"))
     hf = export(tmp_path / "r/run", tmp_path / "hf")
     assert (hf / "tokenizer.json").read_bytes() == (fam / "tokenizer.json").read_bytes()
+
+
+def test_the_mix_cache_evicts_only_its_own_least_recently_used_mixes(s3, fam, tmp_path):
+    from test_family import HEADER, family_spec
+
+    import tinyllama
+    from tinyllama import _core
+    from tinyllama.data.build import build_mix
+
+    name, _ = s3
+    other = tmp_path / "other"
+    build_mix(family_spec(other, HEADER.replace("seed = 11", "seed = 12")), other / "mix", 2, progress=False)
+    b = _core.Bucket(f"s3://{name}")
+    for key, mix in (("a", fam), ("b", other / "mix")):
+        for p in mix.rglob("*"):
+            if p.is_file() and p.name not in ("build.log", ".lock"):
+                b.upload(str(p), f"{key}/{p.relative_to(mix).as_posix()}")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "mine").mkdir()
+    (cache / "mine/notes.txt").write_text("not the cache's")  # a dir the cache did not make
+    first = tinyllama.Mix(f"s3://{name}/a", cache_dir=cache).path
+    size = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    second = tinyllama.Mix(f"s3://{name}/b", cache_dir=cache, cache_bytes=size + size // 2).path
+    assert second.is_dir() and not first.exists()  # the older mix made room
+    assert (cache / "mine/notes.txt").read_text() == "not the cache's"
