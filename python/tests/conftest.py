@@ -201,3 +201,38 @@ def build_aborted_at(spec: Path, out: Path, points: list[str], workers: int = 2)
         assert (out / ".staging").is_dir() and not (out / "mix.json").exists(), point
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---- a real S3-compatible server (moto's server mode) on 127.0.0.1, for the object-storage tests --
+
+
+@pytest.fixture(scope="session")
+def server():
+    moto_server = pytest.importorskip("moto.server")
+    port = _free_port()
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    yield f"http://127.0.0.1:{port}"
+    srv.stop()
+
+
+@pytest.fixture
+def s3(server, monkeypatch):
+    """The standard AWS environment pointing at the local server, and a fresh bucket."""
+    for k, v in {"AWS_ENDPOINT_URL": server, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "TINYLLAMA_S3_RETRIES": "3"}.items():
+        monkeypatch.setenv(k, v)
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("s3", endpoint_url=server, region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+    name = f"b{_free_port()}"
+    client.create_bucket(Bucket=name)
+    return name, client
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

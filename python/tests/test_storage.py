@@ -5,51 +5,10 @@ branch_from and export of a bucket checkpoint)."""
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import json
-import socket
-import threading
 
 import pytest
-
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    srv.start()
-    yield f"http://127.0.0.1:{port}"
-    srv.stop()
-
-
-@pytest.fixture
-def s3(server, monkeypatch):
-    """The standard AWS environment pointing at the local server, and a fresh bucket."""
-    for k, v in {"AWS_ENDPOINT_URL": server, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
-                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "TINYLLAMA_S3_RETRIES": "3"}.items():
-        monkeypatch.setenv(k, v)
-    client = boto3.client("s3", endpoint_url=server, region_name="us-east-1", aws_access_key_id="test",
-                          aws_secret_access_key="test")
-    name = f"b{free_port()}"
-    client.create_bucket(Bucket=name)
-    return name, client
-
-
-def one_line(e: BaseException) -> str:
-    msg = str(e)
-    assert "\n" not in msg and "Traceback" not in msg, msg
-    return msg
-
+from s3_server import FlakyProxy, free_port, one_line
 
 # ---- the storage layer ------------------------------------------------------------------------
 
@@ -108,62 +67,6 @@ def test_failures_are_one_line_naming_the_url(s3, monkeypatch):
         _core.Bucket(f"s3://{name}").get("k")
     msg = one_line(e.value)
     assert msg.startswith(f"s3://{name}/k: ") and "127.0.0.1" not in msg.split(": ", 1)[0]
-
-
-class FlakyProxy:
-    """A proxy in front of the server that answers the first `slowdowns` requests with 503
-    SlowDown, drops the connection of the next `resets`, then forwards everything."""
-
-    def __init__(self, upstream: str, slowdowns: int, resets: int):
-        self.upstream = upstream.removeprefix("http://")
-        self.slowdowns, self.resets, self.seen = slowdowns, resets, []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _any(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                n = len(proxy.seen)
-                proxy.seen.append(self.command)
-                if n < proxy.slowdowns:
-                    msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    self.wfile.write(msg)
-                    return
-                if n < proxy.slowdowns + proxy.resets:
-                    self.connection.shutdown(socket.SHUT_RDWR)  # a dropped connection
-                    self.close_connection = True
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream)
-                headers = {k: v for k, v in self.headers.items()}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                r = conn.getresponse()
-                data = r.read()
-                self.send_response(r.status)
-                for k, v in r.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                # a HEAD's length is the object's, not of its (empty) body
-                self.send_header("Content-Length", r.getheader("Content-Length", "0") if self.command == "HEAD"
-                                 else str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
 
 
 def test_throttling_and_dropped_connections_are_retried(s3, monkeypatch):
