@@ -165,6 +165,84 @@ def test_a_bucket_with_nothing_committed_is_one_line(s3, fam, tmp_path):
     assert "key 'run.upload_to'" in one_line(e.value)
 
 
+# ---- leases: one writer owns a prefix ----------------------------------------------------------
+
+
+def test_a_lease_has_one_holder_is_renewed_and_a_dead_one_is_taken_over(s3, tmp_path, monkeypatch):
+    import time
+
+    from tinyllama import _core, storage
+    from tinyllama.errors import StorageError
+
+    name, _ = s3
+    b = _core.Bucket(f"s3://{name}")
+    monkeypatch.setenv("TINYLLAMA_LEASE_TTL_S", "1")  # renewed every 0.2 s, dead after 1 s unrenewed
+    a = storage.Lease(b, "p", tmp_path / "a.token", "mix build").acquire()
+    first = json.loads(b.get("p/.lease"))
+    assert first["token"] == (tmp_path / "a.token").read_text() and first["what"] == "mix build"
+    with pytest.raises(StorageError) as e:
+        storage.Lease(b, "p", tmp_path / "b.token", "mix build").acquire()
+    msg = one_line(e.value)
+    assert msg.startswith(f"s3://{name}/p: held by another mix build") and "nothing was written" in msg
+    assert not (tmp_path / "b.token").exists()
+    time.sleep(1.5)  # longer than the ttl: only the renewals keep it live
+    assert json.loads(b.get("p/.lease"))["renewed"] > first["renewed"]
+    with pytest.raises(StorageError):
+        storage.Lease(b, "p", tmp_path / "b.token", "mix build").acquire()
+    again = storage.Lease(b, "p", tmp_path / "a.token", "mix build").acquire()  # the same writer takes it back
+    for held in (a, again):
+        held._stop.set()  # both stop renewing, as a killed writer would
+    time.sleep(1.2)
+    # dead: two writers race to take it over; a conditional replace lets exactly one win
+    racers = [storage.Lease(b, "p", tmp_path / f"r{i}.token", "training run") for i in range(2)]
+    won = []
+    for r in racers:
+        try:
+            won.append(r.acquire())
+        except StorageError as err:
+            assert "held by another training run" in one_line(err)
+    assert len(won) == 1 and json.loads(b.get("p/.lease"))["token"] == won[0].token
+    a.release()  # the dead holder's late release deletes nothing of the next holder's
+    assert json.loads(b.get("p/.lease"))["token"] == won[0].token
+    assert not a.renew() and "taken by another writer" in a.lost
+    won[0].release()
+    assert b.head("p/.lease") is None
+
+
+def test_a_run_owns_its_upload_prefix(s3, fam, tmp_path, monkeypatch):
+    import time
+
+    from test_family import run, train_config
+
+    from tinyllama import _core
+    from tinyllama.errors import TinyllamaError
+
+    name, _ = s3
+    url = f"s3://{name}/runs/own"
+    b = _core.Bucket(url)
+    live = {"token": "another-run", "holder": "node7:42", "what": "training run", "renewed": time.time()}
+    b.put("runs/own/.lease", json.dumps(live).encode())
+    cfg = train_config(tmp_path / "a", fam, tmp_path / "a/run")
+    with pytest.raises(TinyllamaError) as e:
+        run(cfg, f'run.upload_to="{url}"', "run.stop_after=2")
+    msg = one_line(e.value)
+    assert "held by another training run (node7:42" in msg and url in msg
+    assert [k for k, _, _ in b.list("runs/own")] == ["runs/own/.lease"]  # nothing written
+    # a lease its holder stopped renewing (a preempted run) is taken over; the run ends by releasing it
+    monkeypatch.setenv("TINYLLAMA_LEASE_TTL_S", "5")
+    b.put("runs/own/.lease", json.dumps({**live, "renewed": time.time() - 60}).encode())
+    run(cfg, f'run.upload_to="{url}"', "run.stop_after=2")
+    assert b.head("runs/own/.lease") is None and b.get("runs/own/checkpoints/latest") == b"step-2\n"
+    # a new run on a prefix that holds checkpoints is refused, as a local out dir holding them is
+    with pytest.raises(TinyllamaError) as e:
+        run(train_config(tmp_path / "b", fam, tmp_path / "b/run"), f'run.upload_to="{url}"', "run.stop_after=2")
+    assert "already holds checkpoints (latest: step-2): pass --resume" in one_line(e.value)
+    assert not (tmp_path / "b/run/checkpoints").exists() or not any((tmp_path / "b/run/checkpoints").iterdir())
+    # --resume of the same run (its out dir holds its token) goes on, even while its lease is live
+    run(cfg, f'run.upload_to="{url}"', "run.stop_after=3", resume=True)
+    assert b.get("runs/own/checkpoints/latest") == b"step-3\n"
+
+
 # ---- a mix in a bucket ------------------------------------------------------------------------
 
 
@@ -198,11 +276,15 @@ def test_a_mix_is_built_into_a_bucket_and_read_from_a_cache(s3, fam, tmp_path, m
     assert got == tree_bytes(fam)  # the bytes of a local build, nothing more (no lease, no log)
     assert build().returncode == 0  # up to date: nothing to upload
     # a second writer on the prefix is refused before it writes anything
-    b.put("mixes/fam/.lease", b'{"token": "someone-else"}')
+    import time
+
+    held = json.dumps({"token": "someone-else", "holder": "node3:9", "what": "mix build",
+                       "renewed": time.time()}).encode()
+    b.put("mixes/fam/.lease", held)
     b.delete("mixes/fam/mix.json")
     r = build()
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "another mix build holds this prefix" in r.stderr
-    assert b.head("mixes/fam/mix.json") is None and b.get("mixes/fam/.lease") == b'{"token": "someone-else"}'
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "held by another mix build (node3:9" in r.stderr
+    assert b.head("mixes/fam/mix.json") is None and b.get("mixes/fam/.lease") == held
     b.delete("mixes/fam/.lease")
     assert build().returncode == 0 and b.head("mixes/fam/mix.json") is not None
 

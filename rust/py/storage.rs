@@ -69,6 +69,16 @@ impl PyBucket {
         without_gil(py, || self.inner.put_if_absent(&key, data))
     }
 
+    fn put_if_match(
+        &self,
+        py: Python<'_>,
+        key: String,
+        data: Vec<u8>,
+        etag: String,
+    ) -> PyResult<bool> {
+        without_gil(py, || self.inner.put_if_match(&key, data, &etag))
+    }
+
     fn delete(&self, py: Python<'_>, key: String) -> PyResult<()> {
         without_gil(py, || self.inner.delete(&key))
     }

@@ -13,8 +13,10 @@
 //!   reader never sees part of one) and verified after the write (its size read back); a
 //!   download goes to `NAME.part`, is checked against the size (and ETag) the listing gave, then
 //!   renamed into place, so a truncated transfer never takes the place of a good file.
-//! - `put_if_absent` is a conditional create (`If-None-Match: *`): of two writers racing for one
-//!   key exactly one wins. The out-dir lease of a mix or a run in a bucket is built on it.
+//! - `put_if_absent` is a conditional create (`If-None-Match: *`) and `put_if_match` a
+//!   conditional replace (`If-Match: ETAG`): of two writers racing for one key exactly one wins.
+//!   The lease of a prefix (a mix being built, a run uploading; `tinyllama/storage.py`) is built
+//!   on them.
 //!
 //! Every failure is `Error::Remote` naming the URL, in one line.
 
@@ -27,7 +29,7 @@ use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as Key;
 use object_store::{
     BackoffConfig, GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
-    WriteMultipart,
+    UpdateVersion, WriteMultipart,
 };
 
 use crate::error::{Error, IoContext, Result};
@@ -256,6 +258,26 @@ impl Bucket {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    /// Replaces `key` with `data` only if it is still the object with `etag` (`If-Match`): of
+    /// two writers that read the same version and race to replace it, exactly one wins. What a
+    /// lease's renewal and the takeover of a stale one are built on. True if this call wrote.
+    pub fn put_if_match(&self, key: &str, data: Vec<u8>, etag: &str) -> Result<bool> {
+        let k = Key::from(key);
+        let opts = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: Some(etag.to_string()),
+                version: None,
+            }),
+            ..Default::default()
+        };
+        match runtime().block_on(self.store.put_opts(&k, PutPayload::from(data), opts)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.err(key, e)),
         }
     }

@@ -3,10 +3,11 @@
 Building: the build runs in a local work dir (`$TINYLLAMA_CACHE/mix-builds/<hash of the URL>`, so
 a killed build resumes there), then every file of the mix is uploaded whole and verified, and
 `mix.json` last: a reader never sees a mix without its lock, nor a lock whose files are not all
-there. A second build on the same prefix is refused before it writes anything: the prefix's
-lease object `.lease` is a conditional create (`If-None-Match: *`) holding a token the build
-keeps in its work dir, so a rerun of the killed build (same work dir) takes its own lease back
-and anyone else is refused. The lease is removed when the build ends.
+there. A second build on the same prefix is refused before it writes anything: the build holds
+the prefix's lease (`storage.Lease`: `.lease`, a conditional create, renewed while the build runs)
+with a token kept in its work dir, so a rerun of the killed build (same work dir) takes its own
+lease back, a build elsewhere is refused while the lease is live and may take it over once it
+has not been renewed for `TINYLLAMA_LEASE_TTL_S` (300 s). The lease is removed when the build ends.
 
 Reading: `cached_mix(url, cache_dir, cache_bytes)` fetches the mix into
 `cache_dir/NAME-<lock digest>` (each object through `.part`, checked against its listed size and
@@ -21,20 +22,17 @@ bucket, and fetching only the shards a rank's steps need (a mix is fetched whole
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 from tinyllama import _core, storage
 from tinyllama.errors import SpecError, StorageError
 
-LEASE = ".lease"
-NOT_PUBLISHED = {"build.log", ".lock", LEASE}  # beside a mix, never part of it
+NOT_PUBLISHED = {"build.log", ".lock", storage.LEASE}  # beside a mix, never part of it
 CACHE_MARK = ".tinyllama-mix-cache"
 
 
@@ -45,28 +43,6 @@ def cache_root() -> Path:
 def work_dir(url: str) -> Path:
     """Where a build for `url` runs (stable per URL, so a rerun resumes)."""
     return cache_root() / "mix-builds" / hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def lease(b, key: str, local: Path):
-    """Hold the prefix's lease for the build (see the module doc)."""
-    local.mkdir(parents=True, exist_ok=True)
-    token_file = local / ".lease-token"
-    token = token_file.read_text().strip() if token_file.is_file() else uuid.uuid4().hex
-    token_file.write_text(token)
-    lease_key = storage.join(key, LEASE)
-    if not b.put_if_absent(lease_key, json.dumps({"token": token}).encode()):
-        try:
-            held = json.loads(b.get(lease_key)).get("token")
-        except (StorageError, ValueError):
-            held = None
-        if held != token:
-            raise StorageError(f"{b.url(key)}: another mix build holds this prefix (its lease {b.url(lease_key)}); "
-                               f"nothing was written. If that build is dead, delete the lease and rerun")
-    try:
-        yield
-    finally:
-        b.delete(lease_key)
 
 
 def publish(b, key: str, local: Path, force: bool) -> bool:
@@ -93,7 +69,8 @@ def build_to_bucket(spec_path, url: str, workers: int | None, *, force: bool = F
 
     b, key = storage.bucket(url)
     local = work_dir(url)
-    with lease(b, key, local):
+    local.mkdir(parents=True, exist_ok=True)
+    with storage.Lease(b, key, local / ".lease-token", "mix build"):
         summary = build_mix(spec_path, local / "mix", workers, force=force, **kw)
         summary["uploaded"] = publish(b, key, local / "mix", force)
     summary["out"] = url

@@ -371,6 +371,38 @@ class Checkpointer:
         if self.uploader is not None:
             self.uploader.submit(path)
 
+    def claim_bucket(self, resume: bool) -> None:
+        """Collective: with run.upload_to, rank 0 takes the prefix for this run (a fresh run on a
+        prefix holding checkpoints, or a prefix another live run holds, is refused; train/remote.py)
+        before anything is written there; every rank learns the outcome."""
+        from tinyllama.train.parallel import all_gather_objects
+
+        if not getattr(self.cfg.run, "upload_to", ""):
+            return
+        why = None
+        if self.uploader is not None:
+            try:
+                self.uploader.claim(self.dir.parent, resume)
+            except (StorageError, CheckpointError) as e:
+                why = str(e)
+        why = all_gather_objects(why)[0]
+        if why is not None:
+            raise CheckpointError(why)
+
+    def close(self) -> None:
+        """The run's end: no save or upload in flight, the bucket's lease released."""
+        self.wait()
+        if self.uploader is not None:
+            self.uploader.close()
+
+    def release_lease(self) -> None:
+        """A failed run: the bucket's lease released, without waiting for what is in flight."""
+        if self.uploader is not None and self.uploader.lease is not None:
+            try:
+                self.uploader.lease.release()
+            except StorageError:
+                pass  # it expires on its own once no longer renewed
+
     def latest_name(self) -> str:
         return _name(latest_checkpoint(self.dir))
 

@@ -437,64 +437,69 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
     ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)
     if not resume:
         ckpts.refuse_existing()
-    markers = document_markers(source)
-    model, opt, amp = init_model_and_optimizer(cfg, d)
-    step, tokens_seen = _start(ckpts, plan, model, opt, resume, allow_mix_change)
-    guard, validate = Guard(cfg), Validation(cfg, source, d, amp)
-    guard.load(ckpts.trainer)
-    if d.is_main:
-        ckpts.clean_partial()
-        (Path(cfg.out) / "train-config.json").write_text(
-            json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
-    d.barrier()
-    log = open_run_log(cfg, plan, source, d, step, tokens_seen, resume)  # metrics.jsonl, trackers, step line
-    ckpts.say = log.message
-    for line in ckpts.notes:
-        log.message(line)
-    if cfg.run.document_masking and markers == (None, None):
-        log.message("run.document_masking: the data stores neither BOS nor EOS, so no document borders can be "
-                    "found: each window is one sequence, as with document_masking = false")
-    window = MetricsWindow(cfg, d)
-    model.train()
-    stopping = False
-    while step < plan.end and not stopping:
-        for tokens, corpora in iter_batches(source, step, plan.end, d):
-            n_global, lr = source.batch_sequences(step), plan.lr(step)
-            if guard.skips(step):
-                log.event({"step": step, "event": "skip", "lr": lr})
-            else:
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                r = train_step(model, opt, tokens, cfg, d, amp, markers, check=guard.verdict,
-                               nonfinite=fault.nonfinite(step))
-                if r["why"] is not None:
-                    step, tokens_seen = _rewind(step, r, guard, ckpts, model, opt, plan, log, window, source)
+    ckpts.claim_bucket(resume)  # run.upload_to: this run's lease on the prefix
+    try:
+        markers = document_markers(source)
+        model, opt, amp = init_model_and_optimizer(cfg, d)
+        step, tokens_seen = _start(ckpts, plan, model, opt, resume, allow_mix_change)
+        guard, validate = Guard(cfg), Validation(cfg, source, d, amp)
+        guard.load(ckpts.trainer)
+        if d.is_main:
+            ckpts.clean_partial()
+            (Path(cfg.out) / "train-config.json").write_text(
+                json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
+        d.barrier()
+        log = open_run_log(cfg, plan, source, d, step, tokens_seen, resume)  # metrics.jsonl, trackers, step line
+        ckpts.say = log.message
+        for line in ckpts.notes:
+            log.message(line)
+        if cfg.run.document_masking and markers == (None, None):
+            log.message("run.document_masking: the data stores neither BOS nor EOS, so no document borders can be "
+                        "found: each window is one sequence, as with document_masking = false")
+        window = MetricsWindow(cfg, d)
+        model.train()
+        stopping = False
+        while step < plan.end and not stopping:
+            for tokens, corpora in iter_batches(source, step, plan.end, d):
+                n_global, lr = source.batch_sequences(step), plan.lr(step)
+                if guard.skips(step):
+                    log.event({"step": step, "event": "skip", "lr": lr})
+                else:
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    r = train_step(model, opt, tokens, cfg, d, amp, markers, check=guard.verdict,
+                                   nonfinite=fault.nonfinite(step))
+                    if r["why"] is not None:
+                        step, tokens_seen = _rewind(step, r, guard, ckpts, model, opt, plan, log, window, source)
+                        break
+                    guard.applied(r["loss"])
+                    tokens_seen += n_global * (tokens.shape[1] - 1)
+                    window.add(r, corpora, n_global, tokens.shape[1] - 1)
+                step += 1
+                d.step = step
+                fault.reached("step")
+                set_train_timeout(d, cfg.run.train_timeout_s)  # once, after the first step
+                if window and (step % cfg.run.log_every == 0 or step == plan.end):
+                    log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
+                if validate.due(step, plan.end):
+                    log.event(validate(model, step))
+                    window.restart_clock()
+                stopping = stop.requested(d)
+                ckpts.poll(model, opt)  # run.async_checkpoint: a save written on its thread says when it is committed
+                if ckpts.due(step, plan.end, stopping):
+                    ckpts.save(step, model, opt, {
+                        "tokens": tokens_seen, "total_steps": plan.total, "lr": lr, "config": cfg.to_dict(),
+                        "mix": plan.mix, "document_masking": cfg.run.document_masking, "guard": guard.state(),
+                        **plan.trainer_state()})
+                    window.restart_clock()  # do not count the save in tokens/s
+                if stopping:
+                    ckpts.wait()
+                    log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
                     break
-                guard.applied(r["loss"])
-                tokens_seen += n_global * (tokens.shape[1] - 1)
-                window.add(r, corpora, n_global, tokens.shape[1] - 1)
-            step += 1
-            d.step = step
-            fault.reached("step")
-            set_train_timeout(d, cfg.run.train_timeout_s)  # once, after the first step
-            if window and (step % cfg.run.log_every == 0 or step == plan.end):
-                log.log(window.flush(step, lr, tokens_seen, n_global), plan.end)
-            if validate.due(step, plan.end):
-                log.event(validate(model, step))
-                window.restart_clock()
-            stopping = stop.requested(d)
-            ckpts.poll(model, opt)  # run.async_checkpoint: a save written on its thread says when it is committed
-            if ckpts.due(step, plan.end, stopping):
-                ckpts.save(step, model, opt, {
-                    "tokens": tokens_seen, "total_steps": plan.total, "lr": lr, "config": cfg.to_dict(),
-                    "mix": plan.mix, "document_masking": cfg.run.document_masking, "guard": guard.state(),
-                    **plan.trainer_state()})
-                window.restart_clock()  # do not count the save in tokens/s
-            if stopping:
-                ckpts.wait()
-                log.message(f"stopped by {stop.name()} after step {step}: checkpoint saved, rerun with --resume")
-                break
-    ckpts.wait()
+    except BaseException:
+        ckpts.release_lease()  # a failed run gives the prefix up at once (nothing in flight is awaited)
+        raise
+    ckpts.close()  # the last upload done, the lease released
     log.close()
     return Path(cfg.out)
 

@@ -4,6 +4,15 @@
                                 trainer.json), then checksums.json, then COMMITTED
     URL/checkpoints/latest      "step-N": the newest checkpoint whose upload completed
 
+The run owns the prefix while it runs: before anything is written there, rank 0 takes its lease
+(`storage.Lease`, `URL/.lease`, renewed in the background; the token lives in the run's out dir,
+so a rerun or `--resume` of the same run takes it back). A second run on the same prefix is
+refused in one line while the lease is live; a new run (no `--resume`) on a prefix that holds
+committed checkpoints is refused as a local out dir holding them is. A lease left by a dead run
+may be taken over `TINYLLAMA_LEASE_TTL_S` (300 s) after its last renewal, so a preempted run
+resumes on a new machine with an empty disk. Should another writer take the lease anyway, the
+uploads stop with one warning line.
+
 Each committed local checkpoint is uploaded by rank 0 in a background thread (one upload in
 flight; the next save first waits for it, so the local keep-last never prunes a checkpoint still
 being read), so the step loop stalls no longer than the local save. The order is the commit
@@ -51,8 +60,19 @@ class Uploader:
         self.url, self.keep_last, self.warn = url, keep_last, warn
         self.bucket, key = storage.bucket(url)
         self.key = storage.join(key, "checkpoints")
+        self._prefix = key
         self._thread: threading.Thread | None = None
         self._error: str | None = None
+        self.lease: storage.Lease | None = None
+
+    def claim(self, run_dir: Path, resume: bool) -> None:
+        """Take the prefix for this run (see the module doc), before anything is written there."""
+        if not resume and (steps := committed_steps(self.bucket, self.key)):
+            raise CheckpointError(
+                f"{self.url} already holds checkpoints (latest: step-{steps[-1]}): pass --resume to continue "
+                f"that run, or choose another run.upload_to")
+        self.lease = storage.Lease(self.bucket, self._prefix, Path(run_dir) / ".upload-lease", "training run")
+        self.lease.acquire()
 
     def submit(self, path: Path) -> None:
         """Upload committed checkpoint `path` (a `step-N/` dir) in the background."""
@@ -70,10 +90,17 @@ class Uploader:
             self.warn(f"warning: {self._error} (the local checkpoint is intact; the next one is uploaded whole)")
             self._error = None
 
-    close = wait
+    def close(self) -> None:
+        """The run's end: the last upload done, the lease released."""
+        self.wait()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def _upload(self, path: Path) -> None:
         try:
+            if self.lease is not None and self.lease.lost:
+                raise StorageError(f"{self.lease.lost}; uploads stopped")
             self.upload(path)
         except Exception as e:  # noqa: BLE001  (reported on the training thread, one line)
             self._error = f"upload of {path.name} to {self.url} failed: {e}".replace("\n", "; ")
