@@ -309,6 +309,20 @@ impl Bucket {
     /// Downloads `key` to `dest` through `dest.part` (fsynced, then renamed), checking the
     /// size it was listed with and, given `etag`, that it is still that object.
     pub fn download(&self, key: &str, dest: &Path, want: Option<&Object>) -> Result<u64> {
+        self.download_checked(key, dest, want, |_| Ok(()))
+    }
+
+    /// [`Bucket::download`] that runs `check` on the complete `.part` before the rename: what
+    /// fails the check never takes `dest`'s place (the shard cache verifies a shard's checksum
+    /// there). On any failure the `.part` is removed; a full disk (ENOSPC, EFBIG past a file
+    /// size limit, EDQUOT) is one line naming the URL and the directory that is full.
+    pub fn download_checked(
+        &self,
+        key: &str,
+        dest: &Path,
+        want: Option<&Object>,
+        check: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<u64> {
         let bytes = self.get(key, want.and_then(|o| o.etag.as_deref()))?;
         if let Some(o) = want {
             if bytes.len() as u64 != o.size {
@@ -323,19 +337,47 @@ impl Bucket {
             }
         }
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).ctx(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| self.local_err(key, dir, e))?;
         }
         let mut part = dest.as_os_str().to_owned();
         part.push(".part");
         let part = std::path::PathBuf::from(part);
-        {
+        let written = (|| {
             use std::io::Write;
-            let mut f = std::fs::File::create(&part).ctx(&part)?;
-            f.write_all(&bytes).ctx(&part)?;
-            f.sync_all().ctx(&part)?;
+            let mut f = std::fs::File::create(&part).map_err(|e| self.local_err(key, &part, e))?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| self.local_err(key, &part, e))?;
+            drop(f);
+            check(&part)?;
+            std::fs::rename(&part, dest).map_err(|e| self.local_err(key, dest, e))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&part); // never left behind to be taken for a file
+            return Err(e);
         }
-        std::fs::rename(&part, dest).ctx(dest)?;
         Ok(bytes.len() as u64)
+    }
+
+    /// A local write of a download failed: one line naming the URL and the local path, and
+    /// saying so plainly when the disk (or the process's file size limit) is full.
+    fn local_err(&self, key: &str, path: &Path, e: std::io::Error) -> Error {
+        let full = matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+        );
+        let dir = path.parent().unwrap_or(path).display();
+        if full {
+            remote(
+                &self.url(key),
+                format!("the local disk is full: writing into {dir} failed ({e}); free space there or choose another directory"),
+            )
+        } else {
+            remote(
+                &self.url(key),
+                format!("writing {} failed: {e}", path.display()),
+            )
+        }
     }
 }
 

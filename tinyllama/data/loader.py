@@ -34,7 +34,7 @@ class Loader:
         self.mix, self.rank, self.world = mix, rank, world
         self._names = mix.corpora
         self._core = _core.Loader(str(mix.path), rank, world, start_step, end_step, slots, threads,
-                                  getattr(mix, "branch", None))
+                                  getattr(mix, "branch", None), getattr(mix, "_cache", None))
         # pin=None: page-lock when CUDA is there; pin=False: never.
         self._pinned = _pin(self._core.buffer_regions()) if pin is not False else False
 
