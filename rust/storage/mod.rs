@@ -8,11 +8,15 @@
 //!   `AWS_ALLOW_HTTP=true` for a plain-http one). Nothing here writes a host or a credential
 //!   anywhere: errors name the `s3://` URL only.
 //! - Retries with exponential backoff on throttling (503 SlowDown), 5xx and dropped connections
-//!   (`RETRIES` retries within `RETRY_TIMEOUT`), by the engine's retry layer.
+//!   (`RETRIES` retries within `RETRY_TIMEOUT`), by the engine's retry layer; a GET body cut
+//!   short after its headers (which the engine does not retry) is fetched again from the start,
+//!   as many times.
 //! - Objects are written whole (a single PUT, or a multipart upload completed in one call: a
 //!   reader never sees part of one) and verified after the write (its size read back); a
 //!   download goes to `NAME.part`, is checked against the size (and ETag) the listing gave, then
-//!   renamed into place, so a truncated transfer never takes the place of a good file.
+//!   renamed into place, so a truncated transfer never takes the place of a good file
+//!   (`download_checked` also runs the caller's check, a shard's checksum, before the rename; a
+//!   failed or full-disk write removes the `.part` and names the URL and the local dir).
 //! - `put_if_absent` is a conditional create (`If-None-Match: *`): of two writers racing for one
 //!   key exactly one wins. The out-dir lease of a mix or a run in a bucket is built on it.
 //!
@@ -68,6 +72,8 @@ pub struct Object {
 #[derive(Clone)]
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// Retries of one request (`RETRIES`, or `TINYLLAMA_S3_RETRIES`).
+    retries: usize,
     /// `s3://bucket`: what URLs in messages start with.
     base: String,
 }
@@ -111,14 +117,15 @@ impl Bucket {
                 ),
             ));
         }
+        let retries = env("TINYLLAMA_S3_RETRIES")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RETRIES);
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
-                max_retries: env("TINYLLAMA_S3_RETRIES")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(RETRIES),
+                max_retries: retries,
                 retry_timeout: RETRY_TIMEOUT,
             });
         if let Some(endpoint) = env("AWS_ENDPOINT_URL") {
@@ -134,6 +141,7 @@ impl Bucket {
         Ok((
             Bucket {
                 store: Arc::new(store),
+                retries,
                 base: format!("s3://{bucket}"),
             },
             key,
@@ -209,8 +217,23 @@ impl Bucket {
             ..Default::default()
         };
         let store = self.store.clone();
+        let retries = self.retries;
         let bytes = runtime()
-            .block_on(async move { store.get_opts(&k, opts).await?.bytes().await })
+            .block_on(async move {
+                // The engine retries a request that fails; a body cut short after good headers
+                // (a dropped connection mid-transfer) is retried here, from the start.
+                let mut failed = 0;
+                loop {
+                    let body = store.get_opts(&k, opts.clone()).await?.bytes().await;
+                    match body {
+                        Err(object_store::Error::Generic { .. }) if failed < retries => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(100 << failed.min(6))).await;
+                        }
+                        other => return other,
+                    }
+                }
+            })
             .map_err(|e| self.err(key, e))?;
         Ok(bytes.to_vec())
     }
