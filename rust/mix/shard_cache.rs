@@ -125,8 +125,11 @@ impl ShardCache {
 
     /// The size a shard of `entry` has (the format fixes it from docs, tokens and width).
     fn size_of(&self, entry: &ShardEntry) -> u64 {
-        crate::shard::file_len(self.dtype.width(), entry.docs as usize, entry.tokens as usize)
-            as u64
+        crate::shard::file_len(
+            self.dtype.width(),
+            entry.docs as usize,
+            entry.tokens as usize,
+        ) as u64
     }
 
     fn local_path(&self, corpus: &str, entry: &ShardEntry) -> Result<PathBuf> {

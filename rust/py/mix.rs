@@ -75,7 +75,12 @@ pub struct PyShardCache {
 impl PyShardCache {
     #[new]
     #[pyo3(signature = (mix_dir, url, cache_bytes = None))]
-    fn new(py: Python<'_>, mix_dir: PathBuf, url: String, cache_bytes: Option<u64>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        mix_dir: PathBuf,
+        url: String,
+        cache_bytes: Option<u64>,
+    ) -> PyResult<Self> {
         let inner = without_gil(py, || mix::ShardCache::open(&mix_dir, &url, cache_bytes))?;
         Ok(PyShardCache {
             inner: Arc::new(inner),
