@@ -287,27 +287,32 @@ impl ShardCache {
         shard.check(vocab)
     }
 
-    /// Remove the least recently used shards of `ROOT` (never `keep`) until the rest hold at
-    /// most `budget` bytes.
     fn evict(&self, budget: u64, keep: &Path) -> Result<()> {
-        let mut shards = cached_shards(&self.root);
-        let mut total: u64 = shards.iter().map(|s| s.2).sum();
-        shards.sort_by_key(|s| s.1);
-        for (path, _, len) in shards {
-            if total <= budget {
-                break;
-            }
-            if path == keep {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => total -= len,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= len,
-                Err(e) => return Err(Error::io(&path, e)),
-            }
-        }
-        Ok(())
+        evict_lru(&self.root, budget, keep)
     }
+}
+
+/// Remove the least recently used shards of `root`'s cached mixes (never `keep`) until the
+/// rest hold at most `budget` bytes.
+pub fn evict_lru(root: &Path, budget: u64, keep: &Path) -> Result<()> {
+    let mut shards = cached_shards(root);
+    let mut total: u64 = shards.iter().map(|s| s.2).sum();
+    shards.sort_by_key(|s| s.1);
+    for (path, _, len) in shards {
+        if total <= budget {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            // Gone already: another process evicted it first.
+            Ok(()) => total -= len,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= len,
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Every published shard of `root`'s cached mixes: (path, mtime, bytes).
@@ -431,5 +436,48 @@ impl CachedStream {
             i += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(root: &Path, mix: &str, name: &str, len: usize, age_s: u64) -> PathBuf {
+        let dir = root.join(mix).join("corpora/c");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0u8; len]).unwrap();
+        let when = SystemTime::now() - Duration::from_secs(age_s);
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn eviction_removes_the_oldest_shards_the_cache_made_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for mix in ["a", "b"] {
+            std::fs::create_dir_all(r.join(mix)).unwrap();
+            std::fs::write(r.join(mix).join(CACHE_MARK), b"").unwrap();
+        }
+        let old = shard(r, "a", "s0.bin", 100, 300);
+        let mid = shard(r, "b", "s1.bin", 100, 200);
+        let new = shard(r, "a", "s2.bin", 100, 100);
+        let keep = shard(r, "b", "s3.bin", 100, 400); // the one just fetched: never evicted
+        let meta = r.join("a/corpora/c/manifest.json");
+        std::fs::write(&meta, vec![0u8; 1000]).unwrap(); // metadata: not a shard
+        let foreign = shard(r, "mine", "x.bin", 1000, 999); // a dir the cache did not make
+        assert_eq!(cached_shards(r).len(), 4);
+        evict_lru(r, 250, &keep).unwrap();
+        assert!(!old.exists() && !mid.exists());
+        assert!(new.exists() && keep.exists() && meta.exists() && foreign.exists());
+        evict_lru(r, 0, &keep).unwrap();
+        assert!(!new.exists() && keep.exists() && foreign.exists());
     }
 }

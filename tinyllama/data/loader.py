@@ -6,6 +6,9 @@ buffer (no copy); the buffer goes back to the ring only when every tensor/array 
 has been freed. With CUDA, the ring is page-locked once (cudaHostRegister) so host->device
 copies are asynchronous (`non_blocking=True`).
 
+For a mix in a bucket the same worker threads fetch (and verify) each shard the first time a
+step needs it, so a fetch happens up to `slots` steps ahead of the trainer, not on its thread.
+
 Resume is O(1): the loader starts at any step directly (the sampler locates a step in closed
 form); `state_dict()` is just the next step.
 """

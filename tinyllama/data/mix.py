@@ -19,6 +19,13 @@ sha256 of every file it pins (schedule, tokenizer, manifests, dedup reports): an
 is one `ShardError` line naming it, a mix of an older format a `SpecError` saying "rebuild".
 `documents()` verifies each shard (checksum over every byte, against its manifest entry; token
 ids below the vocabulary) the first time this `Mix` reaches it; `verify()` checks them all.
+
+A mix in a bucket (`Mix("s3://...", cache_dir=DIR, cache_bytes=N)`) is read the same way through
+its shard cache (`_core.ShardCache`, rust/mix/shard_cache.rs): opening fetches only the small
+files; `batch`, the loader, `documents` and `shards` fetch each shard the first time they need
+it, verified before it enters the cache (so it is not verified again here). `documents` and
+`shards` hand out mmapped views: a shard evicted while such a view lives keeps its disk space
+until the view is freed (the sampler and the loader read with `pread` and hold nothing).
 """
 
 from __future__ import annotations
