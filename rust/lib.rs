@@ -26,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::mix::PyMixSampler>()?;
     m.add_class::<py::mix::PyLoader>()?;
     m.add_class::<py::mix::PySlot>()?;
+    m.add_class::<py::mix::PyShardCache>()?;
     m.add_function(wrap_pyfunction!(py::mix::verify_shard, m)?)?;
     m.add_function(wrap_pyfunction!(py::mix::verify_mix, m)?)?;
     m.add_class::<py::build::PyBuildPlan>()?;

@@ -22,6 +22,7 @@ __all__ = [
     "MixSampler",
     "Loader",
     "Slot",
+    "ShardCache",
     "Bucket",
     "BuildPlan",
     "build_mix",
@@ -200,10 +201,26 @@ def verify_mix(mix_dir: str | os.PathLike[str], deep: bool = False, workers: int
     Raises naming the first bad file."""
 
 @final
+class ShardCache:
+    """The shard cache of a mix in a bucket (rust/mix/shard_cache.rs): `mix_dir` holds its pinned files, shards
+    are fetched into it on first use, verified before they are published, and the least recently used shards of
+    `mix_dir`'s parent are evicted past `cache_bytes`."""
+
+    def __new__(cls, mix_dir: str | os.PathLike[str], url: str, cache_bytes: int | None = None) -> ShardCache: ...
+    def fetch(self, corpus: str, name: str) -> str:
+        """The local path of shard `name` of `corpus` (training or holdout), fetched and verified first if the
+        cache does not hold it."""
+    @property
+    def downloads(self) -> int:
+        """Shards this cache object downloaded (a shard another rank fetched is not counted)."""
+
+@final
 class MixSampler:
     """The sampler of a built mix: step -> that rank's slice of the global batch."""
 
-    def __new__(cls, mix_dir: str | os.PathLike[str], branch: str | None = None) -> MixSampler: ...
+    def __new__(
+        cls, mix_dir: str | os.PathLike[str], branch: str | None = None, cache: ShardCache | None = None
+    ) -> MixSampler: ...
     def num_steps(self) -> int: ...
     def seq_len(self) -> int: ...
     def batch_sequences(self, step: int) -> int: ...
@@ -233,6 +250,7 @@ class Loader:
         slots: int = 4,
         threads: int = 1,
         branch: str | None = None,
+        cache: ShardCache | None = None,
     ) -> Loader: ...
     def next(self) -> Slot | None:
         """The next step's slot (blocks until filled), or None past the last step."""

@@ -6,7 +6,13 @@
 //! and every shard's footer against its manifest entry; the first read of a shard verifies
 //! its checksum over every byte and its token ids against the vocabulary (see
 //! `shard::CorpusStream`). Every failure names the file.
+//!
+//! A mix in a bucket (`open_mix_cached`, given its `ShardCache`) opens no shard at all: each
+//! corpus is a `CachedStream` whose offsets come from the manifest, and the first read of a
+//! shard fetches and verifies it into the cache (`mix::shard_cache`). A local mix pays nothing
+//! for this: its streams are the mmapped `CorpusStream`s as before.
 
+use super::shard_cache::{CachedStream, ShardCache};
 use super::{Schedule, WindowSource};
 use crate::build::manifest::{open_entry, open_lock, MixLock};
 use crate::error::{Error, Result};
@@ -15,27 +21,63 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct ShardSource {
-    streams: Vec<CorpusStream>,
+    streams: Vec<Stream>,
     seq_len: u64,
+}
+
+/// A corpus's token stream: its shards on local disk (mmapped), or fetched through the cache.
+enum Stream {
+    Local(CorpusStream),
+    Cached(CachedStream),
+}
+
+impl Stream {
+    fn n_tokens(&self) -> u64 {
+        match self {
+            Stream::Local(s) => s.n_tokens(),
+            Stream::Cached(s) => s.n_tokens(),
+        }
+    }
+    fn read(&self, start: u64, out: &mut [u32]) -> Result<()> {
+        match self {
+            Stream::Local(s) => s.read(start, out),
+            Stream::Cached(s) => s.read(start, out),
+        }
+    }
 }
 
 impl ShardSource {
     /// Open every corpus of the schedule, checking each stream holds the tokens the schedule
     /// was locked with (a mix dir edited after its build is refused, not silently misread).
-    pub fn open(lock: &MixLock, schedule: &Schedule) -> Result<ShardSource> {
+    /// `cache`: the mix is a bucket's, its shards fetched on first read (nothing opened here).
+    pub fn open(
+        lock: &MixLock,
+        schedule: &Schedule,
+        cache: Option<&Arc<ShardCache>>,
+    ) -> Result<ShardSource> {
         let mut streams = Vec::with_capacity(schedule.corpora().len());
         let vocab = lock.vocab_size();
         for corpus in schedule.corpora() {
             let (manifest_path, manifest) = lock.manifest(&corpus.name)?;
-            let dir = lock.dir.join("corpora").join(&corpus.name);
-            let mut paths = Vec::with_capacity(manifest.shards.len());
-            for entry in &manifest.shards {
-                paths.push(open_entry(&dir, entry)?.path().to_path_buf());
-            }
-            let mut stream = CorpusStream::open(&paths)?;
-            if let Some(v) = vocab {
-                stream = stream.with_vocab_size(v);
-            }
+            let stream = match cache {
+                Some(cache) => Stream::Cached(CachedStream::new(
+                    Arc::clone(cache),
+                    &corpus.name,
+                    manifest.shards,
+                )),
+                None => {
+                    let dir = lock.dir.join("corpora").join(&corpus.name);
+                    let mut paths = Vec::with_capacity(manifest.shards.len());
+                    for entry in &manifest.shards {
+                        paths.push(open_entry(&dir, entry)?.path().to_path_buf());
+                    }
+                    let mut stream = CorpusStream::open(&paths)?;
+                    if let Some(v) = vocab {
+                        stream = stream.with_vocab_size(v);
+                    }
+                    Stream::Local(stream)
+                }
+            };
             if stream.n_tokens() != corpus.tokens {
                 return Err(Error::shard(
                     &manifest_path,
@@ -69,9 +111,19 @@ impl WindowSource for ShardSource {
 /// `branch`: one branch of a family mix (its whole schedule: the trunk's stages, then its
 /// own); `None`: the trunk of a family, the whole schedule of a plain mix.
 pub fn open_mix(mix_dir: &Path, branch: Option<&str>) -> Result<(Arc<Schedule>, Arc<ShardSource>)> {
+    open_mix_cached(mix_dir, branch, None)
+}
+
+/// [`open_mix`] of a mix in a bucket whose pinned files `cache` already holds in `mix_dir`:
+/// its shards are fetched on first read (see `mix::shard_cache`).
+pub fn open_mix_cached(
+    mix_dir: &Path,
+    branch: Option<&str>,
+    cache: Option<&Arc<ShardCache>>,
+) -> Result<(Arc<Schedule>, Arc<ShardSource>)> {
     let lock = open_lock(mix_dir)?;
     let schedule = Schedule::load(mix_dir.join(schedule_file(&lock, branch)?))?;
-    let source = ShardSource::open(&lock, &schedule)?;
+    let source = ShardSource::open(&lock, &schedule, cache)?;
     Ok((Arc::new(schedule), Arc::new(source)))
 }
 

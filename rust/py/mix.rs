@@ -1,5 +1,6 @@
 //! Mix bindings: `MixSampler` (step -> rank's slice), `Loader` and its `Slot` (the ring
-//! buffer, zero-copy), `verify_mix` and `verify_shard`. The gather itself is `mix::gather`;
+//! buffer, zero-copy), `ShardCache` (a bucket mix's shards, fetched on first use),
+//! `verify_mix` and `verify_shard`. The gather itself is `mix::gather`;
 //! these only convert. A step past the schedule or a rank outside the world is `UsageError`.
 
 use super::{long, without_gil, TinyllamaError};
@@ -62,6 +63,50 @@ pub fn verify_mix(
     })
 }
 
+/// The shard cache of a mix in a bucket (`mix::shard_cache`): `mix_dir` holds its pinned
+/// files (fetched by `cached_mix`), shards are fetched into it on first use, verified, and
+/// evicted least recently used past `cache_bytes` (shards of every mix in `mix_dir`'s parent).
+#[pyclass(module = "tinyllama._core", name = "ShardCache", frozen)]
+pub struct PyShardCache {
+    inner: Arc<mix::ShardCache>,
+}
+
+#[pymethods]
+impl PyShardCache {
+    #[new]
+    #[pyo3(signature = (mix_dir, url, cache_bytes = None))]
+    fn new(
+        py: Python<'_>,
+        mix_dir: PathBuf,
+        url: String,
+        cache_bytes: Option<u64>,
+    ) -> PyResult<Self> {
+        let inner = without_gil(py, || mix::ShardCache::open(&mix_dir, &url, cache_bytes))?;
+        Ok(PyShardCache {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The local path of shard `name` of `corpus` (training or holdout), fetched and verified
+    /// first if the cache does not hold it.
+    fn fetch(&self, py: Python<'_>, corpus: String, name: String) -> PyResult<PathBuf> {
+        long(py, |_| {
+            let entry = self.inner.entry(&corpus, &name)?;
+            self.inner.path(&corpus, &entry)
+        })
+    }
+
+    /// Shards this cache object downloaded (a shard another rank fetched is not counted).
+    #[getter]
+    fn downloads(&self) -> u64 {
+        self.inner.downloads()
+    }
+}
+
+fn cache_of(cache: Option<&Bound<'_, PyShardCache>>) -> Option<Arc<mix::ShardCache>> {
+    cache.map(|c| Arc::clone(&c.get().inner))
+}
+
 /// The sampler of a built mix: step -> that rank's slice of the global batch.
 #[pyclass(module = "tinyllama._core", name = "MixSampler", frozen)]
 pub struct PyMixSampler {
@@ -72,10 +117,19 @@ pub struct PyMixSampler {
 #[pymethods]
 impl PyMixSampler {
     /// `branch`: a branch of a family mix; None: the trunk (a plain mix's whole schedule).
+    /// `cache`: the mix is a bucket's (its shards read through the cache).
     #[new]
-    #[pyo3(signature = (mix_dir, branch = None))]
-    fn new(py: Python<'_>, mix_dir: PathBuf, branch: Option<String>) -> PyResult<Self> {
-        let (schedule, source) = without_gil(py, || mix::open_mix(&mix_dir, branch.as_deref()))?;
+    #[pyo3(signature = (mix_dir, branch = None, cache = None))]
+    fn new(
+        py: Python<'_>,
+        mix_dir: PathBuf,
+        branch: Option<String>,
+        cache: Option<&Bound<'_, PyShardCache>>,
+    ) -> PyResult<Self> {
+        let cache = cache_of(cache);
+        let (schedule, source) = without_gil(py, || {
+            mix::open_mix_cached(&mix_dir, branch.as_deref(), cache.as_ref())
+        })?;
         Ok(PyMixSampler { schedule, source })
     }
 
@@ -159,7 +213,7 @@ pub struct PyLoader {
 #[pymethods]
 impl PyLoader {
     #[new]
-    #[pyo3(signature = (mix_dir, rank = 0, world = 1, start_step = 0, end_step = None, slots = 4, threads = 1, branch = None))]
+    #[pyo3(signature = (mix_dir, rank = 0, world = 1, start_step = 0, end_step = None, slots = 4, threads = 1, branch = None, cache = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -171,9 +225,12 @@ impl PyLoader {
         slots: usize,
         threads: usize,
         branch: Option<String>,
+        cache: Option<&Bound<'_, PyShardCache>>,
     ) -> PyResult<Self> {
+        let cache = cache_of(cache);
         without_gil(py, || {
-            let (schedule, source) = mix::open_mix(&mix_dir, branch.as_deref())?;
+            let (schedule, source) =
+                mix::open_mix_cached(&mix_dir, branch.as_deref(), cache.as_ref())?;
             let seq_len = schedule.seq_len() as usize;
             let config = mix::LoaderConfig {
                 rank,

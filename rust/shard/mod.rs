@@ -83,5 +83,10 @@ fn body_len(width: usize, n_docs: usize, n_tokens: usize) -> usize {
     8 + pad8(n_tokens * width) + (n_docs + 1) * 8 + n_docs * 16
 }
 
+/// Byte length of a whole shard file: what a shard of `n_docs` / `n_tokens` must measure.
+pub fn file_len(width: usize, n_docs: usize, n_tokens: usize) -> usize {
+    body_len(width, n_docs, n_tokens) + FOOTER_LEN
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,11 +8,15 @@
 //!   `AWS_ALLOW_HTTP=true` for a plain-http one). Nothing here writes a host or a credential
 //!   anywhere: errors name the `s3://` URL only.
 //! - Retries with exponential backoff on throttling (503 SlowDown), 5xx and dropped connections
-//!   (`RETRIES` retries within `RETRY_TIMEOUT`), by the engine's retry layer.
+//!   (`RETRIES` retries within `RETRY_TIMEOUT`), by the engine's retry layer; a GET body cut
+//!   short after its headers (which the engine does not retry) is fetched again from the start,
+//!   as many times.
 //! - Objects are written whole (a single PUT, or a multipart upload completed in one call: a
 //!   reader never sees part of one) and verified after the write (its size read back); a
 //!   download goes to `NAME.part`, is checked against the size (and ETag) the listing gave, then
-//!   renamed into place, so a truncated transfer never takes the place of a good file.
+//!   renamed into place, so a truncated transfer never takes the place of a good file
+//!   (`download_checked` also runs the caller's check, a shard's checksum, before the rename; a
+//!   failed or full-disk write removes the `.part` and names the URL and the local dir).
 //! - `put_if_absent` is a conditional create (`If-None-Match: *`) and `put_if_match` a
 //!   conditional replace (`If-Match: ETAG`): of two writers racing for one key exactly one wins.
 //!   The lease of a prefix (a mix being built, a run uploading; `tinyllama/storage.py`) is built
@@ -70,6 +74,8 @@ pub struct Object {
 #[derive(Clone)]
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// Retries of one request (`RETRIES`, or `TINYLLAMA_S3_RETRIES`).
+    retries: usize,
     /// `s3://bucket`: what URLs in messages start with.
     base: String,
 }
@@ -113,14 +119,15 @@ impl Bucket {
                 ),
             ));
         }
+        let retries = env("TINYLLAMA_S3_RETRIES")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RETRIES);
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
-                max_retries: env("TINYLLAMA_S3_RETRIES")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(RETRIES),
+                max_retries: retries,
                 retry_timeout: RETRY_TIMEOUT,
             });
         if let Some(endpoint) = env("AWS_ENDPOINT_URL") {
@@ -136,6 +143,7 @@ impl Bucket {
         Ok((
             Bucket {
                 store: Arc::new(store),
+                retries,
                 base: format!("s3://{bucket}"),
             },
             key,
@@ -211,8 +219,23 @@ impl Bucket {
             ..Default::default()
         };
         let store = self.store.clone();
+        let retries = self.retries;
         let bytes = runtime()
-            .block_on(async move { store.get_opts(&k, opts).await?.bytes().await })
+            .block_on(async move {
+                // The engine retries a request that fails; a body cut short after good headers
+                // (a dropped connection mid-transfer) is retried here, from the start.
+                let mut failed = 0;
+                loop {
+                    let body = store.get_opts(&k, opts.clone()).await?.bytes().await;
+                    match body {
+                        Err(object_store::Error::Generic { .. }) if failed < retries => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(100 << failed.min(6))).await;
+                        }
+                        other => return other,
+                    }
+                }
+            })
             .map_err(|e| self.err(key, e))?;
         Ok(bytes.to_vec())
     }
@@ -331,6 +354,20 @@ impl Bucket {
     /// Downloads `key` to `dest` through `dest.part` (fsynced, then renamed), checking the
     /// size it was listed with and, given `etag`, that it is still that object.
     pub fn download(&self, key: &str, dest: &Path, want: Option<&Object>) -> Result<u64> {
+        self.download_checked(key, dest, want, |_| Ok(()))
+    }
+
+    /// [`Bucket::download`] that runs `check` on the complete `.part` before the rename: what
+    /// fails the check never takes `dest`'s place (the shard cache verifies a shard's checksum
+    /// there). On any failure the `.part` is removed; a full disk (ENOSPC, EFBIG past a file
+    /// size limit, EDQUOT) is one line naming the URL and the directory that is full.
+    pub fn download_checked(
+        &self,
+        key: &str,
+        dest: &Path,
+        want: Option<&Object>,
+        check: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<u64> {
         let bytes = self.get(key, want.and_then(|o| o.etag.as_deref()))?;
         if let Some(o) = want {
             if bytes.len() as u64 != o.size {
@@ -345,19 +382,47 @@ impl Bucket {
             }
         }
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).ctx(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| self.local_err(key, dir, e))?;
         }
         let mut part = dest.as_os_str().to_owned();
         part.push(".part");
         let part = std::path::PathBuf::from(part);
-        {
+        let written = (|| {
             use std::io::Write;
-            let mut f = std::fs::File::create(&part).ctx(&part)?;
-            f.write_all(&bytes).ctx(&part)?;
-            f.sync_all().ctx(&part)?;
+            let mut f = std::fs::File::create(&part).map_err(|e| self.local_err(key, &part, e))?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| self.local_err(key, &part, e))?;
+            drop(f);
+            check(&part)?;
+            std::fs::rename(&part, dest).map_err(|e| self.local_err(key, dest, e))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&part); // never left behind to be taken for a file
+            return Err(e);
         }
-        std::fs::rename(&part, dest).ctx(dest)?;
         Ok(bytes.len() as u64)
+    }
+
+    /// A local write of a download failed: one line naming the URL and the local path, and
+    /// saying so plainly when the disk (or the process's file size limit) is full.
+    fn local_err(&self, key: &str, path: &Path, e: std::io::Error) -> Error {
+        let full = matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+        );
+        let dir = path.parent().unwrap_or(path).display();
+        if full {
+            remote(
+                &self.url(key),
+                format!("the local disk is full: writing into {dir} failed ({e}); free space there or choose another directory"),
+            )
+        } else {
+            remote(
+                &self.url(key),
+                format!("writing {} failed: {e}", path.display()),
+            )
+        }
     }
 }
 

@@ -6,6 +6,9 @@ buffer (no copy); the buffer goes back to the ring only when every tensor/array 
 has been freed. With CUDA, the ring is page-locked once (cudaHostRegister) so host->device
 copies are asynchronous (`non_blocking=True`).
 
+For a mix in a bucket the same worker threads fetch (and verify) each shard the first time a
+step needs it, so a fetch happens up to `slots` steps ahead of the trainer, not on its thread.
+
 Resume is O(1): the loader starts at any step directly (the sampler locates a step in closed
 form); `state_dict()` is just the next step.
 """
@@ -34,7 +37,7 @@ class Loader:
         self.mix, self.rank, self.world = mix, rank, world
         self._names = mix.corpora
         self._core = _core.Loader(str(mix.path), rank, world, start_step, end_step, slots, threads,
-                                  getattr(mix, "branch", None))
+                                  getattr(mix, "branch", None), getattr(mix, "_cache", None))
         # pin=None: page-lock when CUDA is there; pin=False: never.
         self._pinned = _pin(self._core.buffer_regions()) if pin is not False else False
 

@@ -19,10 +19,18 @@ sha256 of every file it pins (schedule, tokenizer, manifests, dedup reports): an
 is one `ShardError` line naming it, a mix of an older format a `SpecError` saying "rebuild".
 `documents()` verifies each shard (checksum over every byte, against its manifest entry; token
 ids below the vocabulary) the first time this `Mix` reaches it; `verify()` checks them all.
+
+A mix in a bucket (`Mix("s3://...", cache_dir=DIR, cache_bytes=N)`) is read the same way through
+its shard cache (`_core.ShardCache`, rust/mix/shard_cache.rs): opening fetches only the small
+files; `batch`, the loader, `documents` and `shards` fetch each shard the first time they need
+it, verified before it enters the cache (so it is not verified again here). `documents` and
+`shards` hand out mmapped views: a shard evicted while such a view lives keeps its disk space
+until the view is freed (the sampler and the loader read with `pread` and hold nothing).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator
@@ -42,13 +50,16 @@ _INSPECT_KEYS = ("files", "docs_read", "docs_filtered", "docs_skipped", "exact_d
 class Mix:
     def __init__(self, path: str | os.PathLike[str], branch: str | None = None, *,
                  cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int | None = None):
-        """A built mix dir, or a mix in a bucket (`s3://...`: fetched into `cache_dir`, at most
-        `cache_bytes` of cached mixes; see `tinyllama.data.remote_mix`); `branch`: a family's branch."""
+        """A built mix dir, or a mix in a bucket (`s3://...`: its small files fetched into
+        `cache_dir`, each shard on first use, at most `cache_bytes` of shards kept; see
+        `tinyllama.data.remote_mix`); `branch`: a family's branch."""
         self.url = str(path) if "://" in str(path) else None
+        self._cache: _core.ShardCache | None = None
         if self.url:
             from tinyllama.data.remote_mix import cached_mix
 
-            path = cached_mix(self.url, cache_dir, cache_bytes)
+            path = cached_mix(self.url, cache_dir)
+            self._cache = _core.ShardCache(str(path), self.url, cache_bytes or None)
         self.path = Path(path)
         self.branch = branch
         lock = self.path / "mix.json"
@@ -104,7 +115,7 @@ class Mix:
         thousands of times."""
         out = []
         for branch in [None, *self.branches()] if not self.branch else [self.branch]:
-            view = self if branch == self.branch else Mix(self.path, branch)
+            view = self._view(branch)
             for name, epochs in zip(view.corpora, view.sampler.epochs()):
                 if epochs > limit:
                     where = f"branch {branch}" if branch else ("the trunk" if self.branches() else "the schedule")
@@ -112,6 +123,15 @@ class Mix:
                                f"({view.sampler.cursors_at(view.num_steps())[view.corpora.index(name)]:,} windows "
                                f"drawn, {self._windows(name):,} per epoch): each window repeats that often")
         return out
+
+    def _view(self, branch: str | None) -> Mix:
+        """This mix as branch `branch` (one of `branches()`, or None: the trunk), sharing its
+        shard cache."""
+        if branch == self.branch:
+            return self
+        view = copy.copy(self)
+        view.branch, view._sampler = branch, None
+        return view
 
     def _windows(self, corpus: str) -> int:
         return next(int(c["windows"]) for c in self.lock["corpora"] if c["name"] == corpus)
@@ -180,7 +200,7 @@ class Mix:
     @property
     def sampler(self) -> _core.MixSampler:
         if self._sampler is None:
-            self._sampler = _core.MixSampler(str(self.path), self.branch)
+            self._sampler = _core.MixSampler(str(self.path), self.branch, self._cache)
         return self._sampler
 
     def num_steps(self) -> int:
@@ -278,7 +298,13 @@ class Mix:
 
     def shards(self, corpus: str, *, holdout: bool = False) -> list[ShardView]:
         entries = self.manifest(corpus)["holdout_shards" if holdout else "shards"]
-        return [open_shard(self.path / "corpora" / corpus / e["name"]) for e in entries]
+        return [open_shard(self._shard_path(corpus, e["name"])) for e in entries]
+
+    def _shard_path(self, corpus: str, name: str) -> Path:
+        """A shard's local path; a bucket mix's shard is fetched (and verified) first."""
+        if self._cache is not None:
+            return Path(self._cache.fetch(corpus, name))
+        return self.path / "corpora" / corpus / name
 
     def documents(self, corpus: str, *, holdout: bool = False) -> Iterator[np.ndarray]:
         """The kept documents' tokens (BOS/EOS included as built), in input order. Zero-copy
@@ -286,11 +312,13 @@ class Mix:
         corrupt one raises `ShardError` naming it, and the document for an out-of-vocabulary id)."""
         entries = self.manifest(corpus)["holdout_shards" if holdout else "shards"]
         for entry in entries:
-            path = self.path / "corpora" / corpus / entry["name"]
+            path = self._shard_path(corpus, entry["name"])
             self._verify_once(path, entry)
             yield from open_shard(path)
 
     def _verify_once(self, path: Path, entry: dict) -> None:
+        if self._cache is not None:
+            return  # the cache verified it before publishing it
         if path not in self._verified:
             _core.verify_shard(str(path), self.lock.get("vocab_size"), entry["checksum"])
             self._verified.add(path)
@@ -305,8 +333,15 @@ class Mix:
     def verify(self) -> None:
         """Check every file the lock names: the pinned metadata, and every shard (footer
         against its manifest entry, checksum over every byte, token ids below the vocabulary).
-        Raises naming the first bad file."""
-        _core.verify_mix(str(self.path), deep=True)
+        Raises naming the first bad file. A bucket mix's shards are fetched (each verified so
+        before the cache publishes it; those already cached were verified when they were)."""
+        if self._cache is None:
+            _core.verify_mix(str(self.path), deep=True)
+            return
+        for corpus in self.corpora:
+            for kind in ("shards", "holdout_shards"):
+                for entry in self.manifest(corpus)[kind]:
+                    self._cache.fetch(corpus, entry["name"])
 
     def dedup_report(self, corpus: str):
         """polars.DataFrame of removed duplicates: source, row, kept_source, kept_row, kind, jaccard."""
@@ -348,7 +383,7 @@ class Mix:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        views = [Mix(self.path, b) for b in self.branches()] if self.branches() and not self.branch else [self]
+        views = [self._view(b) for b in self.branches()] if self.branches() and not self.branch else [self]
         fig, axes = plt.subplots(len(views), 1, figsize=(10, 4.2 * len(views)), squeeze=False)
         for view, ax in zip(views, axes[:, 0]):
             view._plot_panel(ax, points)

@@ -9,15 +9,18 @@ with a token kept in its work dir, so a rerun of the killed build (same work dir
 lease back, a build elsewhere is refused while the lease is live and may take it over once it
 has not been renewed for `TINYLLAMA_LEASE_TTL_S` (300 s). The lease is removed when the build ends.
 
-Reading: `cached_mix(url, cache_dir, cache_bytes)` fetches the mix into
-`cache_dir/NAME-<lock digest>` (each object through `.part`, checked against its listed size and
-ETag; the whole mix verified, every shard's checksum included, before it is published by one
-rename; the ranks of a node share it under a file lock) and returns that local dir, which
-`tinyllama.Mix` then reads like any other. `cache_bytes` bounds the cache: mixes not used the
-longest are evicted to make room; a mix larger than the budget is refused in one line.
+Reading (`tinyllama.Mix(url, cache_dir=DIR, cache_bytes=N)`): `cached_mix(url, cache_dir)`
+fetches only the mix's small files (lock, schedules, tokenizer, manifests, reports: each through
+`.part`, checked against its listed size and ETag, the lock's seal and pins checked) into
+`DIR/NAME-<lock digest>`, published by one rename under a file lock the ranks of a node share.
+No shard is fetched then: `_core.ShardCache` (rust/mix/shard_cache.rs) fetches each shard the
+first time a read needs it (in the loader's worker threads, ahead of the step), verifies it
+against its manifest entry and its checksum before publishing it into that dir, shares it
+between the ranks of the node, and evicts the least recently used shards of `DIR` past
+`cache_bytes`.
 
-Not yet: streaming inputs from a bucket (`paths = ["s3://..."]`), `--ray` builds straight into a
-bucket, and fetching only the shards a rank's steps need (a mix is fetched whole).
+Not yet: streaming inputs from a bucket (`paths = ["s3://..."]`) and `--ray` builds straight
+into a bucket.
 """
 
 from __future__ import annotations
@@ -77,8 +80,9 @@ def build_to_bucket(spec_path, url: str, workers: int | None, *, force: bool = F
     return summary
 
 
-def cached_mix(url: str, cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int | None = None) -> Path:
-    """The local copy of the mix at `url` (fetched if needed; see the module doc)."""
+def cached_mix(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The local dir of the mix at `url` holding its pinned files (fetched if needed), where its
+    shards are then fetched one by one on first use (see the module doc)."""
     b, key = storage.bucket(url)
     try:
         lock = b.get(storage.join(key, "mix.json"))
@@ -91,25 +95,18 @@ def cached_mix(url: str, cache_dir: str | os.PathLike[str] | None = None, cache_
     with open(root / f".{final.name}.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # the ranks of a node: one fetches, the others wait and share
         if (final / "mix.json").is_file() and (final / "mix.json").read_bytes() == lock:
-            (final / CACHE_MARK).touch()
             return final
-        objects = [o for o in b.list(key) if o[0][len(key):].strip("/") not in NOT_PUBLISHED]
-        need = sum(size for _, size, _ in objects)
-        if cache_bytes:
-            if need > cache_bytes:
-                raise StorageError(f"{b.url(key)}: the mix holds {need:,} bytes, more than mix_cache_bytes "
-                                   f"({cache_bytes:,}); raise it or choose another mix_cache")
-            _evict(root, cache_bytes - need, keep=final)
+        prefix = key.strip("/") + "/" if key else ""
+        objects = [o for o in b.list(key) if not _shard_or_aside(o[0][len(prefix):])]
         tmp = root / f".{final.name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            prefix = key.strip("/") + "/" if key else ""
             for k, size, etag in sorted(objects, key=lambda o: o[0].endswith("/mix.json")):  # mix.json last
                 b.download(k, str(tmp / k[len(prefix):]), size, etag)
             if (tmp / "mix.json").read_bytes() != lock:
                 raise StorageError(f"{b.url(key)}: mix.json changed while the mix was fetched (a build is "
                                    f"publishing there?); retry")
-            _core.verify_mix(str(tmp), deep=True)  # every pinned file and every shard's checksum
+            _core.verify_mix(str(tmp))  # the lock's seal and every pinned file's sha256
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -120,15 +117,10 @@ def cached_mix(url: str, cache_dir: str | os.PathLike[str] | None = None, cache_
         return final
 
 
-def _evict(root: Path, budget: int, keep: Path) -> None:
-    """Remove the cached mixes of `root` used longest ago until the rest fits in `budget`."""
-    cached = [p for p in root.iterdir() if p.is_dir() and (p / CACHE_MARK).is_file() and p != keep]
-    size = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in cached}
-    for p in sorted(cached, key=lambda p: (p / CACHE_MARK).stat().st_mtime):
-        if sum(size.values()) <= budget:
-            break
-        shutil.rmtree(p, ignore_errors=True)
-        size.pop(p)
+def _shard_or_aside(rel: str) -> bool:
+    """A shard (fetched on first use, not with the metadata) or a file beside a mix, not of it."""
+    parts = rel.split("/")
+    return parts[0] in NOT_PUBLISHED or (len(parts) == 3 and parts[0] == "corpora" and parts[2].endswith(".bin"))
 
 
 __all__ = ["build_to_bucket", "cached_mix", "publish", "work_dir"]
