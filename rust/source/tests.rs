@@ -78,12 +78,32 @@ fn as_pairs(records: Vec<Result<Record>>) -> Vec<(u64, Option<String>)> {
 
 // ---------------------------------------------------------------- discover
 
+fn paths(inputs: &[Input]) -> Vec<PathBuf> {
+    inputs.iter().map(|i| i.path().unwrap().to_path_buf()).collect()
+}
+
+fn names(inputs: &[Input]) -> Vec<&str> {
+    inputs.iter().map(|i| i.name.as_str()).collect()
+}
+
 #[test]
 fn discover_sorts_dedups_and_supports_globs() {
     let base = corpora();
     let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let files = discover(&base, &pats(&["slimpajama/train/**/*.jsonl.zst"])).unwrap();
-    assert_eq!(files, vec![base.join(SLIM0), base.join(SLIM1)]);
+    assert_eq!(paths(&files), vec![base.join(SLIM0), base.join(SLIM1)]);
+    // Named under the pattern's base, sized as on disk.
+    assert_eq!(
+        names(&files),
+        [
+            "chunk1/example_train_0000.jsonl.zst",
+            "chunk1/example_train_0001.jsonl.zst"
+        ]
+    );
+    assert_eq!(
+        files[0].size,
+        std::fs::metadata(base.join(SLIM0)).unwrap().len()
+    );
 
     // Overlapping patterns, `?`, `[..]`, `**` and an absolute pattern list each file once.
     let abs = format!("{}/skypile/*.jsonl", base.display());
@@ -104,23 +124,53 @@ fn discover_sorts_dedups_and_supports_globs() {
         .map(|p| base.join(p.strip_prefix(&base).unwrap()))
         .collect();
     expect.sort();
-    assert_eq!(files, expect);
+    assert_eq!(paths(&files), expect);
     assert_eq!(files.len(), 2);
+    // `**/*.jsonl`'s base is the spec dir: every name is under it.
+    assert_eq!(
+        names(&files),
+        ["skypile/2023-01.jsonl", "skypile/2023-04.jsonl"]
+    );
 
     let all = discover(&base, &pats(&["**/*"])).unwrap();
-    let keys: Vec<String> = all
-        .iter()
-        .map(|p| {
-            p.strip_prefix(&base)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let keys: Vec<String> = all.iter().map(|i| i.name.clone()).collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted);
     assert_eq!(keys.len(), 6, "{keys:?}");
+    for (i, key) in all.iter().zip(&keys) {
+        assert_eq!(i.path().unwrap(), base.join(key));
+    }
+}
+
+/// Two patterns with different bases: names under their common base (unique, in full-path
+/// order); a literal file is named by its file name under its directory.
+#[test]
+fn discover_names_inputs_under_the_common_base_of_the_patterns() {
+    let base = corpora();
+    let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let files = discover(
+        &base,
+        &pats(&["slimpajama/train/chunk1/*.zst", "proof-pile/train/*.zst"]),
+    )
+    .unwrap();
+    assert_eq!(
+        names(&files),
+        [
+            "proof-pile/train/proofpile_train_0000.jsonl.zst",
+            "slimpajama/train/chunk1/example_train_0000.jsonl.zst",
+            "slimpajama/train/chunk1/example_train_0001.jsonl.zst",
+        ]
+    );
+    let one = discover(&base, &pats(&[SKY])).unwrap();
+    assert_eq!(names(&one), ["2023-04.jsonl"]);
+    let err = discover(&base, &pats(&[SKY, "s3://bucket/skypile/*.jsonl"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("s3://bucket/skypile/*.jsonl") && err.contains(SKY),
+        "{err}"
+    );
 }
 
 #[test]

@@ -16,6 +16,9 @@
 //! - `put_if_absent` is a conditional create (`If-None-Match: *`): of two writers racing for one
 //!   key exactly one wins. The out-dir lease of a mix or a run in a bucket is built on it.
 //!
+//! - Inputs are read as streams and range reads conditional on their listed ETag, resuming a
+//!   body cut short ([`read`]).
+//!
 //! Every failure is `Error::Remote` naming the URL, in one line.
 
 use std::path::Path;
@@ -31,6 +34,8 @@ use object_store::{
 };
 
 use crate::error::{Error, IoContext, Result};
+
+pub mod read;
 
 /// Retries of one request before it fails (throttling, 5xx, a reset connection): about 25 s of
 /// backoff in all. `TINYLLAMA_S3_RETRIES` overrides it (the tests' dead endpoint: 0).
