@@ -5,9 +5,7 @@
 //! removed rows. Nothing removed is ever tokenized.
 
 use super::stream::{self, Stage, Start};
-use super::{
-    largest_first, BuildConfig, CorpusConfig, DedupMode, DedupWork, FileWork, Progress,
-};
+use super::{largest_first, BuildConfig, CorpusConfig, DedupMode, DedupWork, FileWork, Progress};
 use crate::dedup::{
     self, keys_path, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
     Fingerprinter, KeyIndex, KeyIndexWriter, Kind,

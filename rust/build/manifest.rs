@@ -23,7 +23,7 @@ pub const MIX_FORMAT: &str = "tinyllama-mix";
 /// same spec, needs no `--force`).
 /// 3: corpora's sample streams keyed by name (schedule v2); families (`branches` in the
 /// lock, a schedule per branch). A format-2 mix is refused the same way.
-/// 4: inputs named by their path under the corpus's base (the same from a directory or a
+/// 4: inputs named by their path under the pattern's directory (the same from a directory or a
 /// bucket), with their sha256 in the manifests; so identities and reports name files anew.
 /// A format-3 mix is refused the same way, and `mix build` of a spec of the same name
 /// rebuilds over it without `--force`.
@@ -32,7 +32,7 @@ pub const MIX_FORMAT_VERSION: u32 = 4;
 /// Per input file, what happened to its records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct FileStats {
-    /// Its path under its corpus's base (`source::discover`): the same wherever it was read.
+    /// Its path under its pattern's directory (`source::discover`): the same wherever it was read.
     pub path: String,
     pub bytes: u64,
     /// sha256 (hex) of the input file's bytes, as read by the build.

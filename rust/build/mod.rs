@@ -362,12 +362,12 @@ impl Plan {
     fn file(&self, corpus: usize, file: usize) -> Result<&source::Input> {
         let c = self.corpus(corpus)?;
         self.files(corpus).get(file).ok_or_else(|| {
-                Error::Usage(format!(
-                    "corpora.{}: no input file #{file} (found {})",
-                    c.name,
-                    self.files(corpus).len()
-                ))
-            })
+            Error::Usage(format!(
+                "corpora.{}: no input file #{file} (found {})",
+                c.name,
+                self.files(corpus).len()
+            ))
+        })
     }
 
     /// Make the output dir ready for the stages (run once, by whoever drives the build).

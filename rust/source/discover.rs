@@ -5,24 +5,28 @@
 //! order, and the names the lock records must not depend on where the files live:
 //! - Every pattern has a base: its directories before the first glob component
 //!   (`data/slim/train` for `data/slim/train/**/*.jsonl`; `s3://b/slim/train` for
-//!   `s3://b/slim/train/*.jsonl`; a literal file's directory). The corpus's base is the
-//!   longest common directory prefix of its patterns' bases.
-//! - Each file is named by its path under the corpus's base (`/`-separated); the result is
-//!   sorted by those names' bytes, without duplicates. So the same files laid out alike give
-//!   the same names, order, identity and lock from a directory and from a bucket; names are
-//!   unique (distinct files under one base have distinct paths); a file that two patterns
-//!   find is listed once; and sorting by name is sorting by full path (the base is common).
+//!   `s3://b/slim/train/*.jsonl`; a literal file's directory).
+//! - Each file is named by its path under the base of the pattern that found it
+//!   (`/`-separated), and the result is sorted by those names' bytes. So the same files give
+//!   the same names, order, identity and lock from a directory and from a bucket, and a mix
+//!   never records where its inputs were.
+//! - A file that several patterns find is listed once, under the longest of its names (the
+//!   most context; then the smallest bytes): not under whichever pattern comes first.
+//! - Names must be unique: two different files with one name (`a/*.jsonl` and `b/*.jsonl`
+//!   both finding an `x.jsonl`) are an error naming both; one pattern over their common
+//!   directory (`{a,b}/*.jsonl`, `*/x.jsonl`) names them apart.
 //! - A URL pattern is listed in its bucket under its base and matched against the objects'
 //!   keys with the same glob rules as a local pattern against paths (globset,
 //!   `literal_separator`: `*`, `?` and `[..]` stay within a component, `**` crosses them).
-//!   Local paths and URLs are never mixed in one corpus: they share no base, so there would
-//!   be no one rule for their names and order.
+//!   Local and bucket patterns may be mixed in one corpus: names, order and uniqueness
+//!   follow the same rules (a name never says where its file is).
 //! - A pattern that matches nothing is an error naming the pattern and where it looked.
 
 use super::input::{Input, Location};
 use crate::error::{Error, Result};
 use crate::storage::{is_url, Bucket};
 use globset::{Candidate, GlobBuilder, GlobMatcher};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use walkdir::WalkDir;
@@ -39,39 +43,63 @@ struct Found {
     at: Location,
 }
 
+impl Found {
+    /// Where it is, as one string: the same file found twice has the same one.
+    fn location(&self) -> String {
+        self.components.join("/")
+    }
+}
+
+/// Of two names of one file, the one it is listed under: the longer, then the smaller.
+fn preferred(a: &str, b: &str) -> bool {
+    (a.len(), std::cmp::Reverse(a)) > (b.len(), std::cmp::Reverse(b))
+}
+
 /// Files matched by the glob `patterns` (relative ones are relative to `base`; absolute ones
 /// and `s3://` URLs are taken as they are), named and sorted as the module docs say.
 pub fn discover(base: &Path, patterns: &[String]) -> Result<Vec<Input>> {
-    let url = patterns.iter().find(|p| is_url(p));
-    let local = patterns.iter().find(|p| !is_url(p));
-    if let (Some(url), Some(local)) = (url, local) {
-        return Err(Error::Spec(format!(
-            "paths: '{url}' is in a bucket and '{local}' is local: one corpus reads either \
-             local files or objects (its files are named and ordered under one common base); \
-             put them in two corpora"
-        )));
-    }
     let base_abs = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    let mut bases = Vec::with_capacity(patterns.len());
-    let mut found = Vec::new();
+    // By location: each file once, under its preferred name.
+    let mut located: BTreeMap<String, (String, Found)> = BTreeMap::new();
     for pattern in patterns {
         let (pattern_base, files) = if is_url(pattern) {
             list_bucket(pattern)?
         } else {
             walk_local(base, &base_abs, pattern)?
         };
-        bases.push(pattern_base);
-        found.extend(files);
+        for f in files {
+            let name = f.components[pattern_base.len()..].join("/");
+            match located.entry(f.location()) {
+                Entry::Vacant(v) => {
+                    v.insert((name, f));
+                }
+                Entry::Occupied(mut o) if preferred(&name, &o.get().0) => o.get_mut().0 = name,
+                Entry::Occupied(_) => {}
+            }
+        }
     }
-    let common = common_prefix(&bases);
     let mut named: BTreeMap<String, Input> = BTreeMap::new();
-    for f in found {
-        let name = f.components[common..].join("/");
-        named.entry(name.clone()).or_insert(Input {
-            name,
-            size: f.size,
-            at: f.at,
-        });
+    for (name, f) in located.into_values() {
+        match named.entry(name) {
+            Entry::Vacant(v) => {
+                let name = v.key().clone();
+                v.insert(Input {
+                    name,
+                    size: f.size,
+                    at: f.at,
+                });
+            }
+            Entry::Occupied(o) => {
+                return Err(Error::Spec(format!(
+                    "paths: {} and {} are both named '{}' (a file is named by its path under its \
+                     pattern's directory): match them with one pattern over their common \
+                     directory, e.g. '{{a,b}}/*.jsonl'",
+                    o.get().shown().display(),
+                    f.at.shown().display(),
+                    o.key()
+                )))
+            }
+        }
     }
     Ok(named.into_values().collect())
 }
@@ -113,7 +141,14 @@ fn walk_local(base: &Path, base_abs: &Path, pattern: &str) -> Result<(Vec<String
     let (root, dirs) = (PathBuf::from(root.join("/")), PathBuf::from(dirs.join("/")));
     // Walk only below the pattern's literal prefix, not the whole of `base`.
     let (root, pattern_base) = if absolute {
-        (root, if dirs.as_os_str().is_empty() { "/".into() } else { dirs })
+        (
+            root,
+            if dirs.as_os_str().is_empty() {
+                "/".into()
+            } else {
+                dirs
+            },
+        )
     } else {
         (base_abs.join(root), base_abs.join(dirs))
     };
@@ -182,16 +217,6 @@ fn list_bucket(pattern: &str) -> Result<(Vec<String>, Vec<Found>)> {
     let mut base = vec![root];
     base.extend(dirs.into_iter().map(str::to_string));
     Ok((base, files))
-}
-
-/// How many leading components every one of `bases` shares.
-fn common_prefix(bases: &[Vec<String>]) -> usize {
-    let Some(first) = bases.first() else { return 0 };
-    let mut n = first.len();
-    for b in &bases[1..] {
-        n = n.min(first.iter().zip(b).take_while(|(x, y)| x == y).count());
-    }
-    n
 }
 
 /// A path's components as strings (the root as "/").

@@ -1,7 +1,7 @@
 //! One input file of a corpus, on local disk or in a bucket: where it is, the name the lock
 //! gives it, its size, and how to read it.
 //!
-//! - The name is its path under its corpus's base (see [`discover`](super::discover)): the
+//! - The name is its path under its pattern's directory (see [`discover`](super::discover)): the
 //!   same files give the same names, hence the same identity and lock, whether they are read
 //!   from a directory or from a bucket. Never a host, an endpoint or a credential.
 //! - JSONL and zstd read an input as one stream from its start ([`Input::reader`]: a file, or
@@ -32,7 +32,7 @@ use crate::storage::Bucket;
 /// One input file.
 #[derive(Clone)]
 pub struct Input {
-    /// Its path under its corpus's base, `/`-separated: what the lock and reports call it.
+    /// Its path under its pattern's directory, `/`-separated: what the lock and reports call it.
     pub name: String,
     pub size: u64,
     pub at: Location,
@@ -49,9 +49,25 @@ pub enum Location {
     },
 }
 
+impl Location {
+    /// The path or the `s3://` URL: what messages name.
+    pub fn shown(&self) -> PathBuf {
+        match self {
+            Location::Local(p) => p.clone(),
+            Location::Remote { bucket, key, .. } => PathBuf::from(bucket.url(key)),
+        }
+    }
+}
+
 impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} bytes at {})", self.name, self.size, self.shown().display())
+        write!(
+            f,
+            "{} ({} bytes at {})",
+            self.name,
+            self.size,
+            self.shown().display()
+        )
     }
 }
 
@@ -68,10 +84,7 @@ impl Input {
 
     /// The path or the `s3://` URL: what messages name.
     pub fn shown(&self) -> PathBuf {
-        match &self.at {
-            Location::Local(p) => p.clone(),
-            Location::Remote { bucket, key, .. } => PathBuf::from(bucket.url(key)),
-        }
+        self.at.shown()
     }
 
     /// The local path, if it is a local file.

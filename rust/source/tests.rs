@@ -79,7 +79,10 @@ fn as_pairs(records: Vec<Result<Record>>) -> Vec<(u64, Option<String>)> {
 // ---------------------------------------------------------------- discover
 
 fn paths(inputs: &[Input]) -> Vec<PathBuf> {
-    inputs.iter().map(|i| i.path().unwrap().to_path_buf()).collect()
+    inputs
+        .iter()
+        .map(|i| i.path().unwrap().to_path_buf())
+        .collect()
 }
 
 fn names(inputs: &[Input]) -> Vec<&str> {
@@ -143,10 +146,10 @@ fn discover_sorts_dedups_and_supports_globs() {
     }
 }
 
-/// Two patterns with different bases: names under their common base (unique, in full-path
-/// order); a literal file is named by its file name under its directory.
+/// Each file is named under its own pattern's base; a file found twice keeps its longest
+/// name; two files with one name are refused, naming both.
 #[test]
-fn discover_names_inputs_under_the_common_base_of_the_patterns() {
+fn discover_names_inputs_under_their_patterns_base() {
     let base = corpora();
     let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let files = discover(
@@ -157,20 +160,35 @@ fn discover_names_inputs_under_the_common_base_of_the_patterns() {
     assert_eq!(
         names(&files),
         [
-            "proof-pile/train/proofpile_train_0000.jsonl.zst",
-            "slimpajama/train/chunk1/example_train_0000.jsonl.zst",
-            "slimpajama/train/chunk1/example_train_0001.jsonl.zst",
+            "example_train_0000.jsonl.zst",
+            "example_train_0001.jsonl.zst",
+            "proofpile_train_0000.jsonl.zst",
         ]
     );
     let one = discover(&base, &pats(&[SKY])).unwrap();
     assert_eq!(names(&one), ["2023-04.jsonl"]);
-    let err = discover(&base, &pats(&[SKY, "s3://bucket/skypile/*.jsonl"]))
+    // Found as `2023-04.jsonl` and as `skypile/2023-04.jsonl`, whichever pattern comes first.
+    for order in [[SKY, "sky*/*.jsonl"], ["sky*/*.jsonl", SKY]] {
+        let both = discover(&base, &pats(&order)).unwrap();
+        assert_eq!(
+            names(&both),
+            ["skypile/2023-01.jsonl", "skypile/2023-04.jsonl"]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("x.jsonl"), sub).unwrap();
+    }
+    let err = discover(dir.path(), &pats(&["a/*.jsonl", "b/*.jsonl"]))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("s3://bucket/skypile/*.jsonl") && err.contains(SKY),
+        err.contains("a/x.jsonl") && err.contains("b/x.jsonl") && err.contains("'x.jsonl'"),
         "{err}"
     );
+    let apart = discover(dir.path(), &pats(&["{a,b}/*.jsonl"])).unwrap();
+    assert_eq!(names(&apart), ["a/x.jsonl", "b/x.jsonl"]);
 }
 
 #[test]
@@ -837,4 +855,38 @@ fn parquet_null_text() {
         .collect();
     want.insert(3, got[3].clone());
     assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------- digests
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A stream reader read to its end has hashed every byte of the file (no second read); one
+/// stopped early has not, and says so; `Input::sha256` is the one-pass fallback.
+#[test]
+fn a_stream_read_to_its_end_gives_the_file_digest() {
+    for rel in [SLIM0, SKY] {
+        let path = corpora().join(rel);
+        let input = Input::local(&path).unwrap();
+        let digest = Digest::default();
+        let (mut records, _) = open_input(
+            &input,
+            &slim_opts(OnError::Fail),
+            &Progress::new(),
+            Some(digest.clone()),
+        )
+        .unwrap();
+        records.next().unwrap().unwrap();
+        assert_eq!(
+            digest.complete(input.size),
+            None,
+            "{rel}: read one line only"
+        );
+        assert!(records.count() > 0);
+        assert_eq!(digest.complete(input.size), Some(sha256_of(&path)), "{rel}");
+        assert_eq!(input.sha256().unwrap(), sha256_of(&path), "{rel}");
+    }
 }
