@@ -177,6 +177,7 @@ pub fn open_deferred(
     opts: &SourceOptions,
     progress: &Progress,
 ) -> Result<DeferredRecords> {
+    Format::of(path)?; // an unknown extension is a spec error, whether the file exists or not
     open_input(&Input::local(path)?, opts, progress, None)
 }
 
@@ -225,6 +226,7 @@ pub fn open_with_progress(
     opts: &SourceOptions,
     progress: &Progress,
 ) -> Result<Records> {
+    Format::of(path)?; // an unknown extension is a spec error, whether the file exists or not
     input_records(&Input::local(path)?, opts, progress)
 }
 

@@ -690,13 +690,14 @@ fn giant_line_is_bad_input_and_skipped_in_bounded_memory() {
 
     // The reader's buffer never grew past the cap while skipping the 20 MB line.
     let mut reader = jsonl::JsonlReader::open(
-        &path,
+        &Input::local(&path).unwrap(),
         &SourceOptions {
             on_error: OnError::Skip,
             ..o.clone()
         },
         false,
         Progress::new(),
+        None,
     )
     .unwrap();
     reader.next();
