@@ -247,3 +247,28 @@ def test_a_missing_bucket_and_a_dead_endpoint_are_one_line_naming_the_url(s3, tm
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "s3://some-bucket/corpora/web" in lines[0], lines[0]
     assert not (tmp_path / "mix-dead" / "mix.json").exists()
+
+
+def test_the_distributed_stages_read_bucket_inputs_to_the_same_bytes(inputs, local_mix, tmp_path):
+    """What `--ray` tasks run (each its own `BuildPlan`, listing the bucket itself), by hand:
+    two plans stand for two processes, files and band partitions alternate between them."""
+    root, url, _, _ = inputs
+    out = tmp_path / "mix-stages"
+    config = json.dumps(load_spec(spec_over(tmp_path / "spec-stages", url)).build_config(out, 1))
+    a, b = _core.BuildPlan(config), _core.BuildPlan(config)
+    assert a.files(0) == [(n, (root / "web" / n).stat().st_size) for n in ("2023-04.jsonl", "sub/slim.jsonl.zst")]
+    assert not a.prepare()
+    for c, (_name, n_files, deduped) in enumerate(a.corpora()):
+        if deduped:
+            for i in range(n_files):
+                (a if i % 2 else b).fingerprint(c, i)
+            a.dedup_exact(c)
+            for k, r in enumerate(a.band_ranges(c, 2)):
+                (b if k % 2 else a).dedup_bands(c, *r)
+            b.dedup(c, 2)
+        for i in range(n_files):
+            (b if i % 2 else a).tokenize(c, i)
+        for k, shard in enumerate(b.pack_layout(c)):
+            (a if k % 2 else b).pack_shard(c, shard)
+    a.finish()
+    assert tree_bytes(out) == tree_bytes(local_mix)
