@@ -107,6 +107,9 @@ class BuildPlan:
     def identity(self) -> str: ...
     def corpora(self) -> list[tuple[str, int, bool]]:
         """(name, number of input files, whether it is deduplicated) of each corpus, in order."""
+    def files(self, corpus: int) -> list[tuple[str, int]]:
+        """(name, size) of each input file of corpus `corpus`, in the build's order: its path under the
+        pattern's directory (the same from a directory and from a bucket)."""
     def prepare(self) -> bool:
         """Ready the output dir (run once, by the driver).
 

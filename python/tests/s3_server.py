@@ -7,6 +7,7 @@ import http.client
 import http.server
 import socket
 import threading
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -25,11 +26,17 @@ class FlakyProxy:
     """A proxy in front of the server that answers the first `slowdowns` requests with 503
     SlowDown, drops the connection of the next `resets`, then forwards everything; of the GETs
     it forwards, the first `truncates` send their headers (the full Content-Length) and only
-    half the body before the connection drops. Settable between requests."""
+    half the body before the connection drops. Settable between requests.
 
-    def __init__(self, upstream: str, slowdowns: int, resets: int, truncates: int = 0):
+    `cut(path)`, if given, picks which GETs (by request path, query included) may be cut short;
+    `before_get(path)`, if given, runs before each GET is forwarded (to replace an object
+    between a listing and a read)."""
+
+    def __init__(self, upstream: str, slowdowns: int, resets: int, truncates: int = 0,
+                 cut: Callable[[str], bool] | None = None, before_get: Callable[[str], None] | None = None):
         self.upstream = upstream.removeprefix("http://")
         self.slowdowns, self.resets, self.truncates, self.seen = slowdowns, resets, truncates, []
+        self.cut, self.before_get = cut, before_get
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,6 +60,8 @@ class FlakyProxy:
                     self.connection.shutdown(socket.SHUT_RDWR)  # a dropped connection
                     self.close_connection = True
                     return
+                if self.command == "GET" and proxy.before_get is not None:
+                    proxy.before_get(self.path)
                 conn = http.client.HTTPConnection(proxy.upstream)
                 headers = {k: v for k, v in self.headers.items()}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -66,7 +75,8 @@ class FlakyProxy:
                 self.send_header("Content-Length", r.getheader("Content-Length", "0") if self.command == "HEAD"
                                  else str(len(data)))
                 self.end_headers()
-                if self.command == "GET" and proxy.truncates > 0 and len(data) > 1:
+                if (self.command == "GET" and proxy.truncates > 0 and len(data) > 1
+                        and (proxy.cut is None or proxy.cut(self.path))):
                     proxy.truncates -= 1
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()

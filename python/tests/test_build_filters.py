@@ -140,7 +140,8 @@ def web_inputs(spec: Path) -> list[tuple[str, int, str]]:
     for f in files:
         for row, r in enumerate(read_rows(f)):
             if r["meta"]["redpajama_set_name"] != "RedPajamaGithub":
-                out.append((str(f), row, r["text"]))
+                # named by its path under its pattern's directory (slimpajama/train)
+                out.append((f.relative_to(CORPORA / "slimpajama/train").as_posix(), row, r["text"]))
     out += [("planted.jsonl", row, r["text"]) for row, r in enumerate(read_rows(spec.parent / "planted.jsonl"))]
     return out
 

@@ -67,8 +67,8 @@ def test_a_fragment_names_its_input_record(mix):
     """The named file and line hold the text whose tokens the fragment carries."""
     df = mix.trace(3)
     frag = next(f for f in df.to_dicts() if f["corpus"] == "skypile" and f["doc_end"] - f["doc_start"] > 20)
-    source = Path(frag["source"])  # as the manifest names it (relative to the spec's dir unless absolute)
-    lines = (source if source.is_absolute() else mix.path.parent / source).read_text(encoding="utf-8").splitlines()
+    source = frag["source"]  # as the manifest names it: its path under its pattern's dir, {CORPORA}/skypile
+    lines = (CORPORA / "skypile" / source).read_text(encoding="utf-8").splitlines()
     text = json.loads(lines[frag["row"]])["text"]
     tok = tinyllama.Tokenizer(mix.tokenizer_path)
     ids = tok.encode(text).tolist()

@@ -18,9 +18,11 @@ pub enum DedupMode {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CorpusConfig {
     pub name: String,
-    /// Directory the `paths` globs are relative to (the spec file's directory). Not recorded
-    /// in the mix: manifests name input files relative to it, so a mix is relocatable.
+    /// Directory the relative `paths` globs are relative to (the spec file's directory). Not
+    /// recorded in the mix: manifests name input files under their patterns' directories
+    /// (`source::discover`), so a mix is relocatable and the same from a bucket.
     pub base: PathBuf,
+    /// Glob patterns: relative or absolute paths, or `s3://` URLs (both may be mixed).
     pub paths: Vec<String>,
     pub text: String,
     #[serde(default)]
@@ -104,7 +106,8 @@ pub struct BuildConfig {
 impl BuildConfig {
     /// Identity of the build's *result*, from content only: the settings that shape the
     /// output, the tokenizer's fingerprint and each input file's name and size — not where
-    /// the spec, the inputs or the output live, nor how many threads make it. A complete mix
+    /// the spec, the inputs (their glob patterns included) or the output live, nor how many
+    /// threads make it. A complete mix
     /// with the same identity is up to date; resumed staging must carry the same identity.
     ///
     /// Filters enter through `filters`, their resolved settings (defaults filled in, files by
@@ -134,7 +137,11 @@ impl BuildConfig {
             if let Some(corpora) = obj.get_mut("corpora").and_then(|c| c.as_array_mut()) {
                 for (c, files) in corpora.iter_mut().zip(inputs) {
                     if let Some(c) = c.as_object_mut() {
+                        // The files they found (by name under the pattern's directory, and size)
+                        // stand for the patterns: the same files are the same build whether
+                        // the patterns name a directory, another directory or a bucket.
                         c.remove("base");
+                        c.remove("paths");
                         c.remove("filters");
                         c.insert("inputs".into(), serde_json::json!(files));
                     }

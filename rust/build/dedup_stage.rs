@@ -5,10 +5,7 @@
 //! removed rows. Nothing removed is ever tokenized.
 
 use super::stream::{self, Stage, Start};
-use super::{
-    display_path, largest_first, BuildConfig, CorpusConfig, DedupMode, DedupWork, FileWork,
-    Progress,
-};
+use super::{largest_first, BuildConfig, CorpusConfig, DedupMode, DedupWork, FileWork, Progress};
 use crate::dedup::{
     self, keys_path, DedupParams, ExactGroups, FingerprintSet, FingerprintStore, FingerprintWriter,
     Fingerprinter, KeyIndex, KeyIndexWriter, Kind,
@@ -16,7 +13,7 @@ use crate::dedup::{
 use crate::error::{Error, IoContext, Result};
 use crate::filter::FilterChain;
 use crate::shard::write_atomic;
-use crate::source::{self, Record, SourceOptions};
+use crate::source::{self, Input, Record, SourceOptions};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -65,7 +62,7 @@ pub fn report_path(dir: &Path) -> PathBuf {
 
 /// The corpus's fingerprint stores, in file order; a missing one is a stage run out of order,
 /// not something to silently skip.
-fn store_paths(dir: &Path, files: &[PathBuf], params: &DedupParams) -> Result<Vec<PathBuf>> {
+fn store_paths(dir: &Path, files: &[Input], params: &DedupParams) -> Result<Vec<PathBuf>> {
     let fp_dir = dir.join("fingerprints");
     let mut stores = Vec::with_capacity(files.len());
     for i in 0..files.len() {
@@ -87,7 +84,7 @@ pub fn decide(
     cfg: &BuildConfig,
     corpus: &CorpusConfig,
     dir: &Path,
-    files: &[PathBuf],
+    files: &[Input],
     partitions: Option<&[Range<usize>]>,
 ) -> Result<DedupWork> {
     let decision = dir.join(DECISION);
@@ -122,7 +119,7 @@ pub fn decide(
         }
     };
     let _ = std::fs::remove_dir_all(&work);
-    let sources: Vec<String> = files.iter().map(|f| display_path(corpus, f)).collect();
+    let sources: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
     crate::dedup::write_report(&report_path(dir), &result.report_rows(&sources)?)?;
     let mut rows: Vec<(u32, u32, u64)> = result
         .removals
@@ -170,7 +167,7 @@ pub fn decide_exact(
     cfg: &BuildConfig,
     corpus: &CorpusConfig,
     dir: &Path,
-    files: &[PathBuf],
+    files: &[Input],
 ) -> Result<PairsWork> {
     let path = exact_path(dir);
     let params = params(&cfg.dedup, corpus.dedup)?;
@@ -201,7 +198,7 @@ pub fn decide_bands(
     cfg: &BuildConfig,
     corpus: &CorpusConfig,
     dir: &Path,
-    files: &[PathBuf],
+    files: &[Input],
     bands: Range<usize>,
 ) -> Result<PairsWork> {
     let params = params(&cfg.dedup, corpus.dedup)?;
@@ -443,7 +440,7 @@ fn store_path(dir: &Path, index: usize) -> PathBuf {
 /// are documents the corpus's filter chain drops: filters run before dedup, so a dropped
 /// document is never the "kept" original of a duplicate.
 pub(super) struct Fingerprint<'a> {
-    pub files: &'a [PathBuf],
+    pub files: &'a [Input],
     /// The corpus's filters (empty for loose files).
     pub chain: &'a FilterChain,
     /// Where file `i`'s store goes.
@@ -471,7 +468,7 @@ impl Stage for Fingerprint<'_> {
     fn start(&self, index: usize) -> Result<Start<Self>> {
         let file = &self.files[index];
         let path = store_path(self.stores, index);
-        let bytes = std::fs::metadata(file).ctx(file)?.len();
+        let bytes = file.size;
         if self.resume {
             // A committed store made with these parameters, and its key index, are this
             // file's finished work.
@@ -493,7 +490,7 @@ impl Stage for Fingerprint<'_> {
             return Err(Error::Interrupted);
         }
         Ok(Start::Work {
-            records: source::open_deferred(file, self.options, &self.progress.read)?,
+            records: source::open_input(file, self.options, &self.progress.read, None)?,
             file: (),
             writer: StoreWriter {
                 writer: FingerprintWriter::create(&path, self.params)?,
@@ -625,6 +622,11 @@ pub fn dedup_files(
     progress: &Progress,
 ) -> Result<FilesDedup> {
     params.validate()?;
+    let files = files
+        .iter()
+        .map(|f| Input::local(f))
+        .collect::<Result<Vec<_>>>()?;
+    let files = files.as_slice();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers.max(1))
         .build()
@@ -647,7 +649,7 @@ pub fn dedup_files(
         let (done, _) = stream::run(
             &pool,
             &stage,
-            &largest_first(files)?,
+            &largest_first(files),
             workers.max(1),
             stream::InFlight::default_for(workers),
             progress,

@@ -23,14 +23,21 @@ pub const MIX_FORMAT: &str = "tinyllama-mix";
 /// same spec, needs no `--force`).
 /// 3: corpora's sample streams keyed by name (schedule v2); families (`branches` in the
 /// lock, a schedule per branch). A format-2 mix is refused the same way.
-pub const MIX_FORMAT_VERSION: u32 = 3;
+/// 4: inputs named by their path under the pattern's directory (the same from a directory or a
+/// bucket), with their sha256 in the manifests; so identities and reports name files anew.
+/// A format-3 mix is refused the same way, and `mix build` of a spec of the same name
+/// rebuilds over it without `--force`.
+pub const MIX_FORMAT_VERSION: u32 = 4;
 
 /// Per input file, what happened to its records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct FileStats {
-    /// Relative to the spec's directory (or absolute if the pattern was).
+    /// Its path under its pattern's directory (`source::discover`): the same wherever it was read.
     pub path: String,
     pub bytes: u64,
+    /// sha256 (hex) of the input file's bytes, as read by the build.
+    #[serde(default)]
+    pub sha256: String,
     pub docs_read: u64,
     pub docs_filtered: u64,
     pub docs_skipped: u64,

@@ -141,7 +141,8 @@ pub struct Plan {
     dtype: Dtype,
     bos: Option<u32>,
     eos: Option<u32>,
-    inputs: Vec<Vec<PathBuf>>,
+    /// Each corpus's input files, named and sorted by `source::discover`.
+    inputs: Vec<Vec<source::Input>>,
     /// The trunk's stages (a plain spec's whole schedule).
     stages: Vec<StageSpec>,
     /// A family's branches: name, the branch's own stages, and its whole schedule's stages
@@ -219,10 +220,11 @@ pub fn plan(cfg: &BuildConfig) -> Result<Plan> {
         inputs.push(source::discover(&corpus.base, &corpus.paths)?);
     }
     let mut input_ids = Vec::with_capacity(inputs.len());
-    for (corpus, files) in cfg.corpora.iter().zip(&inputs) {
+    for files in &inputs {
         let mut ids = Vec::with_capacity(files.len());
+        // By name and size only: the same files give the same identity wherever they are.
         for f in files {
-            ids.push((display_path(corpus, f), std::fs::metadata(f).ctx(f)?.len()));
+            ids.push((f.name.clone(), f.size));
         }
         input_ids.push(ids);
     }
@@ -319,7 +321,7 @@ impl Plan {
         &self.identity
     }
     /// The input files of corpus `corpus`, in sorted path order (the order of the result).
-    pub fn files(&self, corpus: usize) -> &[PathBuf] {
+    pub fn files(&self, corpus: usize) -> &[source::Input] {
         self.inputs.get(corpus).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -357,18 +359,15 @@ impl Plan {
         Ok((c, self.staging().join(&c.name)))
     }
 
-    fn file(&self, corpus: usize, file: usize) -> Result<&Path> {
+    fn file(&self, corpus: usize, file: usize) -> Result<&source::Input> {
         let c = self.corpus(corpus)?;
-        self.files(corpus)
-            .get(file)
-            .map(PathBuf::as_path)
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "corpora.{}: no input file #{file} (found {})",
-                    c.name,
-                    self.files(corpus).len()
-                ))
-            })
+        self.files(corpus).get(file).ok_or_else(|| {
+            Error::Usage(format!(
+                "corpora.{}: no input file #{file} (found {})",
+                c.name,
+                self.files(corpus).len()
+            ))
+        })
     }
 
     /// Make the output dir ready for the stages (run once, by whoever drives the build).
@@ -403,6 +402,13 @@ impl Plan {
                     }
                     Err(e) => rebuilt = Some(e.to_string()),
                 }
+            } else if let Some(version) = self.older_format(out) {
+                // Unreadable by this tinyllama whatever it holds, and made by a build of this
+                // spec's name: the "rebuild" that opening it asks for.
+                self.drop_other_mix(out)?;
+                rebuilt = Some(format!(
+                    "a mix of format {version}, rebuilt in format {MIX_FORMAT_VERSION}"
+                ));
             } else if !self.cfg.force {
                 let what = match &found {
                     Some(_) => format!(
@@ -435,6 +441,16 @@ impl Plan {
             up_to_date: false,
             rebuilt,
         })
+    }
+
+    /// The format version of the complete mix in `out` when it is older than this build's and
+    /// was built from a spec of this name.
+    fn older_format(&self, out: &Path) -> Option<u64> {
+        let text = std::fs::read_to_string(out.join(LOCK_NAME)).ok()?;
+        let lock: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let version = lock.get("format_version")?.as_u64()?;
+        let same_name = lock.get("name")?.as_str()? == self.cfg.name;
+        (same_name && version < u64::from(MIX_FORMAT_VERSION)).then_some(version)
     }
 
     /// `force` over a mix of another identity: drop the corpora its lock names that this
@@ -504,13 +520,14 @@ impl Plan {
 
 /// The files `files` of corpus `corpus` in the order readers take them: largest first, so
 /// the end of a stage is not one thread finishing one big file (ties: input order).
-pub fn largest_first(files: &[PathBuf]) -> Result<Vec<usize>> {
-    let mut sized = Vec::with_capacity(files.len());
-    for (i, f) in files.iter().enumerate() {
-        sized.push((std::cmp::Reverse(std::fs::metadata(f).ctx(f)?.len()), i));
-    }
+pub fn largest_first(files: &[source::Input]) -> Vec<usize> {
+    let mut sized: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (std::cmp::Reverse(f.size), i))
+        .collect();
     sized.sort();
-    Ok(sized.into_iter().map(|(_, i)| i).collect())
+    sized.into_iter().map(|(_, i)| i).collect()
 }
 
 impl Plan {
@@ -540,9 +557,9 @@ impl Plan {
     ) -> Result<Vec<S::Done>> {
         let mut picked = Vec::with_capacity(which.len());
         for &i in which {
-            picked.push(self.file(corpus, i)?.to_path_buf());
+            picked.push(self.file(corpus, i)?.clone());
         }
-        let order: Vec<usize> = largest_first(&picked)?
+        let order: Vec<usize> = largest_first(&picked)
             .into_iter()
             .map(|k| which[k])
             .collect();
@@ -894,7 +911,7 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     for (c, corpus) in cfg.corpora.iter().enumerate() {
         let n = plan.files(c).len();
         let all: Vec<usize> = (0..n).collect();
-        let bytes = input_bytes(plan.files(c))?;
+        let bytes = plan.files(c).iter().map(|f| f.size).sum();
         if corpus.dedup != DedupMode::None {
             progress.start_stage(&format!("fingerprint {}", corpus.name), n as u64, bytes);
             fingerprint_files(&plan, &pool, c, &all, progress)?;
@@ -915,15 +932,6 @@ pub fn build(cfg: &BuildConfig, progress: &Progress) -> Result<BuildSummary> {
     summary.files_processed = processed;
     summary.rebuilt = prepared.rebuilt;
     Ok(summary)
-}
-
-/// The total size of `files`.
-fn input_bytes(files: &[PathBuf]) -> Result<u64> {
-    let mut total = 0;
-    for f in files {
-        total += std::fs::metadata(f).ctx(f)?.len();
-    }
-    Ok(total)
 }
 
 fn validate(cfg: &BuildConfig) -> Result<()> {
@@ -1005,13 +1013,6 @@ fn prepare_staging(staging: &Path, identity: &str) -> Result<()> {
         write_atomic(&id_file, identity.as_bytes())?;
     }
     Ok(())
-}
-
-fn display_path(corpus: &CorpusConfig, file: &Path) -> String {
-    file.strip_prefix(&corpus.base)
-        .unwrap_or(file)
-        .to_string_lossy()
-        .replace('\\', "/")
 }
 
 fn part_paths(dir: &Path, index: usize) -> (PathBuf, PathBuf) {

@@ -9,14 +9,14 @@
 
 use super::manifest::{FileStats, SkippedRow};
 use super::stream::{Stage, Start};
-use super::{display_path, fault, part_paths, verified_part, Ctx, PartStats};
+use super::{fault, part_paths, verified_part, Ctx, PartStats};
 use crate::build::config::CorpusConfig;
 use crate::dedup::Kind;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::filter::report::DroppedRow;
 use crate::filter::FilterChain;
 use crate::shard::{write_atomic, ShardWriter, Source};
-use crate::source::{self, Record};
+use crate::source::{self, Digest, Input, Record};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,7 +27,7 @@ pub(super) struct Tokenize<'a> {
     pub corpus: &'a CorpusConfig,
     /// The corpus's staging dir.
     pub dir: &'a Path,
-    pub files: &'a [PathBuf],
+    pub files: &'a [Input],
     /// Removed rows of file `i` (empty without dedup).
     pub removed: &'a (dyn Fn(usize) -> Result<HashMap<u64, Kind>> + Sync),
 }
@@ -38,6 +38,9 @@ pub(super) struct File {
     removed: HashMap<u64, Kind>,
     sidecar: PathBuf,
     bytes: u64,
+    /// The input and the sha256 its reader computes while reading it (JSONL and zstd).
+    input: Input,
+    digest: Digest,
 }
 
 pub(super) struct Part {
@@ -66,7 +69,7 @@ impl Stage for Tokenize<'_> {
     fn start(&self, index: usize) -> Result<Start<Self>> {
         let file = &self.files[index];
         let (part, sidecar) = part_paths(self.dir, index);
-        let bytes = std::fs::metadata(file).ctx(file)?.len();
+        let bytes = file.size;
         let progress = self.ctx.progress;
         if let Ok(text) = std::fs::read_to_string(&sidecar) {
             if let Ok(done) = serde_json::from_str::<PartStats>(&text) {
@@ -81,8 +84,14 @@ impl Stage for Tokenize<'_> {
         if progress.cancelled() {
             return Err(Error::Interrupted);
         }
-        let shown = display_path(self.corpus, file);
-        let records = source::open_deferred(file, &self.corpus.source_options(), &progress.read)?;
+        let shown = file.name.clone();
+        let digest = Digest::default();
+        let records = source::open_input(
+            file,
+            &self.corpus.source_options(),
+            &progress.read,
+            Some(digest.clone()),
+        )?;
         Ok(Start::Work {
             records,
             file: File {
@@ -91,6 +100,8 @@ impl Stage for Tokenize<'_> {
                 removed: (self.removed)(index)?,
                 sidecar,
                 bytes,
+                input: file.clone(),
+                digest,
             },
             writer: Part {
                 writer: ShardWriter::create(&part, self.ctx.dtype, self.ctx.fingerprint)?,
@@ -197,7 +208,13 @@ impl Stage for Tokenize<'_> {
         Ok(())
     }
 
-    fn finish(&self, file: &File, part: Part) -> Result<(PartStats, bool)> {
+    fn finish(&self, file: &File, mut part: Part) -> Result<(PartStats, bool)> {
+        // Read to its end, the file's digest is there; parquet (and a stream stopped early)
+        // takes one more sequential pass.
+        part.stats.sha256 = match file.digest.complete(file.bytes) {
+            Some(digest) => digest,
+            None => file.input.sha256()?,
+        };
         let checksum = part.writer.finish()?;
         let done = PartStats {
             stats: part.stats,

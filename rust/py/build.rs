@@ -144,6 +144,23 @@ impl PyBuildPlan {
             .collect()
     }
 
+    /// (name, size) of each input file of corpus `corpus`, in the build's order: its path under
+    /// the pattern's directory (the same from a directory and from a bucket).
+    fn files(&self, corpus: usize) -> PyResult<Vec<(String, u64)>> {
+        if corpus >= self.plan.config().corpora.len() {
+            return Err(SpecError::new_err(format!(
+                "corpora: no corpus #{corpus} (the spec has {})",
+                self.plan.config().corpora.len()
+            )));
+        }
+        Ok(self
+            .plan
+            .files(corpus)
+            .iter()
+            .map(|f| (f.name.clone(), f.size))
+            .collect())
+    }
+
     /// Ready the output dir (run once, by the driver). True when the mix is already complete.
     fn prepare(&self, py: Python<'_>) -> PyResult<bool> {
         self.run(py, |p, _| p.prepare())

@@ -1,11 +1,32 @@
-//! Glob discovery of a corpus's input files.
+//! Glob discovery of a corpus's input files, in directories or in a bucket.
 //!
 //! The order of files is part of the determinism contract (dedup keeps the earliest
-//! document), so it must not depend on the file system's directory order: every match is
-//! keyed by its path relative to `base` and the result is sorted by those bytes.
+//! document), so it must not depend on a file system's directory order or a store's listing
+//! order, and the names the lock records must not depend on where the files live:
+//! - Every pattern has a base: its directories before the first glob component
+//!   (`data/slim/train` for `data/slim/train/**/*.jsonl`; `s3://b/slim/train` for
+//!   `s3://b/slim/train/*.jsonl`; a literal file's directory).
+//! - Each file is named by its path under the base of the pattern that found it
+//!   (`/`-separated), and the result is sorted by those names' bytes. So the same files give
+//!   the same names, order, identity and lock from a directory and from a bucket, and a mix
+//!   never records where its inputs were.
+//! - A file that several patterns find is listed once, under the longest of its names (the
+//!   most context; then the smallest bytes): not under whichever pattern comes first.
+//! - Names must be unique: two different files with one name (`a/*.jsonl` and `b/*.jsonl`
+//!   both finding an `x.jsonl`) are an error naming both; one pattern over their common
+//!   directory (`{a,b}/*.jsonl`, `*/x.jsonl`) names them apart.
+//! - A URL pattern is listed in its bucket under its base and matched against the objects'
+//!   keys with the same glob rules as a local pattern against paths (globset,
+//!   `literal_separator`: `*`, `?` and `[..]` stay within a component, `**` crosses them).
+//!   Local and bucket patterns may be mixed in one corpus: names, order and uniqueness
+//!   follow the same rules (a name never says where its file is).
+//! - A pattern that matches nothing is an error naming the pattern and where it looked.
 
+use super::input::{Input, Location};
 use crate::error::{Error, Result};
-use globset::{Candidate, GlobBuilder};
+use crate::storage::{is_url, Bucket};
+use globset::{Candidate, GlobBuilder, GlobMatcher};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use walkdir::WalkDir;
@@ -15,101 +36,195 @@ fn is_glob(component: &str) -> bool {
     component.contains(['*', '?', '[', ']', '{', '}'])
 }
 
-/// Files matched by the glob `patterns`, relative to `base` (absolute patterns are taken as
-/// they are), sorted by their path relative to `base` (byte order), without duplicates.
-/// A pattern that matches no file is an error naming the pattern and the directory searched.
-pub fn discover(base: &Path, patterns: &[String]) -> Result<Vec<PathBuf>> {
-    // Key: the path relative to `base` when it lies under it, else the absolute path.
-    let mut found: BTreeMap<Vec<u8>, PathBuf> = BTreeMap::new();
-    let base_abs = std::fs::canonicalize(base).ok();
+/// A file a pattern matched: its path components (from the root, or from `s3://bucket`).
+struct Found {
+    components: Vec<String>,
+    size: u64,
+    at: Location,
+}
+
+impl Found {
+    /// Where it is, as one string: the same file found twice has the same one.
+    fn location(&self) -> String {
+        self.components.join("/")
+    }
+}
+
+/// Of two names of one file, the one it is listed under: the longer, then the smaller.
+fn preferred(a: &str, b: &str) -> bool {
+    (a.len(), std::cmp::Reverse(a)) > (b.len(), std::cmp::Reverse(b))
+}
+
+/// Files matched by the glob `patterns` (relative ones are relative to `base`; absolute ones
+/// and `s3://` URLs are taken as they are), named and sorted as the module docs say.
+pub fn discover(base: &Path, patterns: &[String]) -> Result<Vec<Input>> {
+    let base_abs = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    // By location: each file once, under its preferred name.
+    let mut located: BTreeMap<String, (String, Found)> = BTreeMap::new();
     for pattern in patterns {
-        let mut pat = pattern.as_str();
-        while let Some(rest) = pat.strip_prefix("./") {
-            pat = rest.trim_start_matches('/');
-        }
-        let absolute = Path::new(pat).is_absolute();
-        let matcher = GlobBuilder::new(pat)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| Error::Spec(format!("invalid glob pattern '{pattern}': {e}")))?
-            .compile_matcher();
-        // Walk only below the pattern's literal prefix, not the whole of `base`.
-        let literal: PathBuf = pat
-            .split('/')
-            .take_while(|c| !is_glob(c))
-            .collect::<Vec<_>>()
-            .join("/")
-            .into();
-        let root = if absolute {
-            literal.clone()
+        let (pattern_base, files) = if is_url(pattern) {
+            list_bucket(pattern)?
         } else {
-            base.join(&literal)
+            walk_local(base, &base_abs, pattern)?
         };
-        let mut matched = 0usize;
-        if root.exists() {
-            for entry in WalkDir::new(&root).follow_links(true) {
-                let entry = entry.map_err(|e| {
-                    let at = e.path().unwrap_or(&root).display().to_string();
-                    Error::io(&at, e)
-                })?;
-                if !entry.file_type().is_file() {
-                    continue;
+        for f in files {
+            let name = f.components[pattern_base.len()..].join("/");
+            match located.entry(f.location()) {
+                Entry::Vacant(v) => {
+                    v.insert((name, f));
                 }
-                let path = entry.path();
-                let candidate_path = if absolute {
-                    path
-                } else {
-                    path.strip_prefix(base).unwrap_or(path)
-                };
-                if !matcher.is_match_candidate(&Candidate::new(candidate_path)) {
-                    continue;
-                }
-                matched += 1;
-                let (key, out) = key_for(base, base_abs.as_deref(), path);
-                found.entry(key).or_insert(out);
+                Entry::Occupied(mut o) if preferred(&name, &o.get().0) => o.get_mut().0 = name,
+                Entry::Occupied(_) => {}
             }
         }
-        if matched == 0 {
-            let dir = if absolute {
-                root.display().to_string()
+    }
+    let mut named: BTreeMap<String, Input> = BTreeMap::new();
+    for (name, f) in located.into_values() {
+        match named.entry(name) {
+            Entry::Vacant(v) => {
+                let name = v.key().clone();
+                v.insert(Input {
+                    name,
+                    size: f.size,
+                    at: f.at,
+                });
+            }
+            Entry::Occupied(o) => {
+                return Err(Error::Spec(format!(
+                    "paths: {} and {} are both named '{}' (a file is named by its path under its \
+                     pattern's directory): match them with one pattern over their common \
+                     directory, e.g. '{{a,b}}/*.jsonl'",
+                    o.get().shown().display(),
+                    f.at.shown().display(),
+                    o.key()
+                )))
+            }
+        }
+    }
+    Ok(named.into_values().collect())
+}
+
+/// Components of a pattern split at '/': (the walk / list root, the pattern's base dirs).
+fn split_pattern(pat: &str) -> (Vec<&str>, Vec<&str>) {
+    let comps: Vec<&str> = pat.split('/').collect();
+    let first_glob = comps.iter().position(|c| is_glob(c)).unwrap_or(comps.len());
+    let root = comps[..first_glob].to_vec();
+    // The last component always names files (a literal file's name is part of its name).
+    let dirs = comps[..first_glob.min(comps.len().saturating_sub(1))].to_vec();
+    (root, dirs)
+}
+
+fn matcher(pattern: &str, glob: &str) -> Result<GlobMatcher> {
+    Ok(GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| Error::Spec(format!("invalid glob pattern '{pattern}': {e}")))?
+        .compile_matcher())
+}
+
+fn no_match(pattern: &str, searched: &str) -> Error {
+    Error::Spec(format!(
+        "pattern '{pattern}' matches no file (searched in {searched})"
+    ))
+}
+
+/// A local pattern's base and the files it matches.
+fn walk_local(base: &Path, base_abs: &Path, pattern: &str) -> Result<(Vec<String>, Vec<Found>)> {
+    let mut pat = pattern;
+    while let Some(rest) = pat.strip_prefix("./") {
+        pat = rest.trim_start_matches('/');
+    }
+    let absolute = Path::new(pat).is_absolute();
+    let matcher = matcher(pattern, pat)?;
+    let (root, dirs) = split_pattern(pat);
+    let (root, dirs) = (PathBuf::from(root.join("/")), PathBuf::from(dirs.join("/")));
+    // Walk only below the pattern's literal prefix, not the whole of `base`.
+    let (root, pattern_base) = if absolute {
+        (
+            root,
+            if dirs.as_os_str().is_empty() {
+                "/".into()
             } else {
-                base.display().to_string()
-            };
-            return Err(Error::Spec(format!(
-                "pattern '{pattern}' matches no file (searched in {dir})"
-            )));
-        }
-    }
-    Ok(found.into_values().collect())
-}
-
-/// Sort key and returned path of a matched file: files under `base` are keyed (and returned)
-/// relative to it, whether a relative or an absolute pattern found them, so the same file
-/// found twice is listed once.
-fn key_for(base: &Path, base_abs: Option<&Path>, path: &Path) -> (Vec<u8>, PathBuf) {
-    let rel = if path.is_absolute() {
-        base_abs.and_then(|b| path.strip_prefix(b).ok())
+                dirs
+            },
+        )
     } else {
-        path.strip_prefix(base).ok()
+        (base_abs.join(root), base_abs.join(dirs))
     };
-    match rel {
-        Some(rel) => (slash_bytes(rel), base.join(rel)),
-        None => (slash_bytes(path), path.to_path_buf()),
+    let mut files = Vec::new();
+    if root.exists() {
+        for entry in WalkDir::new(&root).follow_links(true) {
+            let entry = entry.map_err(|e| {
+                let at = e.path().unwrap_or(&root).display().to_string();
+                Error::io(&at, e)
+            })?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let path = entry.path();
+            let candidate = if absolute {
+                path
+            } else {
+                path.strip_prefix(base_abs).unwrap_or(path)
+            };
+            if !matcher.is_match_candidate(&Candidate::new(candidate)) {
+                continue;
+            }
+            let size = entry.metadata().map_err(|e| Error::io(path, e))?.len();
+            files.push(Found {
+                components: components(path),
+                size,
+                at: Location::Local(path.to_path_buf()),
+            });
+        }
     }
+    if files.is_empty() {
+        let searched = if absolute { root } else { base.to_path_buf() };
+        return Err(no_match(pattern, &searched.display().to_string()));
+    }
+    Ok((components(&pattern_base), files))
 }
 
-/// The path's components joined by '/', as bytes: a platform-independent sort key.
-fn slash_bytes(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for c in path.components() {
-        if !out.is_empty() && !matches!(c, Component::RootDir) && out.last() != Some(&b'/') {
-            out.push(b'/');
+/// A URL pattern's base and the objects it matches (listed under its base).
+fn list_bucket(pattern: &str) -> Result<(Vec<String>, Vec<Found>)> {
+    let (bucket, key_pattern) = Bucket::open(pattern)?;
+    let matcher = matcher(pattern, &key_pattern)?;
+    let (_, dirs) = split_pattern(&key_pattern);
+    let dirs: Vec<&str> = dirs.into_iter().filter(|c| !c.is_empty()).collect();
+    let prefix = dirs.join("/");
+    let root = bucket.url("");
+    let mut files = Vec::new();
+    for object in bucket.list(&prefix)? {
+        if !matcher.is_match(&object.key) {
+            continue;
         }
-        match c {
-            Component::RootDir => out.push(b'/'),
-            other => out.extend_from_slice(other.as_os_str().as_encoded_bytes()),
-        }
+        let mut components = vec![root.clone()];
+        components.extend(object.key.split('/').map(str::to_string));
+        files.push(Found {
+            components,
+            size: object.size,
+            at: Location::Remote {
+                bucket: bucket.clone(),
+                key: object.key,
+                etag: object.etag,
+            },
+        });
     }
-    out
+    if files.is_empty() {
+        return Err(no_match(pattern, &bucket.url(&prefix)));
+    }
+    let mut base = vec![root];
+    base.extend(dirs.into_iter().map(str::to_string));
+    Ok((base, files))
+}
+
+/// A path's components as strings (the root as "/").
+fn components(path: &Path) -> Vec<String> {
+    path.components()
+        .map(|c| match c {
+            Component::RootDir => "/".to_string(),
+            other => other.as_os_str().to_string_lossy().into_owned(),
+        })
+        .collect()
 }

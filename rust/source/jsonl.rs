@@ -5,10 +5,10 @@
 //! it is discarded while streaming, so one 100 MB document cannot blow up memory.
 
 use super::filter::{text_problem, Exclude, FieldTree, Value, TEXT_SLOT};
+use super::input::{Digest, Hashing, Input};
 use super::{OnError, Progress, Record, SourceOptions};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use std::borrow::Cow;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -19,10 +19,11 @@ const READ_BUF: usize = 256 * 1024;
 /// After a huge line, give the memory back instead of keeping it for the rest of the file.
 const KEEP_LINE_CAPACITY: usize = 4 << 20;
 
-/// Counts the bytes read from the file on disk and marks OS errors, so a failing disk is not
-/// mistaken for a corrupt zstd stream (the decoder passes our errors through unchanged).
+/// Counts the bytes read from the file (on disk or in a bucket) and marks read errors, so a
+/// failing disk or a dropped download is not mistaken for a corrupt zstd stream (the decoder
+/// passes our errors through unchanged).
 struct DiskReader {
-    file: File,
+    file: Box<dyn Read + Send>,
     progress: Progress,
 }
 
@@ -51,6 +52,16 @@ impl Read for DiskReader {
 
 fn is_disk_error(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<DiskError>())
+}
+
+/// A read error as the one line naming the file: a bucket's own message (naming the URL) as
+/// it came, an OS error with the path.
+fn read_failure(path: &Path, e: io::Error) -> Error {
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<DiskError>())
+        .and_then(|d| crate::storage::read::remote_failure(&d.0));
+    inner.unwrap_or_else(|| Error::io(path, e))
 }
 
 pub(crate) struct JsonlReader {
@@ -121,16 +132,22 @@ impl Decoder {
 }
 
 impl JsonlReader {
+    /// With `digest`, every byte read from the file is hashed into it.
     pub(crate) fn open(
-        path: &Path,
+        input: &Input,
         opts: &SourceOptions,
         compressed: bool,
         progress: Progress,
+        digest: Option<Digest>,
     ) -> Result<Self> {
-        let file = File::open(path).ctx(path)?;
+        let path = &input.shown();
+        let mut file = input.reader()?;
+        if let Some(digest) = digest {
+            file = Box::new(Hashing::new(file, digest));
+        }
         // A 0-byte .zst is an empty file, not a truncated frame: read it as plain bytes so
         // it reports "empty file" like a 0-byte .jsonl.
-        let compressed = compressed && file.metadata().ctx(path)?.len() > 0;
+        let compressed = compressed && input.size > 0;
         let disk = DiskReader {
             file,
             progress: progress.clone(),
@@ -180,7 +197,7 @@ impl JsonlReader {
             // With Skip the rest of the file counts as one skipped record.
             return self.bad(row, msg);
         }
-        Err(Error::io(&self.decoder.path, e))
+        Err(read_failure(&self.decoder.path, e))
     }
 
     /// Read one line into `self.line`; returns (bytes consumed, whether it was cut at the cap).

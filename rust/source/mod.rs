@@ -12,12 +12,14 @@
 
 mod discover;
 mod filter;
+mod input;
 mod jsonl;
 mod parquet;
 #[cfg(test)]
 mod tests;
 
 pub use discover::discover;
+pub use input::{Digest, Input, Location};
 pub use jsonl::Decoder;
 pub use jsonl::LINE_SLACK;
 
@@ -175,18 +177,32 @@ pub fn open_deferred(
     opts: &SourceOptions,
     progress: &Progress,
 ) -> Result<DeferredRecords> {
-    let format = Format::of(path)?;
+    Format::of(path)?; // an unknown extension is a spec error, whether the file exists or not
+    open_input(&Input::local(path)?, opts, progress, None)
+}
+
+/// [`open_deferred`] of an input (local or in a bucket); with `digest`, a JSONL or zstd
+/// reader hashes every byte it reads into it (parquet leaves it untouched: see `input`).
+pub fn open_input(
+    input: &Input,
+    opts: &SourceOptions,
+    progress: &Progress,
+    digest: Option<Digest>,
+) -> Result<DeferredRecords> {
+    let shown = input.shown();
+    let format = Format::of(&shown)?;
     match format {
         Format::Jsonl | Format::JsonlZst => {
             let compressed = format == Format::JsonlZst;
-            let reader = jsonl::JsonlReader::open(path, opts, compressed, progress.clone())?;
+            let reader =
+                jsonl::JsonlReader::open(input, opts, compressed, progress.clone(), digest)?;
             Ok((
                 Box::new(jsonl::DeferredLines(reader)),
-                Some(Decoder::new(path, opts)),
+                Some(Decoder::new(&shown, opts)),
             ))
         }
         Format::Parquet => {
-            let records = open_with_progress(path, opts, progress)?;
+            let records = input_records(input, opts, progress)?;
             Ok((Box::new(records.map(|r| r.map(Deferred::Ready))), None))
         }
     }
@@ -210,20 +226,28 @@ pub fn open_with_progress(
     opts: &SourceOptions,
     progress: &Progress,
 ) -> Result<Records> {
+    Format::of(path)?; // an unknown extension is a spec error, whether the file exists or not
+    input_records(&Input::local(path)?, opts, progress)
+}
+
+fn input_records(input: &Input, opts: &SourceOptions, progress: &Progress) -> Result<Records> {
+    let path = &input.shown();
     match Format::of(path)? {
         Format::Jsonl => Ok(Box::new(jsonl::JsonlReader::open(
-            path,
+            input,
             opts,
             false,
             progress.clone(),
+            None,
         )?)),
         Format::JsonlZst => Ok(Box::new(jsonl::JsonlReader::open(
-            path,
+            input,
             opts,
             true,
             progress.clone(),
+            None,
         )?)),
-        Format::Parquet => match parquet::open(path, opts, progress.clone())? {
+        Format::Parquet => match parquet::open(input, opts, progress.clone())? {
             parquet::Opened::Reader(r) => Ok(r),
             parquet::Opened::Bad(location, msg, rows) => {
                 Ok(Box::new(bad_file(path, opts.on_error, location, msg, rows)))

@@ -3,11 +3,13 @@
 //! Only the text column (and any exclude columns) are decoded, one row group at a time in
 //! small batches, so memory is bounded by a few pages, never by the file. Values are
 //! reference-counted slices of the decompressed page; the only copy is into the `String`
-//! handed out.
+//! handed out. A file in a bucket is read through range reads (`input::Chunks`); a failed
+//! remote read ends the file with its own error, never counted as a corrupt row group.
 
 use super::filter::Exclude;
+use super::input::{Chunks, Input, RemoteChunks};
 use super::{OnError, Progress, Record, SourceOptions};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::column::reader::{get_typed_column_reader, ColumnReaderImpl};
 use parquet::data_type::{ByteArray, ByteArrayType};
@@ -15,10 +17,9 @@ use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::SerializedFileReader;
 use parquet::schema::types::{ColumnDescriptor, SchemaDescriptor};
 use std::cell::Cell;
-use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
 
 /// Rows decoded per call: enough to amortise the call, few enough to keep pages short-lived.
 const BATCH_ROWS: usize = 128;
@@ -146,7 +147,9 @@ fn find_column(schema: &SchemaDescriptor, name: &str) -> std::result::Result<usi
 
 pub(crate) struct ParquetReader {
     path: PathBuf,
-    file: SerializedFileReader<File>,
+    file: SerializedFileReader<Chunks>,
+    /// A remote file's range reader, asked after a failure whether the store failed.
+    remote: Option<Arc<RemoteChunks>>,
     text_name: String,
     /// Leaf indices: the text column first, then one per exclude rule (None: not in file).
     leaves: Vec<Option<usize>>,
@@ -174,15 +177,19 @@ pub(crate) enum Opened {
     Bad(String, String, Option<u64>),
 }
 
-pub(crate) fn open(path: &Path, opts: &SourceOptions, progress: Progress) -> Result<Opened> {
-    let file = File::open(path).ctx(path)?;
-    let len = file.metadata().ctx(path)?.len();
-    if len == 0 {
+pub(crate) fn open(input: &Input, opts: &SourceOptions, progress: Progress) -> Result<Opened> {
+    let path = &input.shown();
+    if input.size == 0 {
         return Ok(Opened::Bad("row 0".into(), "empty file".into(), None));
     }
-    let file = match guard(|| SerializedFileReader::new(file)) {
+    let chunks = input.chunks()?;
+    let remote = chunks.handle();
+    let file = match guard(|| SerializedFileReader::new(chunks)) {
         Ok(f) => f,
         Err(e) => {
+            if let Some(failed) = remote.as_ref().and_then(|r| r.failure()) {
+                return Err(failed);
+            }
             let msg = format!("not a readable parquet file: {e}");
             return Ok(Opened::Bad("footer".into(), msg, None));
         }
@@ -217,6 +224,7 @@ pub(crate) fn open(path: &Path, opts: &SourceOptions, progress: Progress) -> Res
     Ok(Opened::Reader(Box::new(ParquetReader {
         path: path.to_path_buf(),
         file,
+        remote,
         text_name: opts.text.clone(),
         leaves,
         exclude,
@@ -248,6 +256,10 @@ impl ParquetReader {
 
     /// The rest of the current row group cannot be decoded: fail, or skip each of its rows.
     fn group_failed(&mut self, msg: String) -> Result<Record> {
+        if let Some(failed) = self.remote.as_ref().and_then(|r| r.failure()) {
+            self.done = true;
+            return Err(failed);
+        }
         let msg = format!(
             "corrupt parquet data in row group {}: {msg}",
             self.next_group.saturating_sub(1)

@@ -78,12 +78,35 @@ fn as_pairs(records: Vec<Result<Record>>) -> Vec<(u64, Option<String>)> {
 
 // ---------------------------------------------------------------- discover
 
+fn paths(inputs: &[Input]) -> Vec<PathBuf> {
+    inputs
+        .iter()
+        .map(|i| i.path().unwrap().to_path_buf())
+        .collect()
+}
+
+fn names(inputs: &[Input]) -> Vec<&str> {
+    inputs.iter().map(|i| i.name.as_str()).collect()
+}
+
 #[test]
 fn discover_sorts_dedups_and_supports_globs() {
     let base = corpora();
     let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let files = discover(&base, &pats(&["slimpajama/train/**/*.jsonl.zst"])).unwrap();
-    assert_eq!(files, vec![base.join(SLIM0), base.join(SLIM1)]);
+    assert_eq!(paths(&files), vec![base.join(SLIM0), base.join(SLIM1)]);
+    // Named under the pattern's base, sized as on disk.
+    assert_eq!(
+        names(&files),
+        [
+            "chunk1/example_train_0000.jsonl.zst",
+            "chunk1/example_train_0001.jsonl.zst"
+        ]
+    );
+    assert_eq!(
+        files[0].size,
+        std::fs::metadata(base.join(SLIM0)).unwrap().len()
+    );
 
     // Overlapping patterns, `?`, `[..]`, `**` and an absolute pattern list each file once.
     let abs = format!("{}/skypile/*.jsonl", base.display());
@@ -104,23 +127,68 @@ fn discover_sorts_dedups_and_supports_globs() {
         .map(|p| base.join(p.strip_prefix(&base).unwrap()))
         .collect();
     expect.sort();
-    assert_eq!(files, expect);
+    assert_eq!(paths(&files), expect);
     assert_eq!(files.len(), 2);
+    // `**/*.jsonl`'s base is the spec dir: every name is under it.
+    assert_eq!(
+        names(&files),
+        ["skypile/2023-01.jsonl", "skypile/2023-04.jsonl"]
+    );
 
     let all = discover(&base, &pats(&["**/*"])).unwrap();
-    let keys: Vec<String> = all
-        .iter()
-        .map(|p| {
-            p.strip_prefix(&base)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let keys: Vec<String> = all.iter().map(|i| i.name.clone()).collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted);
     assert_eq!(keys.len(), 6, "{keys:?}");
+    for (i, key) in all.iter().zip(&keys) {
+        assert_eq!(i.path().unwrap(), base.join(key));
+    }
+}
+
+/// Each file is named under its own pattern's base; a file found twice keeps its longest
+/// name; two files with one name are refused, naming both.
+#[test]
+fn discover_names_inputs_under_their_patterns_base() {
+    let base = corpora();
+    let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let files = discover(
+        &base,
+        &pats(&["slimpajama/train/chunk1/*.zst", "proof-pile/train/*.zst"]),
+    )
+    .unwrap();
+    assert_eq!(
+        names(&files),
+        [
+            "example_train_0000.jsonl.zst",
+            "example_train_0001.jsonl.zst",
+            "proofpile_train_0000.jsonl.zst",
+        ]
+    );
+    let one = discover(&base, &pats(&[SKY])).unwrap();
+    assert_eq!(names(&one), ["2023-04.jsonl"]);
+    // Found as `2023-04.jsonl` and as `skypile/2023-04.jsonl`, whichever pattern comes first.
+    for order in [[SKY, "sky*/*.jsonl"], ["sky*/*.jsonl", SKY]] {
+        let both = discover(&base, &pats(&order)).unwrap();
+        assert_eq!(
+            names(&both),
+            ["skypile/2023-01.jsonl", "skypile/2023-04.jsonl"]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("x.jsonl"), sub).unwrap();
+    }
+    let err = discover(dir.path(), &pats(&["a/*.jsonl", "b/*.jsonl"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a/x.jsonl") && err.contains("b/x.jsonl") && err.contains("'x.jsonl'"),
+        "{err}"
+    );
+    let apart = discover(dir.path(), &pats(&["{a,b}/*.jsonl"])).unwrap();
+    assert_eq!(names(&apart), ["a/x.jsonl", "b/x.jsonl"]);
 }
 
 #[test]
@@ -622,13 +690,14 @@ fn giant_line_is_bad_input_and_skipped_in_bounded_memory() {
 
     // The reader's buffer never grew past the cap while skipping the 20 MB line.
     let mut reader = jsonl::JsonlReader::open(
-        &path,
+        &Input::local(&path).unwrap(),
         &SourceOptions {
             on_error: OnError::Skip,
             ..o.clone()
         },
         false,
         Progress::new(),
+        None,
     )
     .unwrap();
     reader.next();
@@ -787,4 +856,38 @@ fn parquet_null_text() {
         .collect();
     want.insert(3, got[3].clone());
     assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------- digests
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A stream reader read to its end has hashed every byte of the file (no second read); one
+/// stopped early has not, and says so; `Input::sha256` is the one-pass fallback.
+#[test]
+fn a_stream_read_to_its_end_gives_the_file_digest() {
+    for rel in [SLIM0, SKY] {
+        let path = corpora().join(rel);
+        let input = Input::local(&path).unwrap();
+        let digest = Digest::default();
+        let (mut records, _) = open_input(
+            &input,
+            &slim_opts(OnError::Fail),
+            &Progress::new(),
+            Some(digest.clone()),
+        )
+        .unwrap();
+        records.next().unwrap().unwrap();
+        assert_eq!(
+            digest.complete(input.size),
+            None,
+            "{rel}: read one line only"
+        );
+        assert!(records.count() > 0);
+        assert_eq!(digest.complete(input.size), Some(sha256_of(&path)), "{rel}");
+        assert_eq!(input.sha256().unwrap(), sha256_of(&path), "{rel}");
+    }
 }

@@ -22,6 +22,9 @@
 //!   The lease of a prefix (a mix being built, a run uploading; `tinyllama/storage.py`) is built
 //!   on them.
 //!
+//! - Inputs are read as streams and range reads conditional on their listed ETag, resuming a
+//!   body cut short ([`read`]).
+//!
 //! Every failure is `Error::Remote` naming the URL, in one line.
 
 use std::path::Path;
@@ -37,6 +40,8 @@ use object_store::{
 };
 
 use crate::error::{Error, IoContext, Result};
+
+pub mod read;
 
 /// Retries of one request before it fails (throttling, 5xx, a reset connection): about 25 s of
 /// backoff in all. `TINYLLAMA_S3_RETRIES` overrides it (the tests' dead endpoint: 0).

@@ -27,9 +27,9 @@ was committed.
 The driver holds the output dir's exclusive lock (`OUT/.lock`, `tinyllama.lock`) for the
 whole build, as the local build does: a second driver (or local build) on the same dir fails
 at once naming the holder. The same rules for what `--out` may hold apply (see
-`tinyllama.data.build`). The output dir (and the inputs and the tokenizer, at the same absolute
-paths) must be on a filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write their staged
-outputs there and the driver reads them back. Every node needs tinyllama installed.
+`tinyllama.data.build`). The output dir (and the tokenizer, and inputs that are not in a bucket, at the
+same absolute paths) must be on a filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write
+their staged outputs there and the driver reads them back. Every node needs tinyllama installed.
 """
 
 from __future__ import annotations
