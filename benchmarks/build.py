@@ -41,6 +41,9 @@ post-processor appends `</s>` and adds no BOS) and tinyllama's tokenizer on the 
 
 CPU use = (user + sys CPU seconds of the contender's process and its workers) / wall
 / cores, over the build.
+
+The bucket case (the same files read from an S3-compatible server on 127.0.0.1 against local disk,
+and the loader from a cold and a warm shard cache) is `benchmarks/bucket.py`.
 """
 
 from __future__ import annotations

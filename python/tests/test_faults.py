@@ -124,8 +124,9 @@ TRAIN_POINTS = {
 }
 
 
-# Two of the points leave the same kind of state (an uncommitted step-N.tmp): CI's slow run.
-SLOW_POINTS = {"save-files:2", "save-checksums:2"}
+# Points that leave the same kind of state as a faster one (an uncommitted step-N.tmp, or a
+# committed step the resume continues from): CI's slow run.
+SLOW_POINTS = {"save-files:2", "save-checksums:2", "latest:2"}
 
 
 @pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_POINTS else p

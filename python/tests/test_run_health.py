@@ -484,6 +484,7 @@ def test_a_rewind_on_the_real_loader_replays_exactly_the_unpoisoned_batches(real
     assert trainer["guard"]["skip"] == [REAL_POISON]
 
 
+@pytest.mark.slow  # the rewind itself on the real loader is proved in the fast suite (above)
 def test_a_resumed_run_on_the_real_loader_skips_the_same_step(real_mix, real_guarded, tmp_path, monkeypatch):
     """Stopped at step 4 (before the poisoned step) and resumed: the resumed run meets step 5,
     rewinds to its own checkpoint at 4 and skips it; stopped at 7 (after it) and resumed without
