@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,6 +159,7 @@ def test_ray_build_into_a_bucket_gives_the_local_bytes(cluster, inputs, expected
     _, spec, bucket, client = inputs
     monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache"))
     url = f"s3://{bucket}/mixes/m"
+    cluster.write_text("")  # this test's tasks only
     summary = ray_build.build_mix_ray(spec, url, band_partitions=2, progress=False)
     assert summary["out"] == url and summary["files_processed"] == 3
     files = {name: stage["files"] for name, stage in summary["stages"].items()}
@@ -171,3 +175,55 @@ def test_ray_build_into_a_bucket_gives_the_local_bytes(cluster, inputs, expected
     before = objects(client, bucket)
     assert ray_build.build_mix_ray(spec, url, progress=False)["up_to_date"]
     assert objects(client, bucket) == before
+
+
+@pytest.mark.slow
+@needs_ray
+def test_failed_ray_build_into_a_bucket_resumes_from_its_staging(cluster, inputs, expected, tmp_path, monkeypatch):
+    """A task error fails the build and keeps what was committed in the bucket's staging (the lease
+    is released, no mix.json); the rerun resumes from there and publishes the local bytes."""
+    _, spec, bucket, client = inputs
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{bucket}/mixes/m"
+    chaos = {"stage": "tokenize", "corpus": 0, "file": 1, "action": "raise", "marker": str(tmp_path / "m")}
+    with pytest.raises(RuntimeError, match="injected failure"):
+        ray_build.build_mix_ray(spec, url, progress=False, _chaos=chaos)
+    left = objects(client, bucket)
+    assert not any(k.endswith(("/mix.json", "/.lease")) for k in left)
+    committed = len([k for k in left if "/.staging/" in k and "/parts/" in k and k.endswith(".json")])
+    assert any("/.staging/web/fingerprints/" in k for k in left)
+    summary = ray_build.build_mix_ray(spec, url, progress=False)
+    stages = summary["stages"]
+    assert stages["fingerprint"]["resumed"] == stages["fingerprint"]["files"] == 2
+    assert stages["dedup"]["resumed"] == 1
+    assert summary["files_resumed"] == committed
+    assert bucket_mix(url, tmp_path / "fetched") == expected
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.parametrize("stage,corpus,file", [("tokenize", 0, 1), ("pack", 0, 0)])
+def test_killed_worker_is_retried_into_a_bucket(cluster, inputs, expected, tmp_path, monkeypatch, stage, corpus, file):
+    _, spec, bucket, _ = inputs
+    monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{bucket}/mixes/m"
+    marker = tmp_path / "killed"
+    chaos = {"stage": stage, "corpus": corpus, "file": file, "action": "kill", "marker": str(marker)}
+    ray_build.build_mix_ray(spec, url, progress=False, _chaos=chaos)
+    assert marker.exists(), "the fault was never injected"
+    assert bucket_mix(url, tmp_path / "fetched") == expected
+
+
+@pytest.mark.slow
+@needs_ray
+def test_cli_ray_into_a_bucket(inputs, expected, tmp_path):
+    """`tinyllama mix build --ray --out s3://...`: the local Ray the command starts inherits the
+    AWS_* environment (set by the `s3` fixture) in its workers."""
+    _, spec, bucket, _ = inputs
+    url = f"s3://{bucket}/mixes/cli"
+    env = {**os.environ, "TINYLLAMA_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "tinyllama.cli", "mix", "build", "--spec", str(spec), "--ray",
+                           "--out", url, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "built:" in done.stdout
+    assert bucket_mix(url, tmp_path / "fetched") == expected
