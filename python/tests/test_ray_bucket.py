@@ -209,9 +209,13 @@ def test_killed_worker_is_retried_into_a_bucket(cluster, inputs, expected, tmp_p
     url = f"s3://{bucket}/mixes/m"
     marker = tmp_path / "killed"
     chaos = {"stage": stage, "corpus": corpus, "file": file, "action": "kill", "marker": str(marker)}
+    cluster.write_text("")  # this test's tasks only
     ray_build.build_mix_ray(spec, url, progress=False, _chaos=chaos)
     assert marker.exists(), "the fault was never injected"
     assert bucket_mix(url, tmp_path / "fetched") == expected
+    # The killed task's dir too is gone: its retry swept it.
+    dirs = task_dirs(cluster)
+    assert not [d for d in dirs if Path(d).exists()]
 
 
 @pytest.mark.slow

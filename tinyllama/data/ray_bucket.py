@@ -13,7 +13,8 @@ Every Ray task (`staged_plan`):
 3. runs the same Rust stage as the local build;
 4. pushes, each object whole, the files the stage committed (new or changed ones, in the order
    it committed them: a sidecar written after its part is uploaded after it) and
-5. removes its temp dir, also when the stage failed.
+5. removes its temp dir, also when the stage failed (the dirs of workers killed mid-task are
+   swept by the next task on the node).
 
 What each stage reads (paths under `.staging/<corpus>/`): fingerprint - its own store (only
 to resume); exact - every store; bands - every store and the exact groups; dedup - the stores
@@ -145,7 +146,8 @@ def staged_plan(config_json: str, load_plan: Callable[[str], object], stage: str
     config = json.loads(config_json)
     url = config.pop(BUCKET_KEY)
     b, key = storage.bucket(url)
-    tmp = Path(tempfile.mkdtemp(prefix="tinyllama-ray-task-"))
+    _sweep_dead_task_dirs()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TASK_DIR}{os.getpid()}-"))
     try:
         config["out"] = str(tmp)
         _note_task_dir(tmp)
@@ -159,6 +161,25 @@ def staged_plan(config_json: str, load_plan: Callable[[str], object], stage: str
         push(b, key, local, before)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+TASK_DIR = "tinyllama-ray-task-"  # + the worker's pid + "-" + a random suffix
+
+
+def _sweep_dead_task_dirs() -> None:
+    """Remove the temp dirs that tasks of this node's dead worker processes left behind (a worker
+    SIGKILLed mid-task never reaches its clean-up): only dirs named like a task's, and only when
+    the process that made one is gone."""
+    for d in Path(tempfile.gettempdir()).glob(f"{TASK_DIR}*-*"):
+        try:
+            pid = int(d.name[len(TASK_DIR):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue  # not a name this module makes
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
 
 
 def _note_task_dir(tmp: Path) -> None:
