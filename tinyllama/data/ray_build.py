@@ -287,7 +287,8 @@ def _build_to_bucket(spec, spec_path, url: str, force: bool, in_flight_docs, in_
             storage.Lease(b, key, state / ".lease-token", "mix build --ray"), naming_the_key(spec, spec_path):
         local = Path(tempfile.mkdtemp(prefix="tinyllama-ray-finish-"))
         try:
-            config = spec.build_config(local / "mix", run[1])
+            threads_per_task = run[1]
+            config = spec.build_config(local / "mix", threads_per_task)
             config["force"] = bool(force)
             set_in_flight(config, in_flight_docs, in_flight_mb)
             identity = _core.BuildPlan(json.dumps(config, sort_keys=True)).identity
