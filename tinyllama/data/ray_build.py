@@ -30,6 +30,8 @@ at once naming the holder. The same rules for what `--out` may hold apply (see
 `tinyllama.data.build`). The output dir (and the tokenizer, and inputs that are not in a bucket, at the
 same absolute paths) must be on a filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write
 their staged outputs there and the driver reads them back. Every node needs tinyllama installed.
+With `out` a bucket URL no filesystem is shared: the staging lives in the bucket, each task works in its
+own temp dir and the driver holds the prefix's lease (`tinyllama.data.ray_bucket`).
 """
 
 from __future__ import annotations
@@ -37,19 +39,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tinyllama import _core
+from tinyllama import _core, storage
+from tinyllama.data import ray_bucket
 from tinyllama.data.build import naming_the_key, refuse_foreign_out, set_in_flight
 from tinyllama.data.progress import human, reporter
 from tinyllama.data.spec import load_spec
-from tinyllama.errors import TinyllamaError
+from tinyllama.errors import SpecError, TinyllamaError
 from tinyllama.lock import exclusive_dir_lock
 
 EXTRA = "tinyllama-forge[ray]"
@@ -81,13 +87,29 @@ def _plan(config_json: str):
     key = hashlib.sha256(config_json.encode()).hexdigest()
     plan = _PLANS.get(key)
     if plan is None:
-        from tinyllama.data import word_rules
-
-        config = json.loads(config_json)
-        if word_rules.needed(name for c in config["corpora"] for name, _ in c.get("filters", [])):
-            word_rules.ensure()  # this worker process's copy of the heuristic filters' rules
-        plan = _PLANS[key] = _core.BuildPlan(config_json)
+        plan = _PLANS[key] = _load_plan(config_json)
     return plan
+
+
+def _load_plan(config_json: str):
+    from tinyllama.data import word_rules
+
+    config = json.loads(config_json)
+    if word_rules.needed(name for c in config["corpora"] for name, _ in c.get("filters", [])):
+        word_rules.ensure()  # this worker process's copy of the heuristic filters' rules
+    return _core.BuildPlan(config_json)
+
+
+@contextmanager
+def _stage_plan(config_json: str, stage: str, corpus: int, **arg):
+    """The plan a task runs its stage on: the shared one (the output dir is on a filesystem every
+    worker sees), or, for a build into a bucket, one over the task's own local temp dir synced
+    with the bucket's staging (`ray_bucket.staged_plan`)."""
+    if ray_bucket.BUCKET_KEY not in json.loads(config_json):
+        yield _plan(config_json)
+        return
+    with ray_bucket.staged_plan(config_json, _load_plan, stage, corpus, **arg) as plan:
+        yield plan
 
 
 def _inject(chaos: dict | None, stage: str, corpus: int, file: int | None) -> None:
@@ -116,14 +138,16 @@ def _hang_if_armed(chaos: dict | None) -> None:
 
 def _fingerprint_task(config_json: str, corpus: int, file: int, chaos: dict | None) -> dict:
     _inject(chaos, "fingerprint", corpus, file)
-    out = _plan(config_json).fingerprint(corpus, file)
+    with _stage_plan(config_json, "fingerprint", corpus, file=file) as plan:
+        out = plan.fingerprint(corpus, file)
     _hang_if_armed(chaos)
     return out
 
 
 def _exact_task(config_json: str, corpus: int, chaos: dict | None, *_fingerprints: dict) -> dict:
     _inject(chaos, "exact", corpus, None)
-    out = _plan(config_json).dedup_exact(corpus)
+    with _stage_plan(config_json, "exact", corpus) as plan:
+        out = plan.dedup_exact(corpus)
     _hang_if_armed(chaos)
     return out
 
@@ -131,35 +155,40 @@ def _exact_task(config_json: str, corpus: int, chaos: dict | None, *_fingerprint
 def _bands_task(config_json: str, corpus: int, part: int, bands: tuple[int, int], chaos: dict | None,
                 _exact: dict) -> dict:
     _inject(chaos, "bands", corpus, part)
-    out = _plan(config_json).dedup_bands(corpus, *bands)
+    with _stage_plan(config_json, "bands", corpus, bands=bands) as plan:
+        out = plan.dedup_bands(corpus, *bands)
     _hang_if_armed(chaos)
     return out
 
 
 def _dedup_task(config_json: str, corpus: int, partitions: int, chaos: dict | None, *_parts: dict) -> dict:
     _inject(chaos, "dedup", corpus, None)
-    out = _plan(config_json).dedup(corpus, partitions)
+    with _stage_plan(config_json, "dedup", corpus) as plan:
+        out = plan.dedup(corpus, partitions)
     _hang_if_armed(chaos)
     return out
 
 
 def _tokenize_task(config_json: str, corpus: int, file: int, chaos: dict | None, _dedup: Any) -> dict:
     _inject(chaos, "tokenize", corpus, file)
-    out = _plan(config_json).tokenize(corpus, file)
+    with _stage_plan(config_json, "tokenize", corpus, file=file) as plan:
+        out = plan.tokenize(corpus, file)
     _hang_if_armed(chaos)
     return out
 
 
 def _layout_task(config_json: str, corpus: int, chaos: dict | None, *_parts: dict) -> list[str]:
     _inject(chaos, "layout", corpus, None)
-    out = _plan(config_json).pack_layout(corpus)
+    with _stage_plan(config_json, "layout", corpus) as plan:
+        out = plan.pack_layout(corpus)
     _hang_if_armed(chaos)
     return out
 
 
 def _pack_task(config_json: str, corpus: int, index: int, shard_json: str, chaos: dict | None) -> dict:
     _inject(chaos, "pack", corpus, index)
-    out = _plan(config_json).pack_shard(corpus, shard_json)
+    with _stage_plan(config_json, "pack", corpus, shard_json=shard_json) as plan:
+        out = plan.pack_shard(corpus, shard_json)
     _hang_if_armed(chaos)
     return out
 
@@ -228,6 +257,9 @@ def build_mix_ray(
     Returns the build summary (as `build_mix`, plus per-stage counts under "stages").
     """
     spec = load_spec(spec_path)
+    run = (address, threads_per_task, band_partitions, num_cpus, max_retries, progress, stream, _chaos)
+    if storage.is_url(str(out) if out is not None else None):
+        return _build_to_bucket(spec, spec_path, str(out), force, in_flight_docs, in_flight_mb, run)
     config = spec.build_config(out, threads_per_task)
     config["force"] = bool(force)
     set_in_flight(config, in_flight_docs, in_flight_mb)
@@ -235,22 +267,65 @@ def build_mix_ray(
     out_dir = Path(config["out"])
     refuse_foreign_out(out_dir)
     with exclusive_dir_lock(out_dir, "mix build"), naming_the_key(spec, spec_path):
-        return _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, band_partitions, num_cpus,
-                             max_retries, progress, stream, _chaos)
+        summary = _build_locked(ray, spec_path, config, out_dir, *run)
+    summary["out"] = str(out_dir)
+    return summary
+
+
+def _build_to_bucket(spec, spec_path, url: str, force: bool, in_flight_docs, in_flight_mb, run) -> dict:
+    """`--ray --out s3://...`: no shared filesystem (see `ray_bucket`). The driver holds a local
+    lock on its state dir and the prefix's lease for the whole build; the tasks work in their own
+    temp dirs; `finish` runs in a local temp dir, then the mix is published (mix.json last) and the
+    bucket's staging removed."""
+    from tinyllama.data import remote_mix
+
+    ray = _import_ray()
+    b, key = storage.bucket(url)
+    state = remote_mix.work_dir(url) / "ray"  # the lease token (a rerun takes its lease back), build.log
+    state.mkdir(parents=True, exist_ok=True)
+    with exclusive_dir_lock(state, "mix build --ray"), \
+            storage.Lease(b, key, state / ".lease-token", "mix build --ray"), naming_the_key(spec, spec_path):
+        local = Path(tempfile.mkdtemp(prefix="tinyllama-ray-finish-"))
+        try:
+            threads_per_task = run[1]
+            config = spec.build_config(local / "mix", threads_per_task)
+            config["force"] = bool(force)
+            set_in_flight(config, in_flight_docs, in_flight_mb)
+            identity = _core.BuildPlan(json.dumps(config, sort_keys=True)).identity
+            lock_key = storage.join(key, "mix.json")
+            if b.head(lock_key) is not None:
+                theirs = json.loads(b.get(lock_key))
+                if theirs.get("identity") == identity:
+                    ray_bucket.drop_staging(b, key)  # a kill between mix.json and the clean-up leaves it
+                    return {"up_to_date": True, "rebuilt": None, "files_resumed": 0, "files_processed": 0,
+                            "docs_kept": 0, "tokens": 0, "seconds": 0.0, "stages": {}, "out": url}
+                if not force:
+                    raise SpecError(f"{b.url(key)}: holds a mix of another spec ({theirs.get('name')!r}); pass "
+                                    f"--force to replace it (nothing was written)")
+            config[ray_bucket.BUCKET_KEY] = url
+            summary = _build_locked(ray, spec_path, config, local / "mix", *run, bucket=(b, key), log_dir=state)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+    summary["out"] = url
+    return summary
 
 
 def _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, band_partitions, num_cpus,
-                  max_retries, progress, stream, _chaos) -> dict:
+                  max_retries, progress, stream, _chaos, bucket=None, log_dir=None) -> dict:
+    """The build with `out_dir` locked. `bucket`: (bucket, key) of a build into a bucket, whose
+    staging lives there (`ray_bucket`); `out_dir` is then the driver's local dir for `finish`."""
     config_json = json.dumps(config, sort_keys=True)
     stream = stream or sys.stderr
     tty = hasattr(stream, "isatty") and stream.isatty()
     started = time.time()
 
-    driver_plan = _core.BuildPlan(config_json)
+    driver_plan = _core.BuildPlan(json.dumps({k: v for k, v in config.items() if k != ray_bucket.BUCKET_KEY}))
     up_to_date, rebuilt = driver_plan.prepare_report()
     if up_to_date:
         return {"up_to_date": True, "rebuilt": None, "files_resumed": 0, "files_processed": 0, "docs_kept": 0,
                 "tokens": 0, "seconds": time.time() - started, "stages": {}}
+    if bucket:
+        ray_bucket.upload_identity(*bucket, out_dir / ray_bucket.STAGING)
     if rebuilt and progress:
         stream.write(f"{out_dir}: rebuilding: {rebuilt}\n")
         stream.flush()
@@ -270,7 +345,10 @@ def _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, ba
         if progress:
             stream.write("finish: moving shards into place, writing manifests, the schedule and mix.json\n")
             stream.flush()
-        finished = driver_plan.finish()
+        if bucket:
+            finished = ray_bucket.finish_and_publish(*bucket, driver_plan, out_dir, bool(config.get("force")))
+        else:
+            finished = driver_plan.finish()
         cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
     finally:
         if own_ray:
@@ -294,12 +372,12 @@ def _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, ba
             if s.total:
                 stream.write(s.line() + "\n")
         stream.flush()
-    with open(out_dir / "build.log", "a", encoding="utf-8") as log:
+    with open(Path(log_dir or out_dir) / "build.log", "a", encoding="utf-8") as log:
         log.write(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "host": socket.gethostname(),
             "spec": str(Path(spec_path).absolute()),
-            "out": str(out_dir),
+            "out": bucket[0].url(bucket[1]) if bucket else str(out_dir),
             "ray": address or "local",
             "ray_cpus": cluster_cpus,
             "threads_per_task": threads_per_task,

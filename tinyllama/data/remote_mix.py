@@ -19,8 +19,8 @@ against its manifest entry and its checksum before publishing it into that dir, 
 between the ranks of the node, and evicts the least recently used shards of `DIR` past
 `cache_bytes`.
 
-Not yet: streaming inputs from a bucket (`paths = ["s3://..."]`) and `--ray` builds straight
-into a bucket.
+`mix build --ray --out s3://...` builds without a shared filesystem and publishes with `publish`
+too: see `tinyllama.data.ray_bucket`.
 """
 
 from __future__ import annotations
