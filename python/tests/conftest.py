@@ -24,7 +24,7 @@ REQUIRE_DEV_EXTRAS = "TINYLLAMA_REQUIRE_DEV_EXTRAS"
 DEV_EXTRAS = frozenset({
     "torch", "safetensors", "matplotlib", "tensorboard",
     "pytest", "hypothesis", "tokenizers", "zstandard", "pyarrow", "transformers", "datatrove", "spacy",
-    "ruff", "mypy", "maturin",
+    "moto", "boto3", "ruff", "mypy", "maturin",
 })
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
 

@@ -66,6 +66,7 @@ def spec_over(dir: Path, where: str) -> Path:
 
         [corpora.web]
         paths = ["{where}/web/**/*.jsonl*"]
+        dedup = "near"
         holdout_docs = 3
 
         [corpora.code]

@@ -123,6 +123,7 @@ def test_tasks_by_hand_sync_only_their_stage_and_publish_the_local_bytes(inputs,
     assert bucket_mix(url, tmp_path / "fetched") == expected
 
 
+@pytest.mark.slow  # CI's slow run is where Ray is installed
 @needs_ray
 def test_a_second_build_on_the_prefix_is_refused_by_the_lease(inputs, tmp_path, monkeypatch):
     """Another writer holds the prefix's lease: the build is refused in one line naming the prefix,
