@@ -373,19 +373,6 @@ impl Bucket {
         want: Option<&Object>,
         check: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<u64> {
-        let bytes = self.get(key, want.and_then(|o| o.etag.as_deref()))?;
-        if let Some(o) = want {
-            if bytes.len() as u64 != o.size {
-                return Err(remote(
-                    &self.url(key),
-                    format!(
-                        "downloaded {} bytes, it was listed with {}: truncated",
-                        bytes.len(),
-                        o.size
-                    ),
-                ));
-            }
-        }
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| self.local_err(key, dir, e))?;
         }
@@ -393,20 +380,56 @@ impl Bucket {
         part.push(".part");
         let part = std::path::PathBuf::from(part);
         let written = (|| {
-            use std::io::Write;
+            use std::io::{Read, Write};
             let mut f = std::fs::File::create(&part).map_err(|e| self.local_err(key, &part, e))?;
-            f.write_all(&bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| self.local_err(key, &part, e))?;
+            let n = match want {
+                // Streamed as listed (size, ETag): never the whole object in memory (a shard
+                // is hundreds of MB); a body cut short is resumed by the reader, an object
+                // replaced meanwhile fails its If-Match, one shorter than listed never ends.
+                Some(o) => {
+                    let mut reader =
+                        read::ObjectReader::new(self, key, o.etag.as_deref(), 0..o.size);
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut n = 0u64;
+                    loop {
+                        let got = reader.read(&mut buf).map_err(|e| {
+                            read::remote_failure(&e).unwrap_or_else(|| remote(&self.url(key), e))
+                        })?;
+                        if got == 0 {
+                            break;
+                        }
+                        f.write_all(&buf[..got])
+                            .map_err(|e| self.local_err(key, &part, e))?;
+                        n += got as u64;
+                    }
+                    if n != o.size {
+                        return Err(remote(
+                            &self.url(key),
+                            format!(
+                                "downloaded {n} bytes, it was listed with {}: truncated",
+                                o.size
+                            ),
+                        ));
+                    }
+                    n
+                }
+                None => {
+                    let bytes = self.get(key, None)?;
+                    f.write_all(&bytes)
+                        .map_err(|e| self.local_err(key, &part, e))?;
+                    bytes.len() as u64
+                }
+            };
+            f.sync_all().map_err(|e| self.local_err(key, &part, e))?;
             drop(f);
             check(&part)?;
-            std::fs::rename(&part, dest).map_err(|e| self.local_err(key, dest, e))
+            std::fs::rename(&part, dest).map_err(|e| self.local_err(key, dest, e))?;
+            Ok(n)
         })();
-        if let Err(e) = written {
+        if written.is_err() {
             let _ = std::fs::remove_file(&part); // never left behind to be taken for a file
-            return Err(e);
         }
-        Ok(bytes.len() as u64)
+        written
     }
 
     /// A local write of a download failed: one line naming the URL and the local path, and
