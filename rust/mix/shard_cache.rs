@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::build::manifest::{open_lock, MixLock, ShardEntry};
 use crate::error::{Error, Result};
-use crate::shard::{Dtype, Shard};
+use crate::shard::{decode_tokens, Dtype, Shard, TOKENS_AT};
 use crate::storage::{Bucket, Object};
 
 /// The file that marks a directory of `ROOT` as a cached mix (written by `cached_mix`).
@@ -403,37 +403,16 @@ impl CachedStream {
                 ),
             });
         }
-        let width = self.cache.dtype().width();
-        let mut i = self.starts.partition_point(|&s| s <= start) - 1;
-        let mut pos = start;
-        let mut filled = 0usize;
+        let dtype = self.cache.dtype();
+        let width = dtype.width();
         let mut bytes = Vec::new();
-        while filled < out.len() {
-            let entry = &self.entries[i];
-            let local = pos - self.starts[i];
-            let take = ((entry.tokens - local) as usize).min(out.len() - filled);
-            let (path, file) = self.cache.open_shard(&self.corpus, entry)?;
-            bytes.resize(take * width, 0);
-            // Tokens start 8 bytes in (after the magic); see `shard` for the layout.
-            let at = 8 + local * width as u64;
+        for (i, local, range) in crate::shard::stream_spans(&self.starts, start, out.len()) {
+            let (path, file) = self.cache.open_shard(&self.corpus, &self.entries[i])?;
+            bytes.resize(range.len() * width, 0);
+            let at = (TOKENS_AT + local as usize * width) as u64;
             file.read_exact_at(&mut bytes, at)
                 .map_err(|e| Error::io(&path, e))?;
-            let dst = &mut out[filled..filled + take];
-            match self.cache.dtype() {
-                Dtype::U16 => {
-                    for (o, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                        *o = u32::from(u16::from_le_bytes([c[0], c[1]]));
-                    }
-                }
-                Dtype::U32 => {
-                    for (o, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                        *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
-            }
-            filled += take;
-            pos += take as u64;
-            i += 1;
+            decode_tokens(dtype, &bytes, &mut out[range]);
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ mod stream;
 mod writer;
 
 pub use reader::Shard;
+pub(crate) use stream::spans as stream_spans;
 pub use stream::CorpusStream;
 pub use writer::{write_atomic, ShardWriter};
 
@@ -28,6 +29,24 @@ pub const MAGIC: &[u8; 8] = b"TLSHARD1";
 pub const FOOTER_MAGIC: &[u8; 8] = b"TLSHEND1";
 pub const VERSION: u32 = 1;
 pub const FOOTER_LEN: usize = 72;
+/// Byte offset of the first token (right after `MAGIC`).
+pub const TOKENS_AT: usize = MAGIC.len();
+
+/// Little-endian token bytes of `dtype` (`out.len()` tokens' worth) decoded into `out` as u32.
+pub fn decode_tokens(dtype: Dtype, bytes: &[u8], out: &mut [u32]) {
+    match dtype {
+        Dtype::U16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u32::from(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        Dtype::U32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
 
 /// Bytes per token: u16 when every id fits (vocab <= 65536, e.g. Llama 2's 32000), else u32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

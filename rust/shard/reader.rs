@@ -186,30 +186,17 @@ impl Shard {
 
     /// The raw little-endian token bytes (what Python views with numpy).
     pub fn token_bytes(&self) -> &[u8] {
-        &self.map[8..8 + self.n_tokens * self.dtype.width()]
+        &self.map[super::TOKENS_AT..super::TOKENS_AT + self.n_tokens * self.dtype.width()]
     }
 
     /// Copy tokens `range` into `out` as u32 (the loader's gather primitive).
     pub fn read_tokens(&self, range: Range<usize>, out: &mut [u32]) {
-        let bytes = self.token_bytes();
-        match self.dtype {
-            Dtype::U16 => {
-                for (o, c) in out
-                    .iter_mut()
-                    .zip(bytes[range.start * 2..range.end * 2].chunks_exact(2))
-                {
-                    *o = u16::from_le_bytes([c[0], c[1]]) as u32;
-                }
-            }
-            Dtype::U32 => {
-                for (o, c) in out
-                    .iter_mut()
-                    .zip(bytes[range.start * 4..range.end * 4].chunks_exact(4))
-                {
-                    *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-        }
+        let w = self.dtype.width();
+        super::decode_tokens(
+            self.dtype,
+            &self.token_bytes()[range.start * w..range.end * w],
+            out,
+        );
     }
 
     /// Document `i` as owned u32 ids.

@@ -11,6 +11,31 @@ use crate::error::{Error, Result};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+/// The pieces of a read of `len` tokens from `start` of a stream whose shard `i` begins at
+/// `starts[i]` (`starts[n]` = the total; the caller has checked `start + len` against it):
+/// (shard index, offset in the shard, the part of the output it fills), in order. A window may
+/// straddle shards; `CorpusStream` and the shard cache's stream both read through this walk.
+pub(crate) fn spans(
+    starts: &[u64],
+    start: u64,
+    len: usize,
+) -> impl Iterator<Item = (usize, u64, std::ops::Range<usize>)> + '_ {
+    // the last shard whose start is <= start
+    let mut i = starts.partition_point(|&s| s <= start).saturating_sub(1);
+    let mut filled = 0usize;
+    std::iter::from_fn(move || {
+        if filled >= len {
+            return None;
+        }
+        let pos = start + filled as u64;
+        let take = ((starts[i + 1] - pos) as usize).min(len - filled);
+        let span = (i, pos - starts[i], filled..filled + take);
+        filled += take;
+        i += 1;
+        Some(span)
+    })
+}
+
 pub struct CorpusStream {
     shards: Vec<Shard>,
     /// starts[i] = tokens in shards before i; starts[len] = total.
@@ -76,19 +101,10 @@ impl CorpusStream {
                 ),
             });
         }
-        // the last shard whose start is <= start
-        let mut i = self.starts.partition_point(|&s| s <= start) - 1;
-        let mut pos = start;
-        let mut filled = 0usize;
-        while filled < out.len() {
+        for (i, local, range) in spans(&self.starts, start, out.len()) {
             self.ensure_checked(i)?;
-            let shard = &self.shards[i];
-            let local = (pos - self.starts[i]) as usize;
-            let take = (shard.n_tokens() - local).min(out.len() - filled);
-            shard.read_tokens(local..local + take, &mut out[filled..filled + take]);
-            filled += take;
-            pos += take as u64;
-            i += 1;
+            let local = local as usize;
+            self.shards[i].read_tokens(local..local + range.len(), &mut out[range]);
         }
         Ok(())
     }
