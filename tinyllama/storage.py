@@ -49,16 +49,21 @@ def upload_dir(b: _core.Bucket, local: Path, key: str, last: tuple[str, ...] = (
     return order
 
 
+def listing(b: _core.Bucket, key: str) -> dict[str, tuple[int, str | None]]:
+    """REL -> (size, etag) of every object under `key/` (REL: its key below that prefix; the
+    whole bucket's keys for an empty `key`)."""
+    prefix = join(key) + "/" if join(key) else ""
+    return {k[len(prefix):]: (size, etag) for k, size, etag in b.list(key) if k.startswith(prefix) and k != prefix}
+
+
 def download_dir(b: _core.Bucket, key: str, local: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Download every object under `key/` into `local` (each through `.part`, checked against
     its listed size and ETag)."""
-    prefix = join(key) + "/"
     got = []
-    for k, size, etag in b.list(key):
-        rel = k[len(prefix):] if k.startswith(prefix) else None
-        if not rel or rel in skip:
+    for rel, (size, etag) in listing(b, key).items():
+        if rel in skip:
             continue
-        b.download(k, str(local / rel), size, etag)
+        b.download(join(key, rel), str(local / rel), size, etag)
         got.append(rel)
     return got
 
@@ -172,4 +177,4 @@ class Lease:
         self.release()
 
 
-__all__ = ["LEASE", "Lease", "bucket", "download_dir", "is_url", "join", "lease_ttl", "upload_dir"]
+__all__ = ["LEASE", "Lease", "bucket", "download_dir", "is_url", "join", "lease_ttl", "listing", "upload_dir"]

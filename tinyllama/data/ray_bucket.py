@@ -94,18 +94,12 @@ def reads(stage: str, listed: set[str], **arg) -> Callable[[str], bool]:
 # ---- sync down / run / sync up --------------------------------------------------------------
 
 
-def _listing(b: _core.Bucket, key: str) -> dict[str, tuple[int, str | None]]:
-    """rel path -> (size, etag) of every object under `key/`."""
-    prefix = storage.join(key) + "/"
-    return {k[len(prefix):]: (size, etag) for k, size, etag in b.list(key) if k.startswith(prefix)}
-
-
 def pull(b: _core.Bucket, key: str, local: Path, corpus: str | None, stage: str, **arg) -> None:
     """Download into the local staging dir `local` the bucket staging's identity and what
     `stage` reads of corpus `corpus` (every corpus's, for `finish`)."""
     stage_key = staging_key(key)
     b.download(storage.join(stage_key, IDENTITY), str(local / IDENTITY), None, None)
-    listing = _listing(b, stage_key)
+    listing = storage.listing(b, stage_key)
     names = [corpus] if corpus is not None else sorted({rel.split("/", 1)[0] for rel in listing if "/" in rel})
     for name in names:
         under = {rel[len(name) + 1:]: v for rel, v in listing.items() if rel.startswith(name + "/")}

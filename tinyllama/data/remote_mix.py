@@ -96,13 +96,13 @@ def cached_mix(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Pat
         fcntl.flock(held, fcntl.LOCK_EX)  # the ranks of a node: one fetches, the others wait and share
         if (final / "mix.json").is_file() and (final / "mix.json").read_bytes() == lock:
             return final
-        prefix = key.strip("/") + "/" if key else ""
-        objects = [o for o in b.list(key) if not _shard_or_aside(o[0][len(prefix):])]
+        objects = {rel: v for rel, v in storage.listing(b, key).items() if not _shard_or_aside(rel)}
         tmp = root / f".{final.name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            for k, size, etag in sorted(objects, key=lambda o: o[0].endswith("/mix.json")):  # mix.json last
-                b.download(k, str(tmp / k[len(prefix):]), size, etag)
+            for rel in sorted(objects, key=lambda rel: rel == "mix.json"):  # mix.json last
+                size, etag = objects[rel]
+                b.download(storage.join(key, rel), str(tmp / rel), size, etag)
             if (tmp / "mix.json").read_bytes() != lock:
                 raise StorageError(f"{b.url(key)}: mix.json changed while the mix was fetched (a build is "
                                    f"publishing there?); retry")

@@ -46,8 +46,8 @@ _STEP = re.compile(r"^step-(\d+)$")
 def committed_steps(b, key: str) -> list[int]:
     """Steps under `key` (a checkpoints prefix) whose COMMITTED marker exists, ascending."""
     steps = set()
-    for k, _, _ in b.list(key):
-        parts = k[len(key):].strip("/").split("/") if key else k.split("/")
+    for rel in storage.listing(b, key):
+        parts = rel.split("/")
         if len(parts) == 2 and parts[1] == COMMITTED and (m := _STEP.match(parts[0])):
             steps.add(int(m.group(1)))
     return sorted(steps)
