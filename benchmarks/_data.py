@@ -115,17 +115,19 @@ def _write_scaled(out: Path, key: str, texts_fn, megabytes: int, files: int,
     return paths, size
 
 
-def single_corpus_spec(work: Path, data: Path, tokenizer: Path, dedup: str = "none") -> Path:
-    """A mix spec over the scaled .jsonl.zst files in `data`, one corpus `c`, long enough a
-    schedule that any corpus size fits."""
+def single_corpus_spec(work: Path, data: Path | None, tokenizer: Path, dedup: str = "none", *,
+                       pattern: str | None = None, shard_tokens: str | None = None) -> Path:
+    """A mix spec over the scaled .jsonl.zst files in `data` (or over `pattern`, a glob that may
+    be an s3:// one), one corpus `c`, long enough a schedule that any corpus size fits."""
     spec = work / "spec.toml"
     # Absolute: the spec resolves relative paths from its own folder.
-    data, tokenizer = data.resolve(), tokenizer.resolve()
+    pattern = pattern or f"{data.resolve()}/*.jsonl.zst"
+    shards = f'shard_tokens = "{shard_tokens}"\n' if shard_tokens else ""
     spec.write_text(f"""name = "bench"
-tokenizer = "{tokenizer}"
+tokenizer = "{tokenizer.resolve()}"
 seq_len = 2048
-[corpora.c]
-paths = ["{data}/*.jsonl.zst"]
+{shards}[corpora.c]
+paths = ["{pattern}"]
 dedup = "{dedup}"
 [[stages]]
 tokens = "1B"

@@ -6,7 +6,7 @@ The bucket is a real S3-compatible server this benchmark starts on 127.0.0.1 (mo
 memory and is written in Python, so these figures bound the client's overhead from above: a
 cloud store serves many connections at once and the build's readers overlap their requests.
 
-    python benchmarks/bucket.py [--mb 100] [--workers 2] [--steps 400]
+    python benchmarks/bucket.py [--mb 100] [--workers 2] [--steps 100]
 
 Cases (each in its own subprocess, so peak RSS is its own):
 - build, local: `paths = ["DATA/*.jsonl.zst"]` (16 files of the shared corpora, scaled).
@@ -34,28 +34,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _data import SHARED, cpu_seconds, cpu_use, peak_rss_mb, scaled_corpus
+from _data import SHARED, cpu_seconds, cpu_use, peak_rss_mb, scaled_corpus, single_corpus_spec
 
 TOKENIZER = SHARED / "tokenizers/llama2/tokenizer.json"
 BUCKET = "bench"
-
-
-def spec_for(work: Path, pattern: str) -> Path:
-    """One corpus `c` over `pattern` (a local glob or an s3:// one), 2048-token windows."""
-    work.mkdir(parents=True, exist_ok=True)
-    spec = work / "spec.toml"
-    spec.write_text(f"""name = "bench"
-tokenizer = "{TOKENIZER.resolve()}"
-seq_len = 2048
-shard_tokens = "4M"
-[corpora.c]
-paths = ["{pattern}"]
-[[stages]]
-tokens = "1B"
-batch_tokens = "256K"
-weights = {{ c = 1.0 }}
-""")
-    return spec
 
 
 def child_build(pattern: str, work: Path, workers: int) -> dict:
@@ -64,7 +46,9 @@ def child_build(pattern: str, work: Path, workers: int) -> dict:
     from tinyllama.data.build import build_mix
 
     shutil.rmtree(work / "mix", ignore_errors=True)  # this benchmark's own output: built from scratch each run
-    summary = build_mix(spec_for(work, pattern), work / "mix", workers, progress=False)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = single_corpus_spec(work, None, TOKENIZER, pattern=pattern, shard_tokens="4M")
+    summary = build_mix(spec, work / "mix", workers, progress=False)
     return {"tokens": summary["tokens"]}
 
 
@@ -115,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=100, help="MB of text")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--steps", type=int, default=400, help="loader steps (256K tokens each)")
+    ap.add_argument("--steps", type=int, default=100, help="loader steps (1M tokens each)")
     ap.add_argument("--work", type=Path, default=Path("bench-out/bucket"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
