@@ -58,10 +58,10 @@ def listing(b: _core.Bucket, key: str) -> dict[str, tuple[int, str | None]]:
 
 def download_dir(b: _core.Bucket, key: str, local: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Download every object under `key/` into `local` (each through `.part`, checked against
-    its listed size and ETag)."""
+    its listed size and ETag), but those named in `skip` or under a dir named there."""
     got = []
     for rel, (size, etag) in listing(b, key).items():
-        if rel in skip:
+        if rel in skip or rel.split("/", 1)[0] in skip:
             continue
         b.download(join(key, rel), str(local / rel), size, etag)
         got.append(rel)

@@ -92,7 +92,7 @@ class AsyncWriter:
         self.pending = self.pool.submit(
             save, c.dir, step, None, None, trainer_state, rank=d.rank, world=d.world,
             keep_last=c.cfg.run.keep_last, barrier=self._barrier, gather=self._gather, state=staged,
-            process_group=self.group)
+            process_group=self.group, node=c.node)
 
     def warm(self, model, opt) -> None:
         """Once the optimizer has state: allocate the host buffers on the writer thread (a first

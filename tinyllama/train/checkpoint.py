@@ -11,6 +11,12 @@
       step-2000.tmp/        a save in progress (ignored and removed on the next start)
       latest                "step-2000": the newest committed checkpoint
 
+When the nodes of a multi-node run do not share `out` (train/out_dir.py), each node's
+`checkpoints/step-N/` holds that node's part: its ranks' DCP shards and RNG states (rank 0's node
+also `.metadata` and trainer.json) and the whole checkpoint's checksums.json; no node holds a
+whole checkpoint, so `latest` is written on rank 0's node only, and the checkpoint is committed
+whole in `run.upload_to` (train/remote.py), from which `--resume` fetches it onto every node.
+
 A save first checks, over all ranks, that every weight is finite (a diverged model is never
 committed), then writes everything into `step-N.tmp/`; after a barrier (all ranks done) the
 ranks checksum the files between them (file i by rank i mod world, each rank on a few
@@ -144,6 +150,7 @@ def save(
     commit_point: str | None = None,
     state: dict | None = None,
     process_group=None,
+    node: tuple[int, int] | None = None,
 ) -> Path:
     """Collective: every rank calls it. Returns the committed directory.
 
@@ -153,19 +160,24 @@ def save(
     `state`: {"model", "optim", "rng"} as an asynchronous save copied them at the step
     (train/async_checkpoint.py, which runs this on a writer thread with `process_group` for DCP and
     its own `barrier` / `gather`); None: the model's, optimizer's and RNG's state now.
+    `node`: (local rank, local world) when each node has an out dir of its own (`Dist.out_shared`
+    false): each node's local rank 0 keeps its node's part (see the module doc); None: every rank
+    sees `ckpt_dir`, kept by rank 0.
     Refuses (`CheckpointError`, nothing committed) when a weight is not finite on any rank. A failed write
     (no space, no permission) is a `StorageError` naming the path and the intact previous
     checkpoint, and leaves no partial save behind."""
     ckpt_dir = Path(ckpt_dir)
     final, tmp = ckpt_dir / f"step-{step}", ckpt_dir / f"step-{step}.tmp"
     gather = gather or (lambda obj: [obj])
+    keeper = rank == 0 if node is None else node[0] == 0  # who keeps the ckpt_dir this rank sees
+    share = (rank, world) if node is None else node  # this rank's share of the files it sees
     if not all(gather(weights_finite(model if state is None else state["model"]))):
         raise CheckpointError(
             f"step {step}: the model has non-finite weights; not saved (the last good checkpoint "
             f"is {_name(latest_checkpoint(ckpt_dir))})"
         )
     try:
-        if rank == 0:
+        if keeper:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -183,30 +195,33 @@ def save(
         barrier()  # every rank's shards are on disk
         if rank == 0:
             fault.reached("save-files")
-        shares = gather(_checksum_share(tmp, rank, world))
-        if rank == 0:
-            sums = {rel: digest for share in shares for rel, digest in share.items()}
+        shares = gather(_checksum_share(tmp, *share))
+        if keeper:
+            sums = {rel: digest for part in shares for rel, digest in part.items()}
             _write_atomic(tmp / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
+        if rank == 0:
             fault.reached("save-checksums")
             if commit_point:
                 fault.reached(commit_point)
     except (OSError, RuntimeError, CheckpointException) as e:
         # torch reports a full disk as "enforce fail at inline_container.cc", wrapped by DCP.
-        if rank == 0:
+        if keeper:
             shutil.rmtree(tmp, ignore_errors=True)  # our own partial save
         why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed; is the disk full?"
         raise StorageError(
             f"{tmp}: cannot write checkpoint step-{step} ({why}); nothing was committed, the last "
             f"good checkpoint is {_name(latest_checkpoint(ckpt_dir))}"
         ) from None
-    if rank == 0:
+    if keeper:
         if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(ckpt_dir)
+    if rank == 0:
         fault.reached("save-commit")
         _write_atomic(ckpt_dir / "latest", final.name + "\n")
         fault.reached("latest")
+    if keeper:
         # Only checkpoints older than this one are pruned: after a fall-back resume, a newer
         # (damaged) checkpoint must not count against keep_last and push this one out.
         older = [s for s in committed_steps(ckpt_dir) if s < step]
@@ -332,7 +347,10 @@ def load(path: str | os.PathLike[str], model, optimizer, *, rank: int) -> dict:
     except Exception as e:  # noqa: BLE001  (DCP raises many kinds on a damaged dir: name it)
         raise CheckpointError(f"{path}: unreadable checkpoint ({_short(e)})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    try:
+        trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: trainer.json unreadable ({_short(e)})") from None
     rng = path / "rng" / f"rank-{rank}.pt"
     if rng.is_file() and trainer.get("world") is not None:
         _set_rng_state(torch.load(rng, weights_only=False))
@@ -358,11 +376,21 @@ class Checkpointer:
             from tinyllama.train.async_checkpoint import AsyncWriter
 
             self.writer = AsyncWriter(self)
-        self.uploader = None  # run.upload_to: rank 0 uploads each committed checkpoint (train/remote.py)
-        if getattr(cfg.run, "upload_to", "") and d.is_main:
+        if not d.out_shared and not getattr(cfg.run, "upload_to", ""):
+            raise CheckpointError(
+                f"{cfg.out}: the nodes of this run do not share this out dir (each has its own), so no node can hold "
+                f"a whole checkpoint: set run.upload_to = \"s3://BUCKET/runs/NAME\" to commit them in a bucket, or "
+                f"give every node the same shared out dir")
+        # Each node's part of a save goes where the parts of a checkpoint meet: its own dir, or
+        # (out not shared) only the node's dir, the bucket holding the whole checkpoint.
+        self.node = None if d.out_shared else (d.local_rank, d.local_world)
+        self.uploader = None  # run.upload_to: the out dir's keeper uploads each committed save (train/remote.py)
+        if getattr(cfg.run, "upload_to", "") and d.leads_out:
             from tinyllama.train.remote import Uploader
 
-            self.uploader = Uploader(cfg.run.upload_to, cfg.run.keep_last, lambda text: self.say(text))
+            others = [] if d.out_shared else list(range(d.local_world, d.world, d.local_world))
+            self.uploader = Uploader(cfg.run.upload_to, cfg.run.keep_last, lambda text: self.say(text),
+                                     rank=d.rank, others=others if d.is_main else [])
 
     def committed(self, path: Path) -> None:
         """A save is committed (synchronous, or its asynchronous write done): say so, and upload
@@ -380,7 +408,7 @@ class Checkpointer:
         if not getattr(self.cfg.run, "upload_to", ""):
             return
         why = None
-        if self.uploader is not None:
+        if self.uploader is not None and self.d.is_main:
             try:
                 self.uploader.claim(self.dir.parent, resume)
             except (StorageError, CheckpointError) as e:
@@ -407,17 +435,28 @@ class Checkpointer:
         return _name(latest_checkpoint(self.dir))
 
     def refuse_existing(self) -> None:
-        last = latest_checkpoint(self.dir)
-        if last is not None:
+        """Collective: a new run refuses an out dir (any node's, when they are not shared) that holds
+        checkpoints."""
+        from tinyllama.train.parallel import all_gather_objects
+
+        why = None
+        # a node's part has no trainer.json (only rank 0's has): any step dir counts there
+        last = latest_checkpoint(self.dir) if self.d.out_shared else (
+            self.dir / f"step-{committed_steps(self.dir)[-1]}" if committed_steps(self.dir) else None)
+        if self.d.leads_out and last is not None:
             # Starting over would interleave new checkpoints with the old ones (and keep_last
             # would prune by step number): refuse rather than lose a run.
-            raise CheckpointError(
-                f"{self.dir} already holds checkpoints (latest: {last.name}): pass --resume to continue "
-                f"that run, or choose another out dir"
-            )
+            where = self.dir if self.d.out_shared else f"{self.dir} (on the node of rank {self.d.rank})"
+            why = (f"{where} already holds checkpoints (latest: {last.name}): pass --resume to continue "
+                   f"that run, or choose another out dir")
+        whys = [w for w in all_gather_objects(why) if w]
+        if whys:
+            raise CheckpointError(whys[0])
 
     def clean_partial(self) -> None:
-        clean_partial(self.dir)
+        """Saves a kill interrupted are removed (by each out dir's keeper, at start-up)."""
+        if self.d.leads_out:
+            clean_partial(self.dir)
 
     def due(self, step: int, end: int, stopping: bool) -> bool:
         every = self.cfg.run.save_every
@@ -436,7 +475,7 @@ class Checkpointer:
             self.writer.start(step, model, opt, state)
             return None
         path = save(self.dir, step, model, opt, state, rank=d.rank, world=d.world,
-                    keep_last=self.cfg.run.keep_last, barrier=d.barrier, gather=all_gather_objects)
+                    keep_last=self.cfg.run.keep_last, barrier=d.barrier, gather=all_gather_objects, node=self.node)
         self.committed(path)
         return path
 
@@ -457,25 +496,41 @@ class Checkpointer:
             self.uploader.wait()
 
     def fetch_from_bucket(self) -> None:
-        """Collective: with run.upload_to and no local checkpoint, rank 0 fetches the newest
-        bucket checkpoint that verifies (train/remote.py); every rank learns the outcome."""
+        """Collective: with run.upload_to and no whole local checkpoint, rank 0 fetches the newest
+        bucket checkpoint that verifies (train/remote.py); when the nodes do not share out (their
+        dirs hold parts, never a whole checkpoint), every node's keeper then fetches that one. Every
+        rank learns the outcome."""
         from tinyllama.train.parallel import all_gather_objects
+        from tinyllama.train.remote import fetch, restore_into
 
-        if not getattr(self.cfg.run, "upload_to", "") or latest_checkpoint(self.dir) is not None:
+        url = getattr(self.cfg.run, "upload_to", "")
+        if not url or (self.d.out_shared and latest_checkpoint(self.dir) is not None):
             return
         got = None
         if self.d.is_main:
-            from tinyllama.train.remote import restore_into
-
             try:
-                got = ("note", restore_into(self.cfg.run.upload_to, self.dir))
+                got = ("ok", restore_into(url, self.dir))
             except (StorageError, CheckpointError) as e:
                 got = ("error", str(e))
-        kind, text = all_gather_objects(got)[0]
+        kind, step_url = all_gather_objects(got)[0]
         if kind == "error":
-            raise CheckpointError(text)
-        if text:
-            self.notes.append(text)
+            raise CheckpointError(step_url)
+        if step_url is None:
+            return
+        why = None
+        if self.d.leads_out and not self.d.is_main:
+            try:
+                fetch(step_url, self.dir)
+            except (StorageError, CheckpointError) as e:
+                why = f"the node of rank {self.d.rank}: {e}"
+            except OSError as e:
+                why = (f"the node of rank {self.d.rank}: {self.dir}: cannot write the fetched checkpoint: "
+                       f"{e.strerror or e}")
+        whys = [w for w in all_gather_objects(why) if w]
+        if whys:
+            raise CheckpointError(whys[0])
+        whose = "no local checkpoint" if self.d.out_shared else "the nodes' out dirs hold parts"
+        self.notes.append(f"--resume: {whose}; fetched {step_url.rsplit('/', 1)[-1]} from {step_url.rsplit('/', 1)[0]}")
 
     def restore(self, model, opt, mix: dict | None, allow_mix_change: bool) -> tuple[int, int]:
         """(step, tokens) of the checkpoint loaded into `model` and `opt`; (0, 0) when there
@@ -487,7 +542,9 @@ class Checkpointer:
         good, bad = all_gather_objects(resume_candidates(self.dir) if d.is_main else None)[0]
         self.notes += [f"--resume: skipped {p.name}: {why}" for p, why in bad]
         for path in good:
-            trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+            # rank 0's copy (verified): another node's dir may hold a part only (out not shared)
+            trainer = all_gather_objects(json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+                                         if d.is_main else None)[0]
             check_compatible(path, trainer, self.cfg, mix, allow_mix_change)
             try:
                 state = load(path, model, opt, rank=d.rank)

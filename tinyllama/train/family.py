@@ -96,7 +96,8 @@ def branch_origin(cfg, fam: Family | None, mix: dict | None, resume: bool) -> di
     key = f"{cfg.source}: key 'branch_from'"
     remote = is_url(cfg.branch_from)
     try:
-        path = resolve(_fetched(cfg) if remote else Path(cfg.branch_from)).resolve()
+        # a fetched copy is named relative to out, as out is: each node has one when they do not share out
+        path = _fetched(cfg) if remote else resolve(Path(cfg.branch_from)).resolve()
     except CheckpointError as e:
         raise CheckpointError(f"{key}: {e}") from None
     if not remote and Path(cfg.out).resolve() in path.parents:
@@ -131,21 +132,22 @@ def _fetched(cfg) -> Path:
 
 def fetch_branch_from(cfg, d) -> None:
     """Collective: a bucket `branch_from` (s3://.../runs/trunk, or one of its step-N) is fetched
-    by rank 0 before any rank reads it; every rank learns the outcome."""
+    before any rank reads it, by rank 0 (by each node's local rank 0 when the nodes do not share
+    out); every rank learns the outcome."""
     from tinyllama.errors import TinyllamaError
     from tinyllama.train.parallel import all_gather_objects
 
     if not is_url(cfg.branch_from):
         return
-    got = None
-    if d.is_main:
+    why = None
+    if d.leads_out:
         try:
-            got = ("ok", str(_fetched(cfg)))
+            _fetched(cfg)
         except TinyllamaError as e:
-            got = ("error", f"{cfg.source}: key 'branch_from': {e}")
-    kind, text = all_gather_objects(got)[0]
-    if kind == "error":
-        raise CheckpointError(text)
+            why = f"{cfg.source}: key 'branch_from': {e}"
+    whys = [w for w in all_gather_objects(why) if w]
+    if whys:
+        raise CheckpointError(whys[0])
 
 
 __all__ = ["Family", "branch_origin", "family_of", "fetch_branch_from", "mix_identity"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +34,6 @@ import torch
 
 from tinyllama import fault
 from tinyllama.errors import CheckpointError, SpecError, TinyllamaError, TrainingError
-from tinyllama.lock import exclusive_dir_lock
 from tinyllama.model import Llama, build_model, document_ids_from_tokens
 from tinyllama.train import float8
 from tinyllama.train.async_checkpoint import in_flight_saves
@@ -44,11 +43,12 @@ from tinyllama.train.family import Family, branch_origin, family_of, fetch_branc
 from tinyllama.train.guard import Guard
 from tinyllama.train.metrics import MetricsLogger, MetricsWindow
 from tinyllama.train.optim import anneal_lr, build_optimizer, lr_at
+from tinyllama.train.out_dir import lock_out_dir
 from tinyllama.train.parallel import (
     Dist,
-    all_gather_objects,
     all_reduce_sum,
     collective_failure,
+    decided_by_main,
     init_distributed,
     parallelize,
     set_train_timeout,
@@ -134,25 +134,6 @@ def open_data(cfg: TrainConfig) -> BatchSource:
         return tinyllama.Mix(cfg.mix, branch=cfg.branch, **cache)
     except SpecError as e:
         raise SpecError(f"{cfg.source}: key 'branch': {e}") from None
-
-
-@contextlib.contextmanager
-def lock_out_dir(out: str, d: Dist) -> Iterator[None]:
-    """Rank 0 holds the out dir's exclusive lock for the run; every rank learns whether it got
-    it, so a refused second submit stops on all ranks before any of them writes."""
-    with contextlib.ExitStack() as stack:
-        error = None
-        if d.is_main:
-            try:
-                stack.enter_context(exclusive_dir_lock(out, "train"))
-            except TinyllamaError as e:
-                error = e
-        first = all_gather_objects(None if error is None else (type(error).__name__, str(error)))[0]
-        if error is not None:
-            raise error
-        if first is not None:
-            raise TinyllamaError(first[1])
-        yield
 
 
 def iter_batches(source: BatchSource, start: int, end: int, d: Dist):
@@ -433,7 +414,8 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
     plan = preflight(cfg, source, d, origin)
     if not resume:
         fetch_branch_from(cfg, d)  # a bucket URL: rank 0 fetches it into out/.branch_from first
-    plan.branched_from = branch_origin(cfg, plan.family, plan.mix, resume)
+    # rank 0's out dir records it (train-config.json): the one view, when the nodes do not share out
+    plan.branched_from = decided_by_main(lambda: branch_origin(cfg, plan.family, plan.mix, resume))
     ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)
     if not resume:
         ckpts.refuse_existing()
@@ -444,8 +426,8 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
         step, tokens_seen = _start(ckpts, plan, model, opt, resume, allow_mix_change)
         guard, validate = Guard(cfg), Validation(cfg, source, d, amp)
         guard.load(ckpts.trainer)
+        ckpts.clean_partial()  # by each out dir's keeper
         if d.is_main:
-            ckpts.clean_partial()
             (Path(cfg.out) / "train-config.json").write_text(
                 json.dumps({**cfg.to_dict(), **plan.trainer_state()}, indent=1), encoding="utf-8")
         d.barrier()

@@ -29,10 +29,25 @@ class Dist:
     owns_group: bool = False  # we initialised the process group (so we tear it down)
     step: int = 0  # the last optimizer step this rank finished (for the line a lost rank leaves)
     train_timeout: float | None = None  # the collective timeout set after the first step (seconds)
+    # Whether every rank sees the same out dir (one filesystem), found when the run takes its out
+    # dir (train/loop.py, lock_out_dir). False: each node has an out dir of its own, holding that
+    # node's part of each checkpoint; the whole checkpoints are committed in run.upload_to.
+    out_shared: bool = True
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes (torchrun agents) the world spans."""
+        return self.world // self.local_world if self.local_world and self.world % self.local_world == 0 else 1
+
+    @property
+    def leads_out(self) -> bool:
+        """This rank keeps the out dir it sees (creates, renames and prunes checkpoint dirs): rank 0
+        when the nodes share out, each node's local rank 0 when they do not."""
+        return self.is_main if self.out_shared else self.local_rank == 0
 
     @property
     def initialized(self) -> bool:
@@ -67,7 +82,7 @@ def init_distributed() -> Dist:
 def build_mesh(device_type: str, world: int, local_world: int):
     from torch.distributed.device_mesh import init_device_mesh
 
-    nodes = world // local_world if local_world and world % local_world == 0 else 1
+    nodes = world // local_world if local_world and world % local_world == 0 else 1  # as Dist.nodes
     if nodes > 1 and local_world > 1:
         return init_device_mesh(device_type, (nodes, local_world), mesh_dim_names=("replicate", "shard"))
     return init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
@@ -161,6 +176,23 @@ def all_gather_objects(obj):
         dist.all_gather_object(out, obj)
         return out
     return [obj]
+
+
+def decided_by_main(fn):
+    """Collective: `fn()` on rank 0 alone; its result, or the `TinyllamaError` it raised (as the
+    same type), on every rank. For what rank 0's view of the run decides (a file only it may see)."""
+    from tinyllama import errors
+
+    got = None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        try:
+            got = ("ok", fn())
+        except errors.TinyllamaError as e:
+            got = ("error", type(e).__name__, str(e))
+    got = all_gather_objects(got)[0]
+    if got[0] == "error":
+        raise getattr(errors, got[1], errors.TinyllamaError)(got[2])
+    return got[1]
 
 
 def shutdown() -> None:

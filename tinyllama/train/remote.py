@@ -21,6 +21,14 @@ checksums; `latest` moves after it; keep-last then deletes only committed steps 
 one (the newest good one is never deleted). A failed upload is one warning line (the local
 checkpoint is intact; the next one is uploaded whole).
 
+When the nodes of a run do not share `out` (train/out_dir.py), each node's local rank 0 uploads its
+node's part of the checkpoint (its ranks' files) and then `step-N/.parts/rank-R` holding the digest
+of the checkpoint's checksums.json (the same on every node, and another for every other save, so a
+marker left by an earlier attempt at the same step is never mistaken for this one), or `error:
+WHY` when its upload failed. Rank 0 uploads its own part, waits for every other node's marker
+(`TINYLLAMA_UPLOAD_WAIT_S`, 1800 s), and only then writes checksums.json, COMMITTED and `latest`:
+the bucket is the one place where the checkpoint is whole.
+
 Reading back (`fetch`): the newest committed step (or the one a URL names) is downloaded into a
 local `step-N.tmp/` (every object through `.part`, checked against its listed size and ETag),
 verified against its checksums, then renamed to `step-N/`. `--resume` with no local checkpoint
@@ -29,17 +37,21 @@ takes the newest bucket checkpoint that verifies; `branch_from` and `export` acc
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from tinyllama import storage
 from tinyllama.errors import CheckpointError, StorageError
-from tinyllama.train.checkpoint import _write_atomic, verify
+from tinyllama.train.checkpoint import CHECKSUMS, _write_atomic, verify
 
 COMMITTED = "COMMITTED"
+PARTS = ".parts"  # step-N/.parts/rank-R: the node of rank R has uploaded its part (out not shared)
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -54,10 +66,14 @@ def committed_steps(b, key: str) -> list[int]:
 
 
 class Uploader:
-    """Rank 0's background uploads of committed checkpoints to `url` (run.upload_to)."""
+    """Background uploads of committed checkpoints to `url` (run.upload_to), by the keeper of an
+    out dir. `rank` 0 commits them; `others`: the ranks whose node uploads its own part of each
+    checkpoint (the nodes do not share out), waited for before the commit. Another `rank` (such a
+    node's local rank 0) uploads its node's part and marks it done."""
 
-    def __init__(self, url: str, keep_last: int, warn):
+    def __init__(self, url: str, keep_last: int, warn, *, rank: int = 0, others: list[int] | tuple = ()):
         self.url, self.keep_last, self.warn = url, keep_last, warn
+        self.rank, self.others = rank, list(others)
         self.bucket, key = storage.bucket(url)
         self.key = storage.join(key, "checkpoints")
         self._prefix = key
@@ -108,7 +124,15 @@ class Uploader:
     def upload(self, path: Path) -> None:
         step = path.name
         key = storage.join(self.key, step)
-        storage.upload_dir(self.bucket, path, key, last=("checksums.json",))
+        if self.rank != 0:
+            self._upload_part(path, key)
+            return
+        if not self.others:
+            storage.upload_dir(self.bucket, path, key, last=(CHECKSUMS,))
+        else:
+            storage.upload_dir(self.bucket, path, key, skip=frozenset({CHECKSUMS}))
+            self._wait_for_parts(key, _sums_digest(path))
+            self.bucket.upload(str(path / CHECKSUMS), storage.join(key, CHECKSUMS))
         self.bucket.put(storage.join(key, COMMITTED), json.dumps({"step": int(step[5:])}).encode())
         self.bucket.put(storage.join(self.key, "latest"), (step + "\n").encode())
         now = int(step[5:])
@@ -119,6 +143,48 @@ class Uploader:
             self.bucket.delete(storage.join(prefix, COMMITTED))
             for k, _, _ in self.bucket.list(prefix):
                 self.bucket.delete(k)
+        for r in self.others:  # done with: this step is committed
+            self.bucket.delete(storage.join(key, PARTS, f"rank-{r}"))
+
+    def _upload_part(self, path: Path, key: str) -> None:
+        """Another node's part: its files, then its marker (the error, should they fail)."""
+        marker = storage.join(key, PARTS, f"rank-{self.rank}")
+        try:
+            storage.upload_dir(self.bucket, path, key, skip=frozenset({CHECKSUMS}))
+        except Exception as e:  # noqa: BLE001  (told to rank 0, then reported here)
+            try:
+                self.bucket.put(marker, f"error: {e}".replace("\n", "; ").encode())
+            except StorageError:
+                pass  # rank 0 gives up waiting instead
+            raise
+        self.bucket.put(marker, _sums_digest(path).encode())
+
+    def _wait_for_parts(self, key: str, digest: str) -> None:
+        """Until every other node's marker for this save is there (or one says its upload failed)."""
+        deadline = time.monotonic() + float(os.environ.get("TINYLLAMA_UPLOAD_WAIT_S", "1800"))
+        pending, delay = set(self.others), 0.05
+        while pending:
+            for r in sorted(pending):
+                marker = storage.join(key, PARTS, f"rank-{r}")
+                if self.bucket.head(marker) is None:
+                    continue
+                got = self.bucket.get(marker).decode(errors="replace")
+                if got.startswith("error: "):
+                    raise StorageError(f"the node of rank {r} could not upload its part ({got[7:]}); not committed")
+                if got == digest:
+                    pending.discard(r)
+            if pending and time.monotonic() > deadline:
+                step = key.rsplit("/", 1)[-1]
+                raise StorageError(f"the node of rank {min(pending)} did not upload its part of {step} within "
+                                   f"TINYLLAMA_UPLOAD_WAIT_S; not committed")
+            if pending:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+def _sums_digest(path: Path) -> str:
+    """Which save a part belongs to: the digest of the checkpoint's checksums.json."""
+    return hashlib.blake2b((path / CHECKSUMS).read_bytes(), digest_size=16).hexdigest()
 
 
 def _checkpoints_key(b, key: str) -> tuple[str, int | None]:
@@ -153,7 +219,7 @@ def fetch(url: str, dest: Path, newest_first: bool = True) -> Path:
             return final
         tmp = dest / f"step-{s}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        storage.download_dir(b, storage.join(ckpts, f"step-{s}"), tmp, skip=(COMMITTED,))
+        storage.download_dir(b, storage.join(ckpts, f"step-{s}"), tmp, skip=(COMMITTED, PARTS))
         why = verify(tmp)
         if why is None:
             if final.exists():
@@ -166,16 +232,16 @@ def fetch(url: str, dest: Path, newest_first: bool = True) -> Path:
 
 
 def restore_into(url: str, ckpt_dir: Path) -> str | None:
-    """`--resume` with no local checkpoint: the newest bucket checkpoint that verifies, fetched
-    into `ckpt_dir` (and `latest` pointed at it). A note for the run's log, or None when the
-    bucket has none."""
+    """`--resume` with no whole local checkpoint: the newest bucket checkpoint that verifies,
+    fetched into `ckpt_dir` (and `latest` pointed at it). Its URL, or None when the bucket has
+    none."""
     b, key = storage.bucket(url)
     ckpts, _ = _checkpoints_key(b, key)
     if not committed_steps(b, ckpts):
         return None
     path = fetch(b.url(ckpts), ckpt_dir)
     _write_atomic(ckpt_dir / "latest", path.name + "\n")
-    return f"--resume: no local checkpoint; fetched {path.name} from {b.url(ckpts)}"
+    return b.url(storage.join(ckpts, path.name))
 
 
 def local_checkpoint(path: str, cache: Path) -> Path:

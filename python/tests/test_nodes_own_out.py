@@ -1,0 +1,141 @@
+"""Multi-node training with no shared filesystem (issue 27): two torchrun agents (a c10d rendezvous
+on 127.0.0.1), each started in a working dir of its own with a relative `out`, so that each node
+has an out dir the other cannot see, as on a cloud cluster of local disks. Each node keeps its
+part of every checkpoint; the whole checkpoint is committed only in run.upload_to (moto's S3
+server on 127.0.0.1), and a resume on two fresh, empty nodes fetches it onto both and repeats the
+losses of an uninterrupted run (train/out_dir.py, train/checkpoint.py, train/remote.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from s3_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    from test_family import family_spec
+
+    from tinyllama.data.build import build_mix
+
+    root = tmp_path_factory.mktemp("fam")
+    build_mix(family_spec(root), root / "mix", 2, progress=False)
+    return root / "mix"
+
+
+def two_nodes(dirs: list[Path], config: Path, *args: str, timeout: int = 600) -> list[tuple[int, str]]:
+    """`torchrun --nnodes 2 --nproc-per-node 1 -m tinyllama.train train.toml ARGS` as two agents,
+    the first started in dirs[0] and the second in dirs[1], each with its own copy of `config`
+    (a relative `out` is taken relative to the config file): (exit status, stderr) of each."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TINYLLAMA_UPLOAD_WAIT_S": "120"}
+    procs = []
+    for n, cwd in enumerate(dirs):
+        cwd.mkdir(parents=True, exist_ok=True)
+        (cwd / "train.toml").write_text(config.read_text())
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={n}",
+             "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=own-out-{port}",
+             "--max-restarts=0", "-m", "tinyllama.train", "train.toml", *args],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append((p.returncode, err))
+    return out
+
+
+def config(dir: Path, mix: Path, *run_keys: str) -> Path:
+    """test_family's trunk config with a relative out ("run"): each agent's own dir; `run_keys`
+    are lines of its [run] table."""
+    from test_family import TRAIN
+
+    dir.mkdir(parents=True, exist_ok=True)
+    p = dir / "train.toml"
+    p.write_text(TRAIN.format(mix=mix, out="run").replace("[run]\n", "[run]\n" + "".join(k + "\n" for k in run_keys)))
+    return p
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+
+
+def files(step_dir: Path) -> set[str]:
+    return {p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file()}
+
+
+def test_nodes_without_a_shared_out_need_a_bucket(fam, tmp_path):
+    """Without run.upload_to no node could hold a whole checkpoint: refused in one line on every
+    rank, before a step is trained."""
+    cfg = config(tmp_path, fam)
+    got = two_nodes([tmp_path / "n0", tmp_path / "n1"], cfg)
+    for code, err in got:
+        assert code != 0
+        lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+        assert lines and "do not share this out dir" in lines[0] and "run.upload_to" in lines[0], err[-3000:]
+        assert f'File "{ROOT / "tinyllama"}' not in err, err[-3000:]  # torchrun's own traceback follows; not ours
+    assert not (tmp_path / "n0/run/metrics.jsonl").exists()
+    assert not (tmp_path / "n0/run/checkpoints").exists() and not (tmp_path / "n1/run/checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes_continues(s3, fam, tmp_path):
+    from test_family import run, train_config
+
+    from tinyllama import _core
+    from tinyllama.train.checkpoint import verify
+    from tinyllama.train.remote import fetch
+
+    name, _ = s3
+    url = f"s3://{name}/runs/own-out"
+    whole = {r["step"]: r["loss"] for r in run(train_config(tmp_path / "whole", fam, tmp_path / "whole/run"))}
+    cfg = config(tmp_path / "cfg", fam, f'upload_to = "{url}"')
+
+    a = [tmp_path / "a0", tmp_path / "a1"]
+    for code, err in two_nodes(a, cfg, "--set", "run.stop_after=4"):
+        assert code == 0, err[-5000:]
+    # each node's dir holds its own part; rank 0's also the index, trainer.json and the run's log
+    part0, part1 = (d / "run/checkpoints/step-4" for d in a)
+    assert {"rng/rank-0.pt", "__0_0.distcp", ".metadata", "trainer.json", "checksums.json"} <= files(part0)
+    assert {"rng/rank-1.pt", "__1_0.distcp", "checksums.json"} <= files(part1)
+    assert not files(part0) & {"rng/rank-1.pt", "__1_0.distcp"}
+    assert not files(part1) & {"rng/rank-0.pt", "__0_0.distcp", ".metadata", "trainer.json"}
+    assert verify(part0) is not None and not (a[1] / "run/metrics.jsonl").exists()
+    # the bucket holds the whole checkpoint, committed, and none of the nodes' markers
+    b = _core.Bucket(url)
+    keys = {k.split("checkpoints/", 1)[1] for k, _, _ in b.list("runs/own-out/checkpoints")}
+    assert {"step-4/COMMITTED", "step-4/rng/rank-0.pt", "step-4/rng/rank-1.pt", "latest"} <= keys
+    assert not [k for k in keys if "/.parts/" in k]
+    assert b.get("runs/own-out/checkpoints/latest") == b"step-4\n"
+    fetched = fetch(url, tmp_path / "fetched")
+    assert verify(fetched) is None and files(fetched) >= files(part0) | files(part1)
+
+    # two new nodes with empty disks: --resume fetches step-4 onto both and goes on to the end
+    fresh = [tmp_path / "b0", tmp_path / "b1"]
+    got = two_nodes(fresh, cfg, "--resume")
+    for code, err in got:
+        assert code == 0, err[-5000:]
+    assert "fetched step-4 from" in got[0][1]
+    resumed = losses(fresh[0] / "run")
+    assert sorted(resumed) == [5, 6, 7, 8]
+    first = losses(a[0] / "run")
+    for s, loss in {**first, **resumed}.items():
+        assert loss == pytest.approx(whole[s], rel=1e-4, abs=1e-4), s
+    assert b.get("runs/own-out/checkpoints/latest") == b"step-8\n"
+    assert verify(fetch(f"{url}/checkpoints/step-8", tmp_path / "fetched8")) is None
+    # a new run (no --resume) on nodes whose dirs hold parts is refused on every rank
+    for code, err in two_nodes(fresh, config(tmp_path / "cfg2", fam, f'upload_to = "s3://{name}/runs/other"')):
+        assert code != 0 and "already holds checkpoints" in err, err[-3000:]
