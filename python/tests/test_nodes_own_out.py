@@ -139,3 +139,64 @@ def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes
     # a new run (no --resume) on nodes whose dirs hold parts is refused on every rank
     for code, err in two_nodes(fresh, config(tmp_path / "cfg2", fam, f'upload_to = "s3://{name}/runs/other"')):
         assert code != 0 and "already holds checkpoints" in err, err[-3000:]
+
+
+def test_a_step_is_committed_only_once_every_node_has_uploaded_its_part_of_that_save(s3, server, tmp_path, monkeypatch):
+    """The uploaders of two nodes (no torchrun: the commit protocol alone). A node whose upload
+    fails leaves its error for rank 0, which does not commit; a marker of another save of the same
+    step is not taken for this one; once both parts of this save are there, the step is committed
+    and the markers removed."""
+    from s3_server import FlakyProxy
+
+    from tinyllama import _core
+    from tinyllama.train.remote import Uploader, committed_steps
+
+    name, client = s3
+    url = f"s3://{name}/runs/parts"
+    ckpts = "runs/parts/checkpoints"
+
+    def part(node: int, step: int, sums: str) -> Path:
+        d = tmp_path / f"n{node}/step-{step}"
+        (d / "rng").mkdir(parents=True, exist_ok=True)
+        (d / "rng" / f"rank-{node}.pt").write_bytes(bytes([node]) * 100)
+        (d / "checksums.json").write_text(sums)
+        if node == 0:
+            (d / "trainer.json").write_text(json.dumps({"step": step}))
+        return d
+
+    def upload(uploader: Uploader, path: Path) -> list[str]:
+        said: list[str] = []
+        uploader.warn = said.append
+        uploader.submit(path)
+        uploader.wait()
+        return said
+
+    b = _core.Bucket(url)
+    zero = Uploader(url, 5, None, rank=0, others=[1])
+    # node 1's first request is dropped (no retries): its part fails; its error marker gets through
+    proxy = FlakyProxy(client.meta.endpoint_url, slowdowns=0, resets=1)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("TINYLLAMA_S3_RETRIES", "0")
+        one = Uploader(url, 5, None, rank=1)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server)
+        said = upload(one, part(1, 2, '{"save": "a"}'))
+        assert len(said) == 1 and "upload of step-2" in said[0] and "the nodes keep their parts" in said[0]
+        said = upload(zero, part(0, 2, '{"save": "a"}'))
+        assert len(said) == 1 and "the node of rank 1 could not upload its part" in said[0], said
+        assert committed_steps(b, ckpts) == []
+        # node 1 again (its connection is fine now): this save of step 2 is committed, its markers gone
+        assert upload(one, part(1, 2, '{"save": "a"}')) == []
+        assert upload(zero, part(0, 2, '{"save": "a"}')) == []
+        assert committed_steps(b, ckpts) == [2]
+        keys = {k for k, _, _ in b.list(ckpts)}
+        assert f"{ckpts}/step-2/rng/rank-1.pt" in keys and f"{ckpts}/step-2/checksums.json" in keys
+        assert not [k for k in keys if "/.parts/" in k] and b.get(f"{ckpts}/latest") == b"step-2\n"
+        # step 4: node 1's marker is of another save (another checksums.json): not committed
+        assert upload(one, part(1, 4, '{"save": "b"}')) == []
+        monkeypatch.setenv("TINYLLAMA_UPLOAD_WAIT_S", "1")
+        said = upload(zero, part(0, 4, '{"save": "c"}'))
+        assert len(said) == 1 and "did not upload its part of step-4 within" in said[0], said
+        assert committed_steps(b, ckpts) == [2] and b.head(f"{ckpts}/step-4/checksums.json") is None
+    finally:
+        proxy.close()

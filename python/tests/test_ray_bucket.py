@@ -70,11 +70,16 @@ def test_tasks_by_hand_sync_only_their_stage_and_publish_the_local_bytes(inputs,
     monkeypatch.setenv("TINYLLAMA_RAY_TASK_DIRS", str(record))
     out = tmp_path / "driver" / "mix"
     config = load_spec(spec).build_config(out, 1)
+    # the spec's tokenizer, as a file of the driver's only (the tasks must take it from the bucket)
+    tokenizer = tmp_path / Path(config["tokenizer"]).name
+    tokenizer.write_bytes(Path(config["tokenizer"]).read_bytes())
+    config["tokenizer"] = str(tokenizer)
     driver = _core.BuildPlan(json.dumps(config))
     cfg = json.dumps({**config, ray_bucket.BUCKET_KEY: url}, sort_keys=True)
     assert not driver.prepare()
     b, key = storage.bucket(url)
-    ray_bucket.upload_identity(b, key, out / ".staging")
+    ray_bucket.upload_identity(b, key, out / ".staging", config["tokenizer"])
+    hidden = tokenizer.rename(tmp_path / "hidden")  # not on the tasks' "nodes"
     packs = 0
     assert [deduped for _, _, deduped in driver.corpora()] == [True, False]
     for c, (name, n_files, deduped) in enumerate(driver.corpora()):
@@ -110,6 +115,7 @@ def test_tasks_by_hand_sync_only_their_stage_and_publish_the_local_bytes(inputs,
     dirs = task_dirs(record)
     assert len(dirs) == len(set(dirs)) > 10, "every task works in a dir of its own"
     assert not any(Path(d).exists() for d in dirs), "every task removes its dir"
+    hidden.rename(tokenizer)  # the driver's own (finish copies it into the mix)
     ray_bucket.finish_and_publish(b, key, driver, out, force=False)
     assert not [k for k in objects(client, bucket) if "/.staging/" in k], "staging removed after mix.json"
     assert bucket_mix(url, tmp_path / "fetched") == expected

@@ -6,7 +6,10 @@ identity file, then `<corpus>/fingerprints/`, `dedup/`, `dedup.bin`, `parts/`, `
 Every Ray task (`staged_plan`):
 
 1. makes its own local temp dir and takes it as the build's `out` (the identity leaves `out`
-   out, so the task's plan checks against the driver's staging identity as on a shared disk);
+   out, so the task's plan checks against the driver's staging identity as on a shared disk),
+   and fetches the tokenizer the driver put at `.staging/tokenizer.*` into it (the identity
+   pins the tokenizer's sha256, so a task's plan refuses any other bytes): no worker needs the
+   spec's tokenizer file;
 2. pulls `.staging/identity` and only the staged files its stage reads, plus the outputs it
    would commit when they are already in the bucket (then the Rust stage finds them, verifies
    them and reports "resumed": a retried task is a no-op that writes nothing);
@@ -26,7 +29,8 @@ cover (`pack_layout`'s `slices`) and its own staged shard. The driver (`ray_buil
 objects are removed only after mix.json is up.
 
 Workers reach the bucket through the standard `AWS_*` environment, as the driver does: set it
-on every node (a local Ray started by the build inherits the driver's).
+on every node (a local Ray started by the build inherits the driver's). With the inputs in the
+bucket too, nothing of the build is read from or written to a shared filesystem.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ from tinyllama import _core, storage
 
 STAGING = ".staging"
 IDENTITY = "identity"
+
+
+def tokenizer_name(path: str | os.PathLike[str]) -> str:
+    """`.staging/tokenizer.EXT`: the spec's tokenizer, for the workers (its extensions kept:
+    `.json.zst` is read compressed)."""
+    return "tokenizer" + "".join(Path(path).suffixes)
 BUCKET_KEY = "staging_bucket"  # the config key naming the mix URL (taken out before Rust sees it)
 
 
@@ -150,6 +160,9 @@ def staged_plan(config_json: str, load_plan: Callable[[str], object], stage: str
         (local / name / "parts").mkdir(parents=True)
         (local / name / "fingerprints").mkdir()
         pull(b, key, local, name, stage, **arg)
+        name = tokenizer_name(config["tokenizer"])
+        config["tokenizer"] = str(tmp / name)
+        b.download(storage.join(staging_key(key), name), config["tokenizer"], None, None)
         before = _snapshot(local)
         yield load_plan(json.dumps(config, sort_keys=True))
         push(b, key, local, before)
@@ -188,15 +201,16 @@ def _note_task_dir(tmp: Path) -> None:
 # ---- the driver's side ----------------------------------------------------------------------
 
 
-def upload_identity(b: _core.Bucket, key: str, local_staging: Path) -> None:
+def upload_identity(b: _core.Bucket, key: str, local_staging: Path, tokenizer: str | os.PathLike[str]) -> None:
     """Make the bucket staging this build's: staging of another build (another identity, left by
-    a build killed on this prefix) is removed first, as a local build replaces it."""
+    a build killed on this prefix) is removed first, as a local build replaces it; then the
+    tokenizer the tasks load (`staged_plan`)."""
     ours = (local_staging / IDENTITY).read_bytes()
     id_key = storage.join(staging_key(key), IDENTITY)
-    if b.head(id_key) is not None and b.get(id_key) == ours:
-        return
-    drop_staging(b, key)
-    b.put(id_key, ours)
+    if not (b.head(id_key) is not None and b.get(id_key) == ours):
+        drop_staging(b, key)
+        b.put(id_key, ours)
+    b.upload(str(tokenizer), storage.join(staging_key(key), tokenizer_name(tokenizer)))
 
 
 def finish_and_publish(b: _core.Bucket, key: str, plan, out: Path, force: bool) -> dict:

@@ -30,8 +30,8 @@ at once naming the holder. The same rules for what `--out` may hold apply (see
 `tinyllama.data.build`). The output dir (and the tokenizer, and inputs that are not in a bucket, at the
 same absolute paths) must be on a filesystem every Ray worker sees (NFS, Lustre, a shared disk...): tasks write
 their staged outputs there and the driver reads them back. Every node needs tinyllama installed.
-With `out` a bucket URL no filesystem is shared: the staging lives in the bucket, each task works in its
-own temp dir and the driver holds the prefix's lease (`tinyllama.data.ray_bucket`).
+With `out` a bucket URL no filesystem is shared: the staging lives in the bucket (the tokenizer too), each
+task works in its own temp dir and the driver holds the prefix's lease (`tinyllama.data.ray_bucket`).
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def _build_locked(ray, spec_path, config, out_dir, address, threads_per_task, ba
         return {"up_to_date": True, "rebuilt": None, "files_resumed": 0, "files_processed": 0, "docs_kept": 0,
                 "tokens": 0, "seconds": time.time() - started, "stages": {}}
     if bucket:
-        ray_bucket.upload_identity(*bucket, out_dir / ray_bucket.STAGING)
+        ray_bucket.upload_identity(*bucket, out_dir / ray_bucket.STAGING, config["tokenizer"])
     if rebuilt and progress:
         stream.write(f"{out_dir}: rebuilding: {rebuilt}\n")
         stream.flush()

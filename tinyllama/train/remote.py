@@ -103,7 +103,9 @@ class Uploader:
             self._thread.join()
             self._thread = None
         if self._error is not None:
-            self.warn(f"warning: {self._error} (the local checkpoint is intact; the next one is uploaded whole)")
+            kept = ("the nodes keep their parts of it" if self.others or self.rank != 0 else
+                    "the local checkpoint is intact")
+            self.warn(f"warning: {self._error} ({kept}; the next one is uploaded whole)")
             self._error = None
 
     def close(self) -> None:
