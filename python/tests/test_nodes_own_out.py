@@ -124,8 +124,9 @@ def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes
     assert verify(fetched) is None and files(fetched) >= files(part0) | files(part1)
 
     # two new nodes with empty disks: --resume fetches step-4 onto both and goes on to the end
+    # (saving asynchronously: the writer thread keeps each node's part the same way)
     fresh = [tmp_path / "b0", tmp_path / "b1"]
-    got = two_nodes(fresh, cfg, "--resume")
+    got = two_nodes(fresh, cfg, "--resume", "--set", "run.async_checkpoint=true")
     for code, err in got:
         assert code == 0, err[-5000:]
     assert "fetched step-4 from" in got[0][1]
