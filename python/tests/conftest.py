@@ -230,6 +230,75 @@ def s3(server, monkeypatch):
     return name, client
 
 
+@pytest.fixture(scope="session")
+def signed_server(tmp_path_factory):
+    """A second moto server, in a process of its own, that checks every request's SigV4 signature
+    and its IAM rights (moto's `INITIAL_NO_AUTH_ACTION_COUNT`: the first 6 requests, which create
+    the users, go unchecked). Yields (endpoint, {user: (key id, secret)}): "writer" may do anything
+    with S3, "reader" only list and read."""
+    import json
+    import socket
+    import time
+
+    pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("signed-server") / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "6"}, stdout=log, stderr=log)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup",
+                           aws_secret_access_key="setup")
+        rights = {"writer": ["s3:*"], "reader": ["s3:GetObject", "s3:List*"]}
+        keys = {}
+        for user, actions in rights.items():
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+            k = iam.create_access_key(UserName=user)["AccessKey"]
+            keys[user] = (k["AccessKeyId"], k["SecretAccessKey"])
+        yield url, keys
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def signed_s3(signed_server, monkeypatch):
+    """As `s3`, against the server that checks signatures, as its "writer" user."""
+    url, keys = signed_server
+    key, secret = keys["writer"]
+    for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": key,
+                 "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1", "TINYLLAMA_S3_RETRIES": "3"}.items():
+        monkeypatch.setenv(k, v)
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key,
+                          aws_secret_access_key=secret)
+    name = f"b{_free_port()}"
+    client.create_bucket(Bucket=name)
+    return name, client
+
+
+@pytest.fixture(params=["s3", "signed_s3"])
+def any_s3(request):
+    """The core object-storage tests run on both servers: moto as it is (`s3`), and moto checking
+    every request's signature and rights (`signed_s3`). `SIGNED_IN_SLOW` keeps the second for the
+    slow run where a test is heavy."""
+    return request.getfixturevalue(request.param)
+
+
+SIGNED_IN_SLOW = pytest.mark.parametrize("any_s3", ["s3", pytest.param("signed_s3", marks=pytest.mark.slow)],
+                                         indirect=True)
+
+
 def _free_port() -> int:
     import socket
 

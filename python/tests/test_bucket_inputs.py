@@ -117,6 +117,18 @@ def test_a_bucket_corpus_builds_the_same_mix_as_the_same_files_on_disk(inputs, l
     assert "127.0.0.1" not in text and "s3://" not in text and str(root) not in text
 
 
+@pytest.mark.slow
+def test_a_server_that_checks_signatures_gives_the_same_mix(signed_s3, tmp_path):
+    """Listing, streamed reads and parquet range reads, signed for a server that checks them."""
+    bucket, client = signed_s3
+    root = make_inputs(tmp_path / "local")
+    upload(client, bucket, root, "corpora")
+    here, there = tmp_path / "mix-local", tmp_path / "mix-bucket"
+    build_mix(spec_over(tmp_path / "spec-local", str(root)), here, workers=2, progress=False)
+    build_mix(spec_over(tmp_path / "spec-bucket", f"s3://{bucket}/corpora"), there, workers=2, progress=False)
+    assert tree_bytes(there) == tree_bytes(here)
+
+
 def plan_files(spec: Path, out: Path) -> list[list[tuple[str, int]]]:
     config = load_spec(spec).build_config(out, 1)
     plan = _core.BuildPlan(json.dumps(config))

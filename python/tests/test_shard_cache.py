@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SIGNED_IN_SLOW
 from s3_server import FlakyProxy, one_line
 
 
@@ -58,11 +59,12 @@ def needed(mix, steps, rank: int = 0, world: int = 1) -> set[str]:
     return out
 
 
-def test_a_bucket_mix_gives_the_local_batches_fetching_only_the_shards_they_need(s3, fam, tmp_path):
+@SIGNED_IN_SLOW
+def test_a_bucket_mix_gives_the_local_batches_fetching_only_the_shards_they_need(any_s3, fam, tmp_path):
     import tinyllama
     from tinyllama import _core
 
-    name, _ = s3
+    name, _ = any_s3
     url = upload(_core.Bucket(f"s3://{name}"), fam, "mixes/fam")
     cache = tmp_path / "cache"
     trunk = tinyllama.Mix(url, cache_dir=cache)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SIGNED_IN_SLOW
 from s3_server import FlakyProxy, free_port, one_line
 
 # ---- the storage layer ------------------------------------------------------------------------
 
 
-def test_bucket_reads_and_writes_whole_verified_objects(s3, tmp_path):
+def test_bucket_reads_and_writes_whole_verified_objects(any_s3, tmp_path):
     from tinyllama import _core
 
-    name, client = s3
+    name, client = any_s3
     b = _core.Bucket(f"s3://{name}/runs/a")
     assert b.prefix == "runs/a" and b.url("x/y") == f"s3://{name}/x/y"
     key, size, etag = b.put("runs/a/one", b"hello")
@@ -70,6 +71,51 @@ def test_failures_are_one_line_naming_the_url(s3, monkeypatch):
     assert msg.startswith(f"s3://{name}/k: ") and "127.0.0.1" not in msg.split(": ", 1)[0]
 
 
+def test_a_server_that_checks_signatures_takes_every_request_and_a_refusal_is_one_line(signed_server, signed_s3,
+                                                                                       tmp_path, monkeypatch):
+    """The requests the other tests make of moto as it is, signed well enough for a server that checks
+    each SigV4 signature and the user's IAM rights: a multipart upload (parts of 32 MiB), a download, the
+    conditional writes the leases stand on. Refusals (a reader writing, a wrong secret, an unknown key)
+    are one line naming the URL and what the server said."""
+    import os
+
+    from tinyllama import _core
+
+    name, _ = signed_s3
+    _, keys = signed_server
+    b = _core.Bucket(f"s3://{name}")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom((32 << 20) + 12345))  # two parts
+    b.upload(str(big), "data/big")
+    (key, size, etag), = b.list("data")
+    assert size == big.stat().st_size and b.download(key, str(tmp_path / "back"), size, etag) == size
+    assert (tmp_path / "back").read_bytes() == big.read_bytes()
+    assert b.put_if_absent("lease", b"1") and not b.put_if_absent("lease", b"2")
+    _, _, tag = b.head("lease")
+    assert b.put_if_match("lease", b"3", tag) and not b.put_if_match("lease", b"4", tag)
+    # the reader may list and read, not write
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["reader"][0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["reader"][1])
+    reader = _core.Bucket(f"s3://{name}")
+    assert reader.get("lease") == b"3" and [k for k, _, _ in reader.list("data")] == ["data/big"]
+    with pytest.raises(_core.StorageError) as e:
+        reader.put("data/new", b"x")
+    assert one_line(e.value).startswith(f"s3://{name}/data/new: access denied: AccessDenied")
+    with pytest.raises(_core.StorageError) as e:
+        reader.head("data/new")  # moto asks for s3:HeadObject here, which no IAM policy grants
+    assert one_line(e.value) == f"s3://{name}/data/new: access denied (HTTP 403 Forbidden)"
+    assert b.head("data/new") is None  # nothing was written
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(_core.StorageError) as e:
+        _core.Bucket(f"s3://{name}").get("lease")
+    assert one_line(e.value).startswith(f"s3://{name}/lease: access denied: SignatureDoesNotMatch: ")
+    assert "<" not in one_line(e.value)  # the server's words, not its XML
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000")
+    with pytest.raises(_core.StorageError) as e:
+        _core.Bucket(f"s3://{name}").get("lease")
+    assert one_line(e.value).startswith(f"s3://{name}/lease: access denied: InvalidAccessKeyId")
+
+
 def test_throttling_and_dropped_connections_are_retried(s3, monkeypatch):
     from tinyllama import _core
 
@@ -101,13 +147,14 @@ def fam(tmp_path_factory):
     return root / "mix"
 
 
-def test_checkpoints_go_to_the_bucket_and_a_run_resumes_from_it(s3, fam, tmp_path, capfd):
+@SIGNED_IN_SLOW
+def test_checkpoints_go_to_the_bucket_and_a_run_resumes_from_it(any_s3, fam, tmp_path, capfd):
     from test_family import by_step, metrics, run, train_config
 
     from tinyllama import _core, load_model
     from tinyllama.hf import export
 
-    name, client = s3
+    name, client = any_s3
     url = f"s3://{name}/runs/trunk"
     whole = run(train_config(tmp_path / "whole", fam, tmp_path / "whole/run"))  # no bucket: the reference
     cfg = train_config(tmp_path / "a", fam, tmp_path / "a/run")
@@ -169,13 +216,13 @@ def test_a_bucket_with_nothing_committed_is_one_line(s3, fam, tmp_path):
 # ---- leases: one writer owns a prefix ----------------------------------------------------------
 
 
-def test_a_lease_has_one_holder_is_renewed_and_a_dead_one_is_taken_over(s3, tmp_path, monkeypatch):
+def test_a_lease_has_one_holder_is_renewed_and_a_dead_one_is_taken_over(any_s3, tmp_path, monkeypatch):
     import time
 
     from tinyllama import _core, storage
     from tinyllama.errors import StorageError
 
-    name, _ = s3
+    name, _ = any_s3
     b = _core.Bucket(f"s3://{name}")
     monkeypatch.setenv("TINYLLAMA_LEASE_TTL_S", "1")  # renewed every 0.2 s, dead after 1 s unrenewed
     a = storage.Lease(b, "p", tmp_path / "a.token", "mix build").acquire()
@@ -251,7 +298,8 @@ def _objects(b, key: str) -> dict[str, bytes]:
     return {k[len(key) + 1:]: b.get(k) for k, _, _ in b.list(key)}
 
 
-def test_a_mix_is_built_into_a_bucket_and_read_from_a_cache(s3, fam, tmp_path, monkeypatch):
+@SIGNED_IN_SLOW
+def test_a_mix_is_built_into_a_bucket_and_read_from_a_cache(any_s3, fam, tmp_path, monkeypatch):
     import subprocess
     import sys
 
@@ -261,7 +309,7 @@ def test_a_mix_is_built_into_a_bucket_and_read_from_a_cache(s3, fam, tmp_path, m
     import tinyllama
     from tinyllama import _core
 
-    name, _ = s3
+    name, _ = any_s3
     monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache"))
     url = f"s3://{name}/mixes/fam"
     spec = family_spec(tmp_path / "spec")

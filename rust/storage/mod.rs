@@ -108,6 +108,50 @@ fn remote(url: &str, msg: impl std::fmt::Display) -> Error {
     }
 }
 
+/// What went wrong, in one short line: the store's own error (`<Code>` and `<Message>` of its XML
+/// body, and the HTTP status) rather than the engine's dump of the body; a refusal of the
+/// credentials or of their rights starts with "access denied".
+fn describe(e: &object_store::Error) -> String {
+    match e {
+        object_store::Error::NotFound { .. } => return "no such object".to_string(),
+        object_store::Error::AlreadyExists { .. } => return "already exists".to_string(),
+        object_store::Error::Precondition { .. } => {
+            return "changed since it was listed (its ETag differs): it was replaced while being read"
+                .to_string()
+        }
+        _ => {}
+    }
+    let text = e.to_string();
+    let status = text
+        .find("status ")
+        .and_then(|i| text[i + 7..].split(':').next())
+        .map(str::trim);
+    // The engine names a denial as such for some requests only (a listing's 403 is "Generic").
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || status.is_some_and(|s| s.starts_with("401") || s.starts_with("403"));
+    let http = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    match xml_tag(&text, "Code") {
+        Some(code) => {
+            let message = xml_tag(&text, "Message")
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let what = if denied { "access denied: " } else { "" };
+            format!("{what}{code}{message}{http}")
+        }
+        None if denied => format!("access denied{http}"), // a HEAD's answer has no body
+        None => text,
+    }
+}
+
+fn xml_tag<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = start + text[start..].find(&format!("</{tag}>"))?;
+    Some(text[start..end].trim())
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -165,16 +209,7 @@ impl Bucket {
     }
 
     fn err(&self, key: &str, e: object_store::Error) -> Error {
-        let msg = match &e {
-            object_store::Error::NotFound { .. } => "no such object".to_string(),
-            object_store::Error::AlreadyExists { .. } => "already exists".to_string(),
-            object_store::Error::Precondition { .. } => {
-                "changed since it was listed (its ETag differs): it was replaced while being read"
-                    .to_string()
-            }
-            other => other.to_string(),
-        };
-        remote(&self.url(key), msg)
+        remote(&self.url(key), describe(&e))
     }
 
     /// Every object under `prefix` (a key prefix: `a/b` lists `a/b/...`), sorted by key.
@@ -473,5 +508,40 @@ mod tests {
         assert!(is_url("s3://b/k") && !is_url("runs/a"));
         let e = Bucket::open("gs://b/k").err().unwrap().to_string();
         assert!(e.starts_with("gs://b/k: gs:// is not supported"), "{e}");
+    }
+
+    #[test]
+    fn a_store_error_body_becomes_its_code_and_message() {
+        let body = "<?xml version=\"1.0\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request \
+                    signature we calculated does not match.</Message><RequestId>X</RequestId></Error>";
+        let e = object_store::Error::PermissionDenied {
+            path: "p/k".into(),
+            source: format!("Client error with status 403 Forbidden: {body}").into(),
+        };
+        assert_eq!(
+            describe(&e),
+            "access denied: SignatureDoesNotMatch: The request signature we calculated does not \
+             match. (HTTP 403 Forbidden)"
+        );
+        let plain = object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        };
+        assert_eq!(describe(&plain), "Generic S3 error: connection refused");
+        let listing = object_store::Error::Generic {
+            store: "S3",
+            source: format!("Client error with status 403 Forbidden: {body}").into(),
+        };
+        assert!(describe(&listing).starts_with("access denied: SignatureDoesNotMatch: "));
+        let head = object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: "Client error with status 403 Forbidden: No Body".into(),
+        };
+        assert_eq!(describe(&head), "access denied (HTTP 403 Forbidden)");
+        let gone = object_store::Error::NotFound {
+            path: "k".into(),
+            source: "x".into(),
+        };
+        assert_eq!(describe(&gone), "no such object");
     }
 }
