@@ -30,8 +30,9 @@ def fam(tmp_path_factory):
     return root / "mix"
 
 
-def two_nodes(dirs: list[Path], config: Path, *args: str, timeout: int = 600) -> list[tuple[int, str]]:
-    """`torchrun --nnodes 2 --nproc-per-node 1 -m tinyllama.train train.toml ARGS` as two agents,
+def two_nodes(dirs: list[Path], config: Path, *args: str, per_node: int = 1,
+              timeout: int = 600) -> list[tuple[int, str]]:
+    """`torchrun --nnodes 2 --nproc-per-node PER_NODE -m tinyllama.train train.toml ARGS` as two agents,
     the first started in dirs[0] and the second in dirs[1], each with its own copy of `config`
     (a relative `out` is taken relative to the config file): (exit status, stderr) of each."""
     port = free_port()
@@ -41,9 +42,9 @@ def two_nodes(dirs: list[Path], config: Path, *args: str, timeout: int = 600) ->
         cwd.mkdir(parents=True, exist_ok=True)
         (cwd / "train.toml").write_text(config.read_text())
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={n}",
-             "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=own-out-{port}",
-             "--max-restarts=0", "-m", "tinyllama.train", "train.toml", *args],
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--nproc-per-node={per_node}",
+             f"--node-rank={n}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+             f"--rdzv-id=own-out-{port}", "--max-restarts=0", "-m", "tinyllama.train", "train.toml", *args],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     out = []
     for p in procs:
@@ -57,14 +58,15 @@ def two_nodes(dirs: list[Path], config: Path, *args: str, timeout: int = 600) ->
     return out
 
 
-def config(dir: Path, mix: Path, *run_keys: str) -> Path:
+def config(dir: Path, mix: Path, *run_keys: str, micro: str = "micro_batch = 4") -> Path:
     """test_family's trunk config with a relative out ("run"): each agent's own dir; `run_keys`
     are lines of its [run] table."""
     from test_family import TRAIN
 
     dir.mkdir(parents=True, exist_ok=True)
     p = dir / "train.toml"
-    p.write_text(TRAIN.format(mix=mix, out="run").replace("[run]\n", "[run]\n" + "".join(k + "\n" for k in run_keys)))
+    text = TRAIN.format(mix=mix, out="run").replace("micro_batch = 4", micro)
+    p.write_text(text.replace("[run]\n", "[run]\n" + "".join(k + "\n" for k in run_keys)))
     return p
 
 
@@ -91,8 +93,17 @@ def test_nodes_without_a_shared_out_need_a_bucket(fam, tmp_path):
     assert not (tmp_path / "n0/run/checkpoints").exists() and not (tmp_path / "n1/run/checkpoints").exists()
 
 
+def run_dir(nodes: list[Path]) -> Path:
+    """The out dir of the node that got rank 0 (the rendezvous, not the launch order, decides)."""
+    (first,) = [d / "run" for d in nodes if (d / "run/metrics.jsonl").exists()]
+    return first
+
+
 @pytest.mark.slow
-def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes_continues(s3, fam, tmp_path):
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes_continues(s3, fam, tmp_path,
+                                                                                           per_node):
+    """2 nodes x `per_node` ranks (2 x 2: HSDP, each node's ranks sharing the digests of its part)."""
     from test_family import run, train_config
 
     from tinyllama import _core
@@ -101,44 +112,49 @@ def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes
 
     name, _ = s3
     url = f"s3://{name}/runs/own-out"
+    micro = f"micro_batch = {4 // per_node}"  # the global batch of 8 sequences splits over 2 x per_node ranks
     whole = {r["step"]: r["loss"] for r in run(train_config(tmp_path / "whole", fam, tmp_path / "whole/run"))}
-    cfg = config(tmp_path / "cfg", fam, f'upload_to = "{url}"')
+    cfg = config(tmp_path / "cfg", fam, f'upload_to = "{url}"', micro=micro)
 
     a = [tmp_path / "a0", tmp_path / "a1"]
-    for code, err in two_nodes(a, cfg, "--set", "run.stop_after=4"):
+    for code, err in two_nodes(a, cfg, "--set", "run.stop_after=4", per_node=per_node):
         assert code == 0, err[-5000:]
-    # each node's dir holds its own part; rank 0's also the index, trainer.json and the run's log
-    part0, part1 = (d / "run/checkpoints/step-4" for d in a)
-    assert {"rng/rank-0.pt", "__0_0.distcp", ".metadata", "trainer.json", "checksums.json"} <= files(part0)
-    assert {"rng/rank-1.pt", "__1_0.distcp", "checksums.json"} <= files(part1)
-    assert not files(part0) & {"rng/rank-1.pt", "__1_0.distcp"}
-    assert not files(part1) & {"rng/rank-0.pt", "__0_0.distcp", ".metadata", "trainer.json"}
-    assert verify(part0) is not None and not (a[1] / "run/metrics.jsonl").exists()
+    # each node's dir holds its own ranks' part; rank 0's also the index, trainer.json and the run's log
+    main = run_dir(a)
+    parts = sorted((d / "run/checkpoints/step-4" for d in a), key=lambda p: p.parent.parent != main)
+    ranks = [range(0, per_node), range(per_node, 2 * per_node)]
+    def written_by(rs) -> set[str]:
+        return {f"rng/rank-{r}.pt" for r in rs} | {f"__{r}_0.distcp" for r in rs}
+
+    for part, mine, theirs in zip(parts, ranks, reversed(ranks)):
+        assert written_by(mine) | {"checksums.json"} <= files(part) and not files(part) & written_by(theirs)
+    assert {".metadata", "trainer.json"} <= files(parts[0]) and not files(parts[1]) & {".metadata", "trainer.json"}
+    assert verify(parts[0]) is not None  # a part never passes for a checkpoint
     # the bucket holds the whole checkpoint, committed, and none of the nodes' markers
     b = _core.Bucket(url)
     keys = {k.split("checkpoints/", 1)[1] for k, _, _ in b.list("runs/own-out/checkpoints")}
-    assert {"step-4/COMMITTED", "step-4/rng/rank-0.pt", "step-4/rng/rank-1.pt", "latest"} <= keys
+    assert {"step-4/COMMITTED", "latest"} | {f"step-4/rng/rank-{r}.pt" for r in range(2 * per_node)} <= keys
     assert not [k for k in keys if "/.parts/" in k]
     assert b.get("runs/own-out/checkpoints/latest") == b"step-4\n"
     fetched = fetch(url, tmp_path / "fetched")
-    assert verify(fetched) is None and files(fetched) >= files(part0) | files(part1)
+    assert verify(fetched) is None and files(fetched) >= files(parts[0]) | files(parts[1])
 
     # two new nodes with empty disks: --resume fetches step-4 onto both and goes on to the end
     # (saving asynchronously: the writer thread keeps each node's part the same way)
     fresh = [tmp_path / "b0", tmp_path / "b1"]
-    got = two_nodes(fresh, cfg, "--resume", "--set", "run.async_checkpoint=true")
+    got = two_nodes(fresh, cfg, "--resume", "--set", "run.async_checkpoint=true", per_node=per_node)
     for code, err in got:
         assert code == 0, err[-5000:]
-    assert "fetched step-4 from" in got[0][1]
-    resumed = losses(fresh[0] / "run")
+    assert "fetched step-4 from" in "".join(err for _, err in got)
+    resumed = losses(run_dir(fresh))
     assert sorted(resumed) == [5, 6, 7, 8]
-    first = losses(a[0] / "run")
-    for s, loss in {**first, **resumed}.items():
+    for s, loss in {**losses(main), **resumed}.items():
         assert loss == pytest.approx(whole[s], rel=1e-4, abs=1e-4), s
     assert b.get("runs/own-out/checkpoints/latest") == b"step-8\n"
     assert verify(fetch(f"{url}/checkpoints/step-8", tmp_path / "fetched8")) is None
     # a new run (no --resume) on nodes whose dirs hold parts is refused on every rank
-    for code, err in two_nodes(fresh, config(tmp_path / "cfg2", fam, f'upload_to = "s3://{name}/runs/other"')):
+    other = config(tmp_path / "cfg2", fam, f'upload_to = "s3://{name}/runs/other"', micro=micro)
+    for code, err in two_nodes(fresh, other, per_node=per_node):
         assert code != 0 and "already holds checkpoints" in err, err[-3000:]
 
 
