@@ -381,8 +381,8 @@ class Checkpointer:
                 f"{cfg.out}: the nodes of this run do not share this out dir (each has its own), so no node can hold "
                 f"a whole checkpoint: set run.upload_to = \"s3://BUCKET/runs/NAME\" to commit them in a bucket, or "
                 f"give every node the same shared out dir")
-        # Each node's part of a save goes where the parts of a checkpoint meet: its own dir, or
-        # (out not shared) only the node's dir, the bucket holding the whole checkpoint.
+        # `save`'s `node`: out not shared, each node keeps its ranks' part of a save in its own dir
+        # (only run.upload_to ever holds the whole checkpoint); None: one dir holds it all.
         self.node = None if d.out_shared else (d.local_rank, d.local_world)
         self.uploader = None  # run.upload_to: the out dir's keeper uploads each committed save (train/remote.py)
         if getattr(cfg.run, "upload_to", "") and d.leads_out:
@@ -440,9 +440,10 @@ class Checkpointer:
         from tinyllama.train.parallel import all_gather_objects
 
         why = None
-        # a node's part has no trainer.json (only rank 0's has): any step dir counts there
-        last = latest_checkpoint(self.dir) if self.d.out_shared else (
-            self.dir / f"step-{committed_steps(self.dir)[-1]}" if committed_steps(self.dir) else None)
+        if self.d.out_shared:
+            last = latest_checkpoint(self.dir)
+        else:  # a node's part has no trainer.json (only rank 0's has): any step dir counts there
+            last = self.dir / f"step-{steps[-1]}" if (steps := committed_steps(self.dir)) else None
         if self.d.leads_out and last is not None:
             # Starting over would interleave new checkpoints with the old ones (and keep_last
             # would prune by step number): refuse rather than lose a run.
