@@ -71,8 +71,9 @@ def config(dir: Path, mix: Path, *run_keys: str, micro: str = "micro_batch = 4")
 
 
 def losses(out: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r}
+    from test_family import metrics
+
+    return {r["step"]: r["loss"] for r in metrics(out)}
 
 
 def files(step_dir: Path) -> set[str]:
@@ -113,7 +114,8 @@ def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes
     name, _ = s3
     url = f"s3://{name}/runs/own-out"
     micro = f"micro_batch = {4 // per_node}"  # the global batch of 8 sequences splits over 2 x per_node ranks
-    whole = {r["step"]: r["loss"] for r in run(train_config(tmp_path / "whole", fam, tmp_path / "whole/run"))}
+    run(train_config(tmp_path / "whole", fam, tmp_path / "whole/run"))
+    whole = losses(tmp_path / "whole/run")
     cfg = config(tmp_path / "cfg", fam, f'upload_to = "{url}"', micro=micro)
 
     a = [tmp_path / "a0", tmp_path / "a1"]

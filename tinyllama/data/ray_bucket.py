@@ -47,17 +47,17 @@ from tinyllama import _core, storage
 
 STAGING = ".staging"
 IDENTITY = "identity"
+BUCKET_KEY = "staging_bucket"  # the config key naming the mix URL (taken out before Rust sees it)
+
+
+def staging_key(key: str) -> str:
+    return storage.join(key, STAGING)
 
 
 def tokenizer_name(path: str | os.PathLike[str]) -> str:
     """`.staging/tokenizer.EXT`: the spec's tokenizer, for the workers (its extensions kept:
     `.json.zst` is read compressed)."""
     return "tokenizer" + "".join(Path(path).suffixes)
-BUCKET_KEY = "staging_bucket"  # the config key naming the mix URL (taken out before Rust sees it)
-
-
-def staging_key(key: str) -> str:
-    return storage.join(key, STAGING)
 
 
 # ---- what each stage reads: a predicate over paths relative to `.staging/<corpus>/` ---------

@@ -413,7 +413,7 @@ def _train(cfg: TrainConfig, resume: bool, source: BatchSource, d: Dist, stop: S
            allow_mix_change: bool, origin: dict | None = None) -> Path:
     plan = preflight(cfg, source, d, origin)
     if not resume:
-        fetch_branch_from(cfg, d)  # a bucket URL: rank 0 fetches it into out/.branch_from first
+        fetch_branch_from(cfg, d)  # a bucket URL: each out dir's keeper fetches it into out/.branch_from first
     # rank 0's out dir records it (train-config.json): the one view, when the nodes do not share out
     plan.branched_from = decided_by_main(lambda: branch_origin(cfg, plan.family, plan.mix, resume))
     ckpts = Checkpointer(Path(cfg.out) / "checkpoints", cfg, d)

@@ -30,7 +30,7 @@ class Dist:
     step: int = 0  # the last optimizer step this rank finished (for the line a lost rank leaves)
     train_timeout: float | None = None  # the collective timeout set after the first step (seconds)
     # Whether every rank sees the same out dir (one filesystem), found when the run takes its out
-    # dir (train/loop.py, lock_out_dir). False: each node has an out dir of its own, holding that
+    # dir (train/out_dir.py, lock_out_dir). False: each node has an out dir of its own, holding that
     # node's part of each checkpoint; the whole checkpoints are committed in run.upload_to.
     out_shared: bool = True
 
@@ -41,7 +41,7 @@ class Dist:
     @property
     def nodes(self) -> int:
         """How many nodes (torchrun agents) the world spans."""
-        return self.world // self.local_world if self.local_world and self.world % self.local_world == 0 else 1
+        return node_count(self.world, self.local_world)
 
     @property
     def leads_out(self) -> bool:
@@ -79,10 +79,15 @@ def init_distributed() -> Dist:
     return Dist(rank, world, local_rank, local_world, device, mesh, owns)
 
 
+def node_count(world: int, local_world: int) -> int:
+    """How many nodes of `local_world` ranks each make up `world` (1 when they do not divide it)."""
+    return world // local_world if local_world and world % local_world == 0 else 1
+
+
 def build_mesh(device_type: str, world: int, local_world: int):
     from torch.distributed.device_mesh import init_device_mesh
 
-    nodes = world // local_world if local_world and world % local_world == 0 else 1  # as Dist.nodes
+    nodes = node_count(world, local_world)
     if nodes > 1 and local_world > 1:
         return init_device_mesh(device_type, (nodes, local_world), mesh_dim_names=("replicate", "shard"))
     return init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))

@@ -146,11 +146,11 @@ class Uploader:
             for k, _, _ in self.bucket.list(prefix):
                 self.bucket.delete(k)
         for r in self.others:  # done with: this step is committed
-            self.bucket.delete(storage.join(key, PARTS, f"rank-{r}"))
+            self.bucket.delete(_part_marker(key, r))
 
     def _upload_part(self, path: Path, key: str) -> None:
         """Another node's part: its files, then its marker (the error, should they fail)."""
-        marker = storage.join(key, PARTS, f"rank-{self.rank}")
+        marker = _part_marker(key, self.rank)
         try:
             storage.upload_dir(self.bucket, path, key, skip=frozenset({CHECKSUMS}))
         except Exception as e:  # noqa: BLE001  (told to rank 0, then reported here)
@@ -167,7 +167,7 @@ class Uploader:
         pending, delay = set(self.others), 0.05
         while pending:
             for r in sorted(pending):
-                marker = storage.join(key, PARTS, f"rank-{r}")
+                marker = _part_marker(key, r)
                 if self.bucket.head(marker) is None:
                     continue
                 got = self.bucket.get(marker).decode(errors="replace")
@@ -182,6 +182,11 @@ class Uploader:
             if pending:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def _part_marker(step_key: str, rank: int) -> str:
+    """`step-N/.parts/rank-R`: the node of rank R has uploaded its part of step N (or failed to)."""
+    return storage.join(step_key, PARTS, f"rank-{rank}")
 
 
 def _sums_digest(path: Path) -> str:
