@@ -92,6 +92,7 @@ def test_nodes_without_a_shared_out_need_a_bucket(fam, tmp_path):
         assert f'File "{ROOT / "tinyllama"}' not in err, err[-3000:]  # torchrun's own traceback follows; not ours
     assert not (tmp_path / "n0/run/metrics.jsonl").exists()
     assert not (tmp_path / "n0/run/checkpoints").exists() and not (tmp_path / "n1/run/checkpoints").exists()
+    assert not list(tmp_path.rglob(".nodes-probe-*")), "rank 0's probe is removed once every node has looked"
 
 
 def run_dir(nodes: list[Path]) -> Path:
@@ -132,6 +133,7 @@ def test_each_node_keeps_its_part_the_bucket_the_whole_and_a_resume_on_new_nodes
         assert written_by(mine) | {"checksums.json"} <= files(part) and not files(part) & written_by(theirs)
     assert {".metadata", "trainer.json"} <= files(parts[0]) and not files(parts[1]) & {".metadata", "trainer.json"}
     assert verify(parts[0]) is not None  # a part never passes for a checkpoint
+    assert not list(main.glob(".nodes-probe-*"))
     # the bucket holds the whole checkpoint, committed, and none of the nodes' markers
     b = _core.Bucket(url)
     keys = {k.split("checkpoints/", 1)[1] for k, _, _ in b.list("runs/own-out/checkpoints")}
